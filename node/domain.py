@@ -1,0 +1,134 @@
+"""Plain values a node's query handling passes around, free of gRPC and SQL.
+
+The gRPC layer converts wire messages to and from these (`fedaudit.node.convert`);
+an in-process transport can hand them over directly.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+class Mechanism(enum.Enum):
+    """Noise mechanisms a node offers. Both add integer noise to integer counts."""
+
+    DISCRETE_GAUSSIAN = "discrete_gaussian"  # zCDP, charged in rho
+    DISCRETE_LAPLACE = "discrete_laplace"  # pure epsilon-DP, charged as rho = eps^2 / 2
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What a requester asks for: a template, its grouping and filters, and a privacy cost.
+
+    `filters` maps a dimension to the keys kept; `rho` goes with the Gaussian
+    mechanism and `epsilon` with the Laplace one.
+    """
+
+    template: str
+    group_by: tuple[str, ...] = ()
+    filters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    params: Mapping[str, int] = field(default_factory=dict)
+    mechanism: Mechanism = Mechanism.DISCRETE_GAUSSIAN
+    rho: float | None = None
+    epsilon: float | None = None
+    confidence: float = 0.95
+
+    def canonical_json(self) -> str:
+        """A stable text of the query, used to recognise the identical query again."""
+        return json.dumps(
+            {
+                "template": self.template,
+                "group_by": list(self.group_by),
+                "filters": {k: sorted(v) for k, v in sorted(self.filters.items())},
+                "params": dict(sorted(self.params.items())),
+                "mechanism": self.mechanism.value,
+                "rho": self.rho,
+                "epsilon": self.epsilon,
+                "confidence": self.confidence,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    def query_hash(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """The noise every cell of an answer carries, so a coordinator can combine answers."""
+
+    mechanism: Mechanism
+    scale: float
+    variance: float
+    sensitivity_l1: int
+    sensitivity_l2: float
+    max_records_per_person: int
+    ci_level: float
+    ci_half_width: float
+
+
+@dataclass(frozen=True)
+class Charge:
+    """The privacy loss a request costs: rho always, epsilon for pure-DP requests."""
+
+    rho: float
+    epsilon: float | None = None
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Cell:
+    keys: tuple[str, ...]
+    category: str
+    estimate: int
+    suppressed: bool = False
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    period: str
+    requester_rho_cap: float
+    requester_rho_spent: float
+    requester_rho_remaining: float
+    node_rho_cap: float
+    node_rho_remaining: float
+    max_rho_per_request: float
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A released (noisy) answer, exactly as stored in the ledger and sent on the wire."""
+
+    request_id: str
+    template: str
+    template_version: str
+    catalogue_version: str
+    data_version: str
+    municipality_code: str
+    group_by: tuple[str, ...]
+    categories: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    noise: NoiseSpec
+    charge: Charge
+    suppression_threshold: int
+    replayed: bool = False
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """Cost and accuracy of a request, from public parameters only."""
+
+    template: str
+    template_version: str
+    noise: NoiseSpec
+    charge: Charge
+    cell_count: int
+    budget: BudgetStatus
+    fits_budget: bool
+    refusal_reason: str = ""
+    refusal_message: str = ""

@@ -1,0 +1,74 @@
+"""Shared fixtures: node databases on SQLite and PostgreSQL.
+
+PostgreSQL tests use the server named by FEDAUDIT_TEST_PG_URL (default: the local
+trust-auth server, database `test`). Each test gets its own schema, dropped
+afterwards. Without a reachable server the tests skip with the reason, unless
+FEDAUDIT_REQUIRE_PG=1 (CI sets it), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _pg_base_url() -> str:
+    return os.environ.get("FEDAUDIT_TEST_PG_URL", DEFAULT_PG_URL)
+
+
+def _pg_unavailable_reason() -> str | None:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - depends on the machine
+        return "psycopg is not installed (pip install 'fedaudit[postgres]')"
+    try:
+        with psycopg.connect(_pg_base_url(), connect_timeout=3):
+            return None
+    except Exception as exc:  # any connection failure means: no server to test against
+        return f"PostgreSQL not reachable at {_pg_base_url()}: {exc.__class__.__name__}"
+
+
+@pytest.fixture(scope="session", name="pg_available")
+def _pg_available() -> str | None:
+    """None when PostgreSQL is usable, else the reason it is not."""
+    return _pg_unavailable_reason()
+
+
+@pytest.fixture(name="pg_url")
+def _pg_url(pg_available: str | None) -> Iterator[str]:
+    """A SQLAlchemy URL for a fresh, empty PostgreSQL schema (dropped after the test)."""
+    if pg_available is not None:
+        if os.environ.get("FEDAUDIT_REQUIRE_PG") == "1":
+            pytest.fail(f"PostgreSQL is required here (FEDAUDIT_REQUIRE_PG=1): {pg_available}")
+        pytest.skip(pg_available)
+    import psycopg
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    base = _pg_base_url()
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    sep = "&" if "?" in base else "?"
+    url = base.replace("postgresql://", "postgresql+psycopg://", 1)
+    yield f"{url}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(base, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+@pytest.fixture(name="sqlite_url")
+def _sqlite_url(tmp_path: Path) -> str:
+    """A SQLAlchemy URL for a new SQLite file in the test's temporary directory."""
+    return f"sqlite:///{tmp_path / 'node.db'}"
+
+
+@pytest.fixture(name="db_url", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def _db_url(request: pytest.FixtureRequest) -> str:
+    """The same test on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("sqlite_url")
+    return request.getfixturevalue("pg_url")
