@@ -132,3 +132,98 @@ class Preflight:
     fits_budget: bool
     refusal_reason: str = ""
     refusal_message: str = ""
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """A catalogue template as the auditor sees it (categories with default parameters)."""
+
+    name: str
+    version: str
+    description: str
+    dimensions: tuple[str, ...]
+    categories: tuple[str, ...]
+    params: tuple[tuple[str, str, int, int, int], ...]  # name, description, min, max, default
+    max_records_per_person: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The node's policy as one requester may see it. Public information only."""
+
+    municipality_code: str
+    municipality_name: str
+    country: str
+    catalogue_version: str
+    data_version: str
+    dimensions: Mapping[str, tuple[str, ...]]
+    dimension_descriptions: Mapping[str, str]
+    templates: tuple[TemplateInfo, ...]
+    mechanisms: tuple[Mechanism, ...]
+    budget: BudgetStatus
+    suppression_threshold: int
+    requester: str
+
+
+def answer_to_json(answer: Answer) -> str:
+    """The stored form of a released answer (ledger column `answer`)."""
+    return json.dumps(
+        {
+            "request_id": answer.request_id,
+            "template": answer.template,
+            "template_version": answer.template_version,
+            "catalogue_version": answer.catalogue_version,
+            "data_version": answer.data_version,
+            "municipality_code": answer.municipality_code,
+            "group_by": list(answer.group_by),
+            "categories": list(answer.categories),
+            "cells": [[list(c.keys), c.category, c.estimate, c.suppressed] for c in answer.cells],
+            "noise": {
+                "mechanism": answer.noise.mechanism.value,
+                "scale": answer.noise.scale,
+                "variance": answer.noise.variance,
+                "sensitivity_l1": answer.noise.sensitivity_l1,
+                "sensitivity_l2": answer.noise.sensitivity_l2,
+                "max_records_per_person": answer.noise.max_records_per_person,
+                "ci_level": answer.noise.ci_level,
+                "ci_half_width": answer.noise.ci_half_width,
+            },
+            "charge": {
+                "rho": answer.charge.rho,
+                "epsilon": answer.charge.epsilon,
+                "delta": answer.charge.delta,
+            },
+            "suppression_threshold": answer.suppression_threshold,
+        },
+        separators=(",", ":"),
+    )
+
+
+def answer_from_json(text: str, *, request_id: str | None = None, replayed: bool = True) -> Answer:
+    """Rebuild a stored answer; a replay may carry the new request's id."""
+    d = json.loads(text)
+    n = d["noise"]
+    return Answer(
+        request_id=request_id or d["request_id"],
+        template=d["template"],
+        template_version=d["template_version"],
+        catalogue_version=d["catalogue_version"],
+        data_version=d["data_version"],
+        municipality_code=d["municipality_code"],
+        group_by=tuple(d["group_by"]),
+        categories=tuple(d["categories"]),
+        cells=tuple(Cell(tuple(k), cat, int(est), bool(sup)) for k, cat, est, sup in d["cells"]),
+        noise=NoiseSpec(
+            mechanism=Mechanism(n["mechanism"]),
+            scale=n["scale"],
+            variance=n["variance"],
+            sensitivity_l1=n["sensitivity_l1"],
+            sensitivity_l2=n["sensitivity_l2"],
+            max_records_per_person=n["max_records_per_person"],
+            ci_level=n["ci_level"],
+            ci_half_width=n["ci_half_width"],
+        ),
+        charge=Charge(**d["charge"]),
+        suppression_threshold=d["suppression_threshold"],
+        replayed=replayed,
+    )

@@ -7,6 +7,7 @@ tests/test_proto_drift.py fails when this script would change them.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,11 +22,18 @@ def generate(out_dir: Path) -> None:
     import grpc_tools
 
     include = Path(grpc_tools.__file__).parent / "_proto"
+    plugin = Path(sys.executable).parent / "protoc-gen-mypy"
+    if not plugin.exists():
+        found = shutil.which("protoc-gen-mypy")
+        if found is None:
+            raise SystemExit("protoc-gen-mypy not found: pip install mypy-protobuf")
+        plugin = Path(found)
     files = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
+        f"--plugin=protoc-gen-mypy={plugin}",
         f"--python_out={out_dir}",
         f"--mypy_out={out_dir}",
         f"--grpc_python_out={out_dir}",

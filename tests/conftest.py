@@ -72,3 +72,47 @@ def _db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("sqlite_url")
     return request.getfixturevalue("pg_url")
+
+
+# --- nodes --------------------------------------------------------------------------------
+
+FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
+REQUESTER = "oversight-board"
+
+
+@pytest.fixture(name="node_factory")
+def _node_factory() -> Iterator[object]:
+    """Start real gRPC node servers on loopback (port 0); all are stopped after the test.
+
+    Call it with a database URL (and optionally a policy and a bundle); it imports the
+    bundle and returns the RunningNode.
+    """
+    from fedaudit.node.bundle import import_bundle
+    from fedaudit.node.db import make_engine
+    from fedaudit.node.policy import example_policy
+    from fedaudit.node.server import start_node_server
+    from fedaudit.node.service import NodeService
+
+    started = []
+    engines = []
+
+    def start(db_url: str, *, policy=None, bundle: Path | None = FIXTURE_BUNDLE, clock=None):
+        engine = make_engine(db_url)
+        engines.append(engine)
+        if bundle is not None:
+            import_bundle(engine, bundle)
+        else:
+            from fedaudit.node.db import create_schema
+
+            create_schema(engine)
+        policy = policy or example_policy({REQUESTER: 2.0, "other-auditor": 1.0})
+        kwargs = {"clock": clock} if clock is not None else {}
+        node = start_node_server(NodeService(engine, policy, **kwargs), host="127.0.0.1", port=0)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop(grace=None)
+    for engine in engines:
+        engine.dispose()

@@ -1,0 +1,208 @@
+"""Federated DP audit vs the same exact aggregates in one central database.
+
+Builds N node databases (SQLite) with R assessment rows each, starts one node
+process per database (`fedaudit node serve`, gRPC on loopback), and times the
+assessment check of an audit over the wire: capabilities, free preflight, the
+ledger charge, the bounded SQL aggregation at every node, OpenDP noise, and
+combination at the coordinator. The baseline is one central SQLite database
+holding all N x R rows, running the same bounded aggregation (the same
+SQL builder, without noise, ledger or network). Both are measured in this run;
+the script prints the medians and their ratio.
+
+    .venv/bin/python bench/audit_overhead.py [--nodes 5] [--rows 200000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sqlalchemy import Engine, insert
+
+from fedaudit.coordinator.audit import run_audit
+from fedaudit.coordinator.plan import parse_plan
+from fedaudit.coordinator.transport import GrpcNodeTransport
+from fedaudit.node import catalogue
+from fedaudit.node.db import create_schema, make_engine
+from fedaudit.node.domain import Mechanism, QuerySpec
+from fedaudit.node.models import (
+    Assessment,
+    Candidate,
+    DataVersion,
+    Municipality,
+    Provider,
+    Qualification,
+)
+
+QUALIFICATIONS = [("Q-5120", "5120", 4), ("Q-7411", "7411", 4), ("Q-7231", "7231", 4), ("Q-3112", "3112", 5)]
+PERIODS = ["2022", "2023", "2024", "2025"]
+REQUESTER = "oversight-board"
+
+
+def fill(engine: Engine, code: str, rows: int, seed: int, *, prefix: str = "", reference: bool = True) -> None:
+    """Write a registry with `rows` assessments (about 2 per candidate) straight into SQL."""
+    rng = random.Random(seed)
+    create_schema(engine)
+    providers = [f"{code}-P{i}" for i in range(1, 6)]
+    n_candidates = rows // 2
+    candidates = [
+        {
+            "candidate_id": f"{prefix}C{i}",
+            "national_id": None,
+            "given_name": "x",
+            "family_name": "y",
+            "date_of_birth": dt.date(1990, 1, 1),
+            "sex": rng.choice(("female", "male")),
+            "citizenship": "AT" if rng.random() < 0.85 else "DE",
+        }
+        for i in range(n_candidates)
+    ]
+    assessments = []
+    for i in range(rows):
+        assessments.append(
+            {
+                "assessment_id": f"{prefix}A{i}",
+                "candidate_id": f"{prefix}C{i % n_candidates}",
+                "qualification_id": QUALIFICATIONS[i % 4][0],
+                "provider_id": providers[rng.randrange(5)],
+                "attempt_no": 1 + i // n_candidates,
+                "assessed_on": dt.date(2022, 1, 1) + dt.timedelta(days=rng.randrange(1400)),
+                "result": "pass" if rng.random() < 0.88 else "fail",
+            }
+        )
+    with engine.begin() as conn:
+        if reference:
+            conn.execute(insert(Municipality), [{"municipality_code": code, "name": code, "country": "AT"}])
+            conn.execute(
+                insert(Qualification),
+                [{"qualification_id": q, "title": q, "isco_code": isco, "eqf_level": eqf} for q, isco, eqf in QUALIFICATIONS],
+            )
+            conn.execute(
+                insert(DataVersion),
+                [{"version": f"v1-{code}", "bundle_digest": "bench", "imported_at": dt.datetime.now(dt.UTC),
+                  "reference_date": dt.date(2026, 1, 1), "row_counts": "{}"}],
+            )
+        conn.execute(
+            insert(Provider),
+            [{"provider_id": p, "name": p, "provider_type": "school", "accreditation_status": "accredited"} for p in providers],
+        )
+        for start in range(0, len(candidates), 20_000):
+            conn.execute(insert(Candidate), candidates[start : start + 20_000])
+        for start in range(0, len(assessments), 20_000):
+            conn.execute(insert(Assessment), assessments[start : start + 20_000])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_node(db: Path, policy: Path, port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedaudit.cli", "--log-level", "error", "node", "serve",
+         "--db", str(db), "--policy", str(policy), "--insecure", "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+
+
+def wait_ready(address: str, timeout: float = 30.0) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                time.sleep(0.1)
+    raise SystemExit(f"node at {address} did not become ready")
+
+
+def central_aggregate(engine: Engine) -> int:
+    """The same bounded aggregation the nodes run, over all rows at once, no noise."""
+    spec = QuerySpec(template="assessment_results", group_by=("provider", "citizenship_group"),
+                     filters={"period": tuple(PERIODS)}, rho=0.05)
+    with engine.connect() as conn:
+        keys = catalogue.dimension_keys(conn, PERIODS)
+        template, params = catalogue.validate(spec, keys)
+        counts = catalogue.true_counts(conn, template, spec, keys, params,
+                                       max_records_per_person=3, reference_date=dt.date(2026, 1, 1))
+    return sum(c for _, _, c in counts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    ns = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fedaudit-bench-"))
+    policy = work / "policy.yaml"
+    policy.write_text(json.dumps({
+        "version": 1,
+        "requesters": {REQUESTER: {"rho_per_period": 100.0, "templates": "all"}},
+        "budget": {"period": "year", "node_rho_total": 1000.0, "max_rho_per_request": 1.0},
+        "reliability": {"suppress_below": 0},
+        "periods": {"first": 2022, "last": 2025},
+    }))
+    t0 = time.perf_counter()
+    codes = [f"M{i + 1:02d}" for i in range(ns.nodes)]
+    central = make_engine(str(work / "central.db"))
+    for i, code in enumerate(codes):
+        fill(make_engine(str(work / f"{code}.db")), code, ns.rows, seed=i)
+        fill(central, code, ns.rows, seed=i, prefix=f"{code}-", reference=i == 0)
+    print(f"built {ns.nodes} node databases x {ns.rows} assessments and a central one in {time.perf_counter() - t0:.1f} s")
+
+    ports = [free_port() for _ in codes]
+    procs = [start_node(work / f"{c}.db", policy, p) for c, p in zip(codes, ports, strict=True)]
+    try:
+        addresses = {c: f"127.0.0.1:{p}" for c, p in zip(codes, ports, strict=True)}
+        for a in addresses.values():
+            wait_ready(a)
+        federated, centralised = [], []
+        for r in range(ns.repeat):
+            # A fresh privacy cost each round: the identical query would be replayed for free.
+            plan = parse_plan({
+                "name": f"bench-{r}", "requester": REQUESTER, "confidence": 0.95,
+                "deadline_seconds": 600, "min_answering_nodes": ns.nodes, "periods": PERIODS,
+                "checks": {"pass_rates": {"rho": 0.05 + r * 1e-6, "tolerance": 0.08}},
+            }, source="bench").with_nodes(addresses)
+            transports = {c: GrpcNodeTransport(c, a, requester=REQUESTER) for c, a in addresses.items()}
+            t = time.perf_counter()
+            report = run_audit(plan, transports, run_id=f"bench-{os.getpid()}-{r}")
+            federated.append(time.perf_counter() - t)
+            for tr in transports.values():
+                tr.close()
+            assert report["coverage"]["answering"] == ns.nodes, report["coverage"]
+            t = time.perf_counter()
+            total = central_aggregate(central)
+            centralised.append(time.perf_counter() - t)
+            assert total > 0
+        fed, cen = statistics.median(federated), statistics.median(centralised)
+        print(f"federated DP audit over gRPC ({ns.nodes} nodes): median {fed:.3f} s  runs {[round(x, 3) for x in federated]}")
+        print(f"central exact SQL (one database, {ns.nodes * ns.rows} rows): median {cen:.3f} s  runs {[round(x, 3) for x in centralised]}")
+        print(f"ratio federated / central = {fed / cen:.2f}  (target <= 1.5)")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    main()

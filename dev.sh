@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Set up (once) and run fedaudit from a checkout. Needs only Python >= 3.11.
+#   ./dev.sh demo [fedaudit demo options]   the whole federation on synthetic data
+#   ./dev.sh test [pytest options]          lint, then the test suite
+#   ./dev.sh fedaudit ...                   any fedaudit command
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PYTHON="${PYTHON:-python3}"
+VENV="${FEDAUDIT_VENV:-.venv}"
+
+setup() {
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "fedaudit needs Python >= 3.11")'
+    "$PYTHON" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.fedaudit-installed"
+  if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+    touch "$stamp"
+  fi
+}
+
+cmd="${1:-help}"
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo)
+    setup
+    exec "$VENV/bin/fedaudit" demo "$@"
+    ;;
+  test)
+    setup
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    set +e
+    "$VENV/bin/python" -m pytest "$@"
+    rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then
+      echo "dev.sh: pytest collected no tests; that is a failure" >&2
+      exit 1
+    fi
+    exit "$rc"
+    ;;
+  fedaudit)
+    setup
+    exec "$VENV/bin/fedaudit" "$@"
+    ;;
+  *)
+    sed -n '2,6p' "$0"
+    ;;
+esac

@@ -1,0 +1,316 @@
+"""What each `fedaudit` sub-command does, given its parsed arguments.
+
+Kept apart from argument parsing (cli.py) so the commands read as plain calls
+into the node, the coordinator and the report writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fedaudit.cli import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, SEVERITIES, CliError
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+# --- node ---------------------------------------------------------------------------------
+
+
+def node_import(args: argparse.Namespace) -> int:
+    from fedaudit.node.bundle import import_bundle
+    from fedaudit.node.db import make_engine
+    from fedaudit.node.errors import BundleError
+
+    _require_dir(args.bundle)
+    engine = make_engine(args.db)
+    try:
+        result = import_bundle(
+            engine, args.bundle, allow_municipality_change=args.allow_municipality_change
+        )
+    except BundleError as exc:
+        err_console.print(f"[bold red]{args.bundle}: {len(exc.problems)} problem(s); nothing was imported[/]")
+        for line in exc.problems:
+            err_console.print(line, markup=False, highlight=False)
+        return EXIT_INPUT
+    finally:
+        engine.dispose()
+    rows = ", ".join(f"{name} {count}" for name, count in result.row_counts.items())
+    console.print(f"imported data version {result.data_version} ({rows})")
+    return EXIT_OK
+
+
+def node_validate(args: argparse.Namespace) -> int:
+    from fedaudit.node.bundle import validate_bundle
+    from fedaudit.node.errors import BundleError
+
+    _require_dir(args.bundle)
+    try:
+        parsed = validate_bundle(args.bundle)
+    except BundleError as exc:
+        err_console.print(f"[bold red]{args.bundle}: {len(exc.problems)} problem(s)[/]")
+        for line in exc.problems:
+            err_console.print(line, markup=False, highlight=False)
+        return EXIT_INPUT
+    rows = ", ".join(f"{name} {count}" for name, count in parsed.row_counts.items())
+    console.print(f"{args.bundle}: valid ({rows})")
+    return EXIT_OK
+
+
+def node_serve(args: argparse.Namespace) -> int:
+    from fedaudit.node.db import create_schema, make_engine
+    from fedaudit.node.server import start_node_server
+    from fedaudit.node.service import NodeService
+
+    policy = _load_policy(args.policy)
+    credentials = _server_credentials(args)
+    engine = make_engine(args.db)
+    create_schema(engine)
+    service = NodeService(engine, policy)
+    try:
+        node = start_node_server(
+            service,
+            host=args.host,
+            port=args.port,
+            max_workers=args.max_workers,
+            server_credentials=credentials,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err_console.print(
+        f"node for {'(no data yet)' if not service.ready() else 'municipality ready'} serving on "
+        f"{args.host}:{node.port} ({'mTLS' if credentials else 'insecure, loopback only'}); Ctrl-C stops"
+    )
+    stop.wait()
+    node.stop(grace=5.0)
+    engine.dispose()
+    return EXIT_OK
+
+
+def node_budget(args: argparse.Namespace) -> int:
+    from fedaudit.node.db import create_schema, make_engine
+    from fedaudit.node.ledger import Ledger
+    from fedaudit.node.service import utcnow
+
+    policy = _load_policy(args.policy)
+    engine = make_engine(args.db)
+    create_schema(engine)
+    ledger = Ledger(engine, policy)
+    now = utcnow()
+    table = Table(title=f"Privacy budget, period {policy.period_of(now)}")
+    for col in ("requester", "cap (rho)", "spent", "remaining", "node remaining"):
+        table.add_column(col, justify="left" if col == "requester" else "right")
+    for name in sorted(policy.requesters):
+        s = ledger.status(name, now)
+        table.add_row(
+            name,
+            f"{s.requester_rho_cap:.4g}",
+            f"{s.requester_rho_spent:.4g}",
+            f"{s.requester_rho_remaining:.4g}",
+            f"{s.node_rho_remaining:.4g}",
+        )
+    console.print(table)
+    engine.dispose()
+    return EXIT_OK
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def audit_run(args: argparse.Namespace) -> int:
+    from fedaudit.audit_reports.render import write_report
+    from fedaudit.coordinator.audit import run_audit
+    from fedaudit.coordinator.transport import GrpcNodeTransport
+
+    plan = _load_plan(args.plan)
+    overrides = dict(_parse_node_arg(a) for a in args.node)
+    if overrides:
+        nodes = {n.name: n.address for n in plan.nodes}
+        nodes.update(overrides)
+        plan = plan.with_nodes(nodes)
+    if not plan.nodes:
+        raise CliError(f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT")
+    credentials = _channel_credentials(args, [n.address for n in plan.nodes])
+    transports = {
+        n.name: GrpcNodeTransport(n.name, n.address, requester=plan.requester, credentials=credentials)
+        for n in plan.nodes
+    }
+    try:
+        with progress_reporter(len(plan.nodes) * len(_queries(plan)), quiet=args.quiet) as progress:
+            report = run_audit(plan, transports, run_id=args.run_id, progress=progress)
+    finally:
+        for t in transports.values():
+            t.close()
+    json_path, html_path = write_report(report, args.out)
+    print_summary(report)
+    console.print(f"\nreport: {json_path}\n        {html_path}")
+    return exit_code_for(report, args.fail_on)
+
+
+def exit_code_for(report: Mapping[str, Any], fail_on: str | None) -> int:
+    if fail_on is None:
+        return EXIT_OK
+    threshold = SEVERITIES.index(fail_on)
+    hit = any(SEVERITIES.index(f["severity"]) >= threshold for f in report["findings"])
+    return EXIT_FINDINGS if hit else EXIT_OK
+
+
+def demo(args: argparse.Namespace) -> int:
+    from fedaudit.demo import run_demo
+
+    return run_demo(args, console=console)
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+
+
+def _queries(plan: Any) -> list[Any]:
+    from fedaudit.coordinator.checks import planned_queries
+
+    return planned_queries(plan)
+
+
+@contextmanager
+def progress_reporter(total: int, *, quiet: bool) -> Iterator[Any]:
+    """A rich progress bar fed by the audit's per-query callback."""
+    if quiet:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]audit[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("querying nodes", total=total)
+        lock = threading.Lock()
+
+        def on_event(node: str, event: str) -> None:
+            with lock:
+                progress.update(task, advance=1, description=f"{node}: {event}")
+
+        yield on_event
+
+
+def print_summary(report: Mapping[str, Any]) -> None:
+    audit = report["audit"]
+    console.print(
+        f"\n[bold]{audit['plan']}[/] ({audit['run_id']}): status {audit['status']}"
+        + (f" — {audit['status_reason']}" if audit.get("status_reason") else "")
+    )
+    cov = Table(title="Coverage", show_lines=False)
+    for col in ("node", "status", "reason"):
+        cov.add_column(col)
+    for n in report["coverage"]["nodes"]:
+        cov.add_row(n["node"], n["status"], n["reason"] or "")
+    console.print(cov)
+    findings = report["findings"]
+    ec = audit.get("error_control") or {}
+    if not findings:
+        console.print(
+            f"No findings at {audit['confidence']:.0%} confidence "
+            f"({ec.get('tests', 0)} tests, {ec.get('method', 'bonferroni')} correction)."
+        )
+        return
+    table = Table(title=f"Findings ({len(findings)}; {ec.get('tests', 0)} tests, {ec.get('method', '')})")
+    for col in ("severity", "kind", "subject", "summary"):
+        table.add_column(col, overflow="fold")
+    for f in findings:
+        subject = ", ".join(f"{k}={v}" for k, v in f["subject"].items() if v)
+        table.add_row(f["severity"], f["kind"], subject, f["summary"])
+    console.print(table)
+
+
+def _require_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise CliError(f"{path}: not a directory (a data bundle is a directory of CSV files)")
+
+
+def _load_policy(path: Path) -> Any:
+    from fedaudit.node.errors import PolicyError
+    from fedaudit.node.policy import load_policy
+
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+
+
+def _load_plan(path: Path) -> Any:
+    from fedaudit.coordinator.errors import PlanError
+    from fedaudit.coordinator.plan import load_plan
+
+    try:
+        return load_plan(path)
+    except PlanError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the plan: {exc.strerror}") from exc
+
+
+def _parse_node_arg(text: str) -> tuple[str, str]:
+    name, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not name or not colon or not host or not port.isdigit():
+        raise CliError(f"--node {text!r}: expected NAME=HOST:PORT, e.g. M01=127.0.0.1:50051")
+    return name, address
+
+
+def _read(path: Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+
+
+def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+    if args.insecure:
+        if any(tls):
+            raise CliError("--insecure and --tls-* exclude each other")
+        return None
+    if not all(tls):
+        raise CliError("a node needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure on a loopback address")
+    cert, key, ca = _read(args.tls_cert, "certificate"), _read(args.tls_key, "key"), _read(args.tls_ca, "CA certificate")
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def _channel_credentials(args: argparse.Namespace, addresses: list[str]) -> grpc.ChannelCredentials | None:
+    from fedaudit.node.server import is_loopback
+
+    tls = (args.tls_cert, args.tls_key, args.tls_ca)
+    if args.insecure:
+        if any(tls):
+            raise CliError("--insecure and --tls-* exclude each other")
+        remote = [a for a in addresses if not is_loopback(a.rpartition(":")[0])]
+        if remote:
+            raise CliError(f"--insecure is for loopback nodes only; not allowed for {', '.join(remote)}")
+        return None
+    if not all(tls):
+        raise CliError("an audit needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure for loopback nodes")
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(args.tls_ca, "CA certificate"),
+        private_key=_read(args.tls_key, "key"),
+        certificate_chain=_read(args.tls_cert, "certificate"),
+    )

@@ -1,0 +1,72 @@
+"""Logging for every fedaudit process: structlog, JSON in production, readable in a terminal.
+
+Configured once per process by `configure_logging`. A redaction processor drops
+any event key that names a personal field, so a careless `log.info(..., given_name=x)`
+cannot put a name in a log line; the values of ordinary keys are not inspected,
+which is why code must never pass personal data in them (tests check this).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+PERSONAL_FIELDS = frozenset(
+    {
+        "national_id",
+        "given_name",
+        "family_name",
+        "date_of_birth",
+        "dob",
+        "certificate_no",
+        "origin_certificate_no",
+        "monthly_earnings",
+        "name_of_person",
+    }
+)
+"""Keys that never appear in a log event (class P and S of the data contract)."""
+
+REDACTED = "[redacted]"
+
+
+def redact_personal_fields(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Replace the value of any personal-field key before the event is rendered."""
+    for key in PERSONAL_FIELDS.intersection(event_dict):
+        event_dict[key] = REDACTED
+    return event_dict
+
+
+def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
+    """Set up structlog for this process.
+
+    `json=None` picks JSON when stderr is not a terminal (services, CI, containers)
+    and a coloured console renderer when a person is watching.
+    """
+    if json is None:
+        json = not sys.stderr.isatty()
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            redact_personal_fields,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

@@ -1,0 +1,255 @@
+"""The node's gRPC boundary: wire messages in, domain calls, status codes out.
+
+This is the only place where node errors become gRPC status codes. Every refusal
+carries a `google.rpc.ErrorInfo` detail (domain `fedaudit.org`, reason = the
+RefusalReason name, metadata with specifics such as the remaining budget) so a
+client in any language can act on it. Standard health checking (SERVING only
+with data loaded) and server reflection are registered.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from concurrent import futures
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from grpc_status import rpc_status
+
+from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY, __version__
+from fedaudit.convert import (
+    WireFormatError,
+    answer_to_pb,
+    budget_to_pb,
+    mechanism_to_pb,
+    preflight_to_pb,
+    spec_from_pb,
+)
+from fedaudit.node.domain import Capabilities, QuerySpec
+from fedaudit.node.errors import (
+    InvalidParametersError,
+    RefusalReason,
+    RefusedError,
+    VersionMismatchError,
+)
+from fedaudit.node.service import NodeService, utcnow
+from fedaudit.wire.v1 import node_pb2 as pb
+from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+ERROR_DOMAIN = "fedaudit.org"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditNode"].full_name
+
+_STATUS_FOR_REASON: dict[RefusalReason, grpc.StatusCode] = {
+    RefusalReason.REQUESTER_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.TEMPLATE_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RefusalReason.INVALID_PARAMETERS: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalReason.VERSION_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
+    RefusalReason.DATA_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
+    RefusalReason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+class _Aborted(Exception):
+    """Raised after context.abort in code paths typed as returning a value."""
+
+
+def refusal_status(error: RefusedError) -> status_pb2.Status:
+    """A google.rpc.Status carrying the refusal's reason and details."""
+    code = _STATUS_FOR_REASON[error.reason]
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.details
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    return status_pb2.Status(
+        code=getattr(code_pb2, code.name), message=error.message, details=[detail]
+    )
+
+
+class AuditNodeServicer(pb_grpc.AuditNodeServicer):
+    """Translates AuditNode calls to `NodeService` calls."""
+
+    def __init__(self, service: NodeService) -> None:
+        self._service = service
+
+    def GetCapabilities(  # noqa: N802 - name fixed by the generated base class
+        self, request: pb.CapabilitiesRequest, context: grpc.ServicerContext
+    ) -> pb.Capabilities:
+        with _boundary(context, "GetCapabilities") as requester:
+            return capabilities_to_pb(self._service.capabilities(requester))
+        raise _Aborted  # pragma: no cover - _boundary aborts on every error
+
+    def Preflight(  # noqa: N802
+        self, request: pb.QueryRequest, context: grpc.ServicerContext
+    ) -> pb.PreflightResponse:
+        with _boundary(context, "Preflight") as requester:
+            return preflight_to_pb(self._service.preflight(requester, _spec(request)))
+        raise _Aborted  # pragma: no cover
+
+    def Query(  # noqa: N802
+        self, request: pb.QueryRequest, context: grpc.ServicerContext
+    ) -> pb.QueryResponse:
+        with _boundary(context, "Query") as requester:
+            answer = self._service.query(requester, request.request_id, _spec(request))
+            budget = self._service.ledger.status(requester, utcnow())
+            return answer_to_pb(answer, budget)
+        raise _Aborted  # pragma: no cover
+
+
+def _spec(request: pb.QueryRequest) -> QuerySpec:
+    try:
+        return spec_from_pb(request)
+    except WireFormatError as exc:
+        raise InvalidParametersError(str(exc)) from exc
+
+
+@contextmanager
+def _boundary(context: grpc.ServicerContext, method: str) -> Iterator[str]:
+    """Check protocol version, yield the requester, map domain errors to statuses."""
+    metadata = dict(context.invocation_metadata())
+    try:
+        version = metadata.get(PROTOCOL_METADATA_KEY, "")
+        if version != PROTOCOL_VERSION:
+            raise VersionMismatchError(
+                f"protocol version mismatch: client sent '{version or '(none)'}', "
+                f"this node speaks '{PROTOCOL_VERSION}'",
+                {"client_version": version, "node_version": PROTOCOL_VERSION},
+            )
+        requester = requester_identity(context, metadata)
+        yield requester
+    except RefusedError as exc:
+        log.info("request_refused", method=method, reason=exc.reason.value)
+        context.abort_with_status(rpc_status.to_status(refusal_status(exc)))
+    except Exception:
+        log.exception("request_failed", method=method)
+        context.abort(grpc.StatusCode.INTERNAL, "internal error in the node; see its log")
+
+
+def requester_identity(context: grpc.ServicerContext, metadata: dict[str, str]) -> str:
+    """Who is asking: the mTLS peer identity when there is one, else the metadata header."""
+    auth = context.auth_context()
+    names = auth.get("x509_common_name") if auth else None
+    if names:
+        return names[0].decode()
+    return metadata.get(REQUESTER_METADATA_KEY, "")
+
+
+def capabilities_to_pb(caps: Capabilities) -> pb.Capabilities:
+    return pb.Capabilities(
+        protocol_version=PROTOCOL_VERSION,
+        municipality_code=caps.municipality_code,
+        municipality_name=caps.municipality_name,
+        country=caps.country,
+        catalogue_version=caps.catalogue_version,
+        data_version=caps.data_version,
+        dimensions=[
+            pb.Dimension(
+                name=name, description=caps.dimension_descriptions.get(name, ""), keys=list(keys)
+            )
+            for name, keys in caps.dimensions.items()
+        ],
+        templates=[
+            pb.Template(
+                name=t.name,
+                version=t.version,
+                description=t.description,
+                dimensions=list(t.dimensions),
+                categories=list(t.categories),
+                params=[
+                    pb.ParamSpec(
+                        name=n, description=d, minimum=lo, maximum=hi, default_value=default
+                    )
+                    for n, d, lo, hi, default in t.params
+                ],
+                max_records_per_person=t.max_records_per_person,
+            )
+            for t in caps.templates
+        ],
+        mechanisms=[mechanism_to_pb(m) for m in caps.mechanisms],
+        budget=budget_to_pb(caps.budget),
+        suppression_threshold=caps.suppression_threshold,
+        requester=caps.requester,
+        software_version=__version__,
+    )
+
+
+@dataclass
+class RunningNode:
+    """A started node server; `port` is the bound port (useful with port 0)."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service: NodeService
+
+    def stop(self, grace: float | None = 1.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def start_node_server(
+    service: NodeService,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_workers: int = 8,
+    server_credentials: grpc.ServerCredentials | None = None,
+) -> RunningNode:
+    """Start serving `service`. Without credentials only a loopback address is allowed."""
+    if server_credentials is None and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve without TLS on non-loopback address {host!r}: "
+            "insecure mode is for local development on 127.0.0.1 only"
+        )
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="fedaudit-node"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+        maximum_concurrent_rpcs=max_workers * 4,
+    )
+    pb_grpc.add_AuditNodeServicer_to_server(AuditNodeServicer(service), server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    address = f"{host}:{port}"
+    bound = (
+        server.add_secure_port(address, server_credentials)
+        if server_credentials is not None
+        else server.add_insecure_port(address)
+    )
+    server.start()
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if service.ready()
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    health_servicer.set("", status)
+    health_servicer.set(SERVICE_NAME, status)
+    log.info("node_serving", address=f"{host}:{bound}", ready=status == health_pb2.HealthCheckResponse.SERVING)
+    return RunningNode(server=server, port=bound, health=health_servicer, service=service)
