@@ -197,6 +197,8 @@ class LedgerEntry(Base):
         UniqueConstraint("request_id", name="uq_ledger_request_id"),
         Index("ix_ledger_requester_period", "requester", "period"),
         Index("ix_ledger_query", "query_hash", "data_version"),
+        # Never reuse the id of a cancelled entry: ids form the node's audit trail.
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

@@ -1,0 +1,409 @@
+"""The node policy: the municipality's own rules for who may ask what, and at what privacy cost.
+
+The policy is a small YAML file owned by the municipality's data officer (see
+`deploy/policy.example.yaml`). It is parsed strictly, because a lenient parser turns
+a typo into a looser rule: unknown keys, duplicate keys, booleans where numbers
+belong, NaN or infinite budgets, and template names the node does not know are all
+errors. Every error names the file and the dotted path of the field, so the officer
+can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from fedaudit.node.errors import PolicyError
+
+POLICY_VERSION = 1
+MAX_POLICY_BYTES = 1024 * 1024
+"""A policy is a few dozen lines; anything larger is a mistake or an attack."""
+
+MAX_RHO = 1_000_000.0
+"""Upper limit for any rho in the file. Far beyond any meaningful privacy loss, it keeps
+ledger sums (integers of 1e-12 rho) inside 64 bits."""
+
+MAX_BOUND = 100
+MAX_SUPPRESS_BELOW = 1_000_000
+MIN_YEAR, MAX_YEAR = 1900, 2100
+PERIOD_KINDS = ("month", "quarter", "year")
+
+DEFAULT_BOUNDS: Mapping[str, int] = MappingProxyType(
+    {
+        "assessment_results": 3,
+        "certificates_issued": 2,
+        "employment_outcomes": 2,
+        "earnings_distribution": 2,
+        "recognition_decision_time": 2,
+        "recognition_decisions": 2,
+        "appeal_outcomes": 2,
+    }
+)
+"""Records per person kept per query, per template, when the policy does not say.
+
+Its keys are also the template names a policy may mention: a node answers no
+template it has no contribution bound for.
+"""
+
+KNOWN_TEMPLATES: frozenset[str] = frozenset(DEFAULT_BOUNDS)
+DEFAULT_SUPPRESS_BELOW = 10
+DEFAULT_PERIOD_SPAN_YEARS = 7
+
+_REQUESTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
+"""Requester names become ledger scopes and (later) match mTLS certificate names."""
+
+_TOP_KEYS = ("version", "requesters", "budget", "reliability", "bounds", "periods", "templates")
+_REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
+_REQUESTER_KEYS = ("rho_per_period", "templates")
+_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
+_RELIABILITY_KEYS = ("suppress_below",)
+_PERIODS_KEYS = ("first", "last")
+
+
+@dataclass(frozen=True)
+class RequesterPolicy:
+    """One party allowed to query this node, with its budget per period.
+
+    `templates` is None when every template the node allows is allowed.
+    """
+
+    name: str
+    rho_per_period: float
+    templates: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The validated policy of one node. Build it with `parse_policy` or `load_policy`."""
+
+    requesters: Mapping[str, RequesterPolicy]
+    budget_period: str
+    node_rho_total: float
+    max_rho_per_request: float
+    suppress_below: int
+    bounds: Mapping[str, int]
+    periods: tuple[str, ...]
+    templates: frozenset[str] | None
+
+    def period_of(self, now: dt.datetime) -> str:
+        """The budget period key `now` falls in: "2026-11", "2026-Q4" or "2026".
+
+        Aware datetimes are converted to UTC and naive ones are taken as UTC, so the
+        key does not depend on the time zone of the machine the node runs on.
+        """
+        if now.tzinfo is not None:
+            now = now.astimezone(dt.UTC)
+        if self.budget_period == "month":
+            return f"{now.year:04d}-{now.month:02d}"
+        if self.budget_period == "quarter":
+            return f"{now.year:04d}-Q{(now.month - 1) // 3 + 1}"
+        return f"{now.year:04d}"
+
+    def allows(self, requester: str, template: str) -> bool:
+        """True when `requester` is named and both the node and its entry allow `template`.
+
+        A template without a contribution bound is never allowed: the node could not
+        bound what one person contributes to it.
+        """
+        entry = self.requesters.get(requester)
+        if entry is None or template not in self.bounds:
+            return False
+        if self.templates is not None and template not in self.templates:
+            return False
+        return entry.templates is None or template in entry.templates
+
+    def bound(self, template: str) -> int:
+        """Records per person kept for `template` (its contribution bound)."""
+        try:
+            return self.bounds[template]
+        except KeyError:
+            raise PolicyError(f"no contribution bound for template {template!r}") from None
+
+
+# --- parsing -------------------------------------------------------------------------------
+
+
+class _Problem(Exception):
+    """One invalid field: its dotted path and what is wrong (internal to parsing)."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _mapping(value: object, path: str, allowed: tuple[str, ...]) -> Mapping[str, Any]:
+    """Check `value` is a mapping whose keys are all in `allowed` (typos are errors)."""
+    if not isinstance(value, Mapping):
+        raise _Problem(path, f"must be a mapping, got {_show(value)}")
+    for key in value:
+        if not isinstance(key, str):
+            raise _Problem(path, f"keys must be text, got {_show(key)}")
+        if key not in allowed:
+            raise _Problem(_join(path, key), f"unknown key (allowed here: {', '.join(allowed)})")
+    return value
+
+
+def _positive_rho(value: object, path: str) -> float:
+    """A finite number > 0 (bool is not a number here: `yes` must not become 1)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise _Problem(path, f"must be a finite number > 0, got {_show(value)}")
+    if value > MAX_RHO:
+        raise _Problem(path, f"must be at most {MAX_RHO:g}, got {_show(value)}")
+    return float(value)
+
+
+def _integer(value: object, path: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _Problem(path, f"must be an integer from {low} to {high}, got {_show(value)}")
+    return value
+
+
+def _templates(value: object, path: str) -> frozenset[str] | None:
+    """`all` (None) or a list of known template names."""
+    if value == "all":
+        return None
+    if not isinstance(value, list):
+        raise _Problem(path, f"must be 'all' or a list of template names, got {_show(value)}")
+    names: set[str] = set()
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or item not in KNOWN_TEMPLATES:
+            raise _Problem(
+                f"{path}[{i}]",
+                f"unknown template {_show(item)} (known: {', '.join(sorted(KNOWN_TEMPLATES))})",
+            )
+        names.add(item)
+    return frozenset(names)
+
+
+def _requesters(value: object) -> dict[str, RequesterPolicy]:
+    if not isinstance(value, Mapping):
+        raise _Problem("requesters", f"must be a mapping of requester names, got {_show(value)}")
+    if not value:
+        raise _Problem("requesters", "must name at least one requester")
+    result: dict[str, RequesterPolicy] = {}
+    for name, entry in value.items():
+        if not isinstance(name, str) or not _REQUESTER_NAME.fullmatch(name):
+            raise _Problem(
+                "requesters",
+                f"invalid requester name {_show(name)} (letters, digits, '.', '_', '@', '-'; "
+                "starting with a letter or digit; at most 128 characters)",
+            )
+        path = f"requesters.{name}"
+        fields = _mapping(entry, path, _REQUESTER_KEYS)
+        if "rho_per_period" not in fields:
+            raise _Problem(_join(path, "rho_per_period"), "is required")
+        result[name] = RequesterPolicy(
+            name=name,
+            rho_per_period=_positive_rho(fields["rho_per_period"], f"{path}.rho_per_period"),
+            templates=_templates(fields.get("templates", "all"), f"{path}.templates"),
+        )
+    return result
+
+
+def _budget(value: object) -> tuple[str, float, float]:
+    fields = _mapping(value, "budget", _BUDGET_KEYS)
+    for key in _BUDGET_KEYS:
+        if key not in fields:
+            raise _Problem(f"budget.{key}", "is required")
+    period = fields["period"]
+    if period not in PERIOD_KINDS:
+        raise _Problem(
+            "budget.period", f"must be one of {', '.join(PERIOD_KINDS)}, got {_show(period)}"
+        )
+    total = _positive_rho(fields["node_rho_total"], "budget.node_rho_total")
+    per_request = _positive_rho(fields["max_rho_per_request"], "budget.max_rho_per_request")
+    if per_request > total:
+        raise _Problem(
+            "budget.max_rho_per_request",
+            f"must not exceed budget.node_rho_total ({total:g}), got {_show(per_request)}",
+        )
+    return period, total, per_request
+
+
+def _bounds(value: object) -> dict[str, int]:
+    fields = _mapping(value, "bounds", tuple(DEFAULT_BOUNDS))
+    bounds = dict(DEFAULT_BOUNDS)
+    for key, bound in fields.items():
+        bounds[key] = _integer(bound, f"bounds.{key}", 1, MAX_BOUND)
+    return bounds
+
+
+def _periods(value: object, today: dt.date) -> tuple[str, ...]:
+    if value is None:
+        last = today.year
+        first = last - DEFAULT_PERIOD_SPAN_YEARS
+    else:
+        fields = _mapping(value, "periods", _PERIODS_KEYS)
+        for key in _PERIODS_KEYS:
+            if key not in fields:
+                raise _Problem(f"periods.{key}", "is required")
+        first = _integer(fields["first"], "periods.first", MIN_YEAR, MAX_YEAR)
+        last = _integer(fields["last"], "periods.last", MIN_YEAR, MAX_YEAR)
+        if last < first:
+            raise _Problem(
+                "periods.last", f"must not be before periods.first ({first}), got {last}"
+            )
+    return tuple(str(year) for year in range(first, last + 1))
+
+
+def _parse(data: object, today: dt.date) -> Policy:
+    if data is None:
+        raise _Problem(
+            "", "the document is empty; expected a mapping with version, requesters, budget"
+        )
+    top = _mapping(data, "", _TOP_KEYS)
+    for key in _REQUIRED_TOP_KEYS:
+        if key not in top:
+            raise _Problem(key, "is required")
+    version = top["version"]
+    if isinstance(version, bool) or version != POLICY_VERSION:
+        raise _Problem("version", f"must be {POLICY_VERSION}, got {_show(version)}")
+    requesters = _requesters(top["requesters"])
+    period, total, per_request = _budget(top["budget"])
+    reliability = _mapping(top.get("reliability", {}), "reliability", _RELIABILITY_KEYS)
+    suppress_below = _integer(
+        reliability.get("suppress_below", DEFAULT_SUPPRESS_BELOW),
+        "reliability.suppress_below",
+        0,
+        MAX_SUPPRESS_BELOW,
+    )
+    return Policy(
+        requesters=MappingProxyType(requesters),
+        budget_period=period,
+        node_rho_total=total,
+        max_rho_per_request=per_request,
+        suppress_below=suppress_below,
+        bounds=MappingProxyType(_bounds(top.get("bounds", {}))),
+        periods=_periods(top.get("periods"), today),
+        templates=_templates(top.get("templates", "all"), "templates"),
+    )
+
+
+def parse_policy(data: object, *, source: str = "<policy>") -> Policy:
+    """Validate an already-loaded policy document (e.g. from `yaml.safe_load`).
+
+    Raises `PolicyError` naming `source` and the dotted path of the first bad field.
+    """
+    try:
+        return _parse(data, dt.datetime.now(dt.UTC).date())
+    except _Problem as problem:
+        raise PolicyError(f"{source}: {problem}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses duplicate keys.
+
+    Plain PyYAML keeps the last of two equal keys, so a second `rho_per_period` further
+    down would silently replace the first one the data officer reviewed.
+    """
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+        try:
+            duplicate = key in result
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                "unhashable key",
+                key_node.start_mark,
+            ) from None
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping",
+                node.start_mark,
+                f"duplicate key {key!r}",
+                key_node.start_mark,
+            )
+        result[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+    return result
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> PolicyError:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return PolicyError(f"{source}: {where}invalid YAML: {problem}")
+
+
+def load_policy(path: Path) -> Policy:
+    """Read, parse and validate the policy file at `path`.
+
+    Raises `PolicyError` for an unreadable, oversized, non-UTF-8 or invalid file.
+    """
+    source = str(path)
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_POLICY_BYTES + 1)
+    except OSError as exc:
+        raise PolicyError(f"{source}: cannot read the policy file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: the policy file is larger than {MAX_POLICY_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(source, exc) from None
+    return parse_policy(data, source=source)
+
+
+def example_policy(
+    requesters: Mapping[str, float],
+    *,
+    node_rho_total: float | None = None,
+    max_rho_per_request: float = 0.5,
+    period: str = "quarter",
+) -> Policy:
+    """A permissive but valid policy for demos and tests: all templates, default bounds.
+
+    `requesters` maps each requester name to its rho per period. The node-wide total
+    defaults to the sum of those caps (at least `max_rho_per_request`), i.e. one
+    period's worth of every requester. Goes through `parse_policy`, so it obeys every
+    rule a real file does.
+    """
+    total = node_rho_total
+    if total is None:
+        total = max(sum(requesters.values()), max_rho_per_request)
+    document = {
+        "version": POLICY_VERSION,
+        "requesters": {
+            name: {"rho_per_period": rho, "templates": "all"} for name, rho in requesters.items()
+        },
+        "budget": {
+            "period": period,
+            "node_rho_total": total,
+            "max_rho_per_request": max_rho_per_request,
+        },
+    }
+    return parse_policy(document, source="<example policy>")

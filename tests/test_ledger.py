@@ -1,0 +1,463 @@
+"""The privacy ledger: exact arithmetic, both caps, refusals, state changes and races."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import multiprocessing
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from fedaudit.node.db import create_schema, make_engine
+from fedaudit.node.domain import Charge, Mechanism
+from fedaudit.node.errors import (
+    BudgetExhaustedError,
+    InvalidParametersError,
+    RequesterNotAllowedError,
+)
+from fedaudit.node.ledger import (
+    DuplicateRequestError,
+    Ledger,
+    LedgerStateError,
+    cap_to_units,
+    rho_to_units,
+    units_to_rho,
+    units_to_text,
+)
+from fedaudit.node.models import BudgetLock, LedgerEntry
+from fedaudit.node.policy import Policy, example_policy
+
+NOW = dt.datetime(2026, 11, 15, 12, 0, tzinfo=dt.UTC)
+THREADS = 16
+
+
+@pytest.fixture(name="engine")
+def _engine(db_url: str) -> Iterator[Engine]:
+    """A node database with its schema, with a pool big enough for every racing thread."""
+    engine = make_engine(db_url, pool_size=THREADS + 4, max_overflow=0)
+    create_schema(engine)
+    yield engine
+    engine.dispose()
+
+
+def _policy(
+    requesters: dict[str, float] | None = None,
+    *,
+    node_total: float = 1.5,
+    per_request: float = 0.5,
+) -> Policy:
+    return example_policy(
+        requesters or {"board": 1.0, "other": 1.0},
+        node_rho_total=node_total,
+        max_rho_per_request=per_request,
+        period="quarter",
+    )
+
+
+def _reserve(
+    ledger: Ledger,
+    request_id: str,
+    rho: float,
+    *,
+    requester: str = "board",
+    now: dt.datetime = NOW,
+    query_hash: str = "q1",
+    data_version: str = "v1",
+) -> int:
+    return ledger.reserve(
+        request_id=request_id,
+        requester=requester,
+        template="certificates_issued",
+        template_version="1",
+        query_hash=query_hash,
+        data_version=data_version,
+        mechanism=Mechanism.DISCRETE_GAUSSIAN,
+        charge=Charge(rho=rho),
+        now=now,
+    )
+
+
+def _rows(engine: Engine) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """Every ledger entry and lock row, to show that a refusal wrote nothing."""
+    with engine.connect() as conn:
+        entries = [tuple(r) for r in conn.execute(select(LedgerEntry.__table__).order_by("id"))]
+        locks = [tuple(r) for r in conn.execute(select(BudgetLock.scope).order_by("scope"))]
+    return entries, locks
+
+
+def _stored_units(engine: Engine, requester: str | None = None) -> int:
+    query = select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))
+    if requester is not None:
+        query = query.where(LedgerEntry.requester == requester)
+    with engine.connect() as conn:
+        return int(conn.execute(query).scalar_one())
+
+
+# --- arithmetic ----------------------------------------------------------------------------
+
+
+def test_units_round_charges_up_and_caps_down() -> None:
+    """Charges never under-count and caps never over-state, at 1e-12 rho resolution."""
+    assert rho_to_units(0.25) == 250_000_000_000
+    assert rho_to_units(1e-13) == 1
+    # What OpenDP's map returns for a requested 0.03: a hair above, so one unit more.
+    assert rho_to_units(0.030000000000000002) == 30_000_000_001
+    # The float 0.1 is slightly above one tenth: the charge rounds up, the cap down.
+    assert rho_to_units(0.1) == 100_000_000_001
+    assert cap_to_units(0.1) == 100_000_000_000
+    assert rho_to_units(0.09999999999999999) == 100_000_000_000
+    assert units_to_text(250_000_000_000) == "0.25"
+    assert units_to_text(1_000_000_000_001) == "1.000000000001"
+    assert units_to_text(0) == "0"
+    for bad in (math.nan, math.inf, -0.1):
+        with pytest.raises(ValueError, match="finite"):
+            rho_to_units(bad)
+
+
+def test_charges_add_up_exactly_and_caps_are_inclusive(engine: Engine) -> None:
+    """Charges summing exactly to the cap are accepted; one unit more is refused."""
+    ledger = Ledger(engine, _policy())
+    for i, rho in enumerate((0.25, 0.125, 0.125, 0.5)):
+        _reserve(ledger, f"r{i}", rho)
+    status = ledger.status("board", NOW)
+    assert status.requester_rho_spent == 1.0
+    assert status.requester_rho_remaining == 0.0
+    assert status.node_rho_remaining == 0.5
+    assert _stored_units(engine) == 1_000_000_000_000
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "one-unit-more", 1e-12)
+    assert info.value.details == {
+        "scope": "requester",
+        "remaining_rho": "0",
+        "requested_rho": "0.000000000001",
+        "period": "2026-Q4",
+    }
+
+
+def test_status_tracks_remaining_with_rounded_up_units(engine: Engine) -> None:
+    """Status reports what was charged (rounded up) and what remains on both caps."""
+    ledger = Ledger(engine, _policy())
+    _reserve(ledger, "a", 0.25)
+    _reserve(ledger, "b", 0.030000000000000002)
+    status = ledger.status("board", NOW)
+    spent_units = 250_000_000_000 + 30_000_000_001
+    assert _stored_units(engine) == spent_units
+    assert status.period == "2026-Q4"
+    assert status.requester_rho_cap == 1.0
+    assert status.requester_rho_spent == units_to_rho(spent_units)
+    assert status.requester_rho_remaining == units_to_rho(10**12 - spent_units)
+    assert status.node_rho_cap == 1.5
+    assert status.node_rho_remaining == units_to_rho(1_500_000_000_000 - spent_units)
+    assert status.max_rho_per_request == 0.5
+    other = ledger.status("other", NOW)
+    assert other.requester_rho_spent == 0.0
+    assert other.requester_rho_remaining == 1.0
+
+
+def test_per_request_maximum(engine: Engine) -> None:
+    """A request may cost exactly the maximum, not one unit more, and a refusal writes nothing."""
+    ledger = Ledger(engine, _policy())
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "big", 0.5 + 1e-12)
+    assert info.value.details["scope"] == "request"
+    assert info.value.details["remaining_rho"] == "0.5"
+    assert _rows(engine) == ([], [])
+    _reserve(ledger, "max", 0.5)
+    assert _stored_units(engine) == 500_000_000_000
+
+
+def test_requester_cap_and_shared_node_cap(engine: Engine) -> None:
+    """Each requester has its own cap; the node cap binds all requesters together."""
+    ledger = Ledger(engine, _policy({"board": 1.0, "other": 1.0}, node_total=1.5))
+    _reserve(ledger, "b1", 0.5)
+    _reserve(ledger, "b2", 0.5)
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "b3", 0.125)
+    assert info.value.details["scope"] == "requester"
+    assert info.value.details["remaining_rho"] == "0"
+
+    _reserve(ledger, "o1", 0.25, requester="other")
+    # `other` has 0.75 of its own left, but the node only 0.25.
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "o2", 0.5, requester="other")
+    assert info.value.details["scope"] == "node"
+    assert info.value.details["remaining_rho"] == "0.25"
+    assert info.value.details["requested_rho"] == "0.5"
+    _reserve(ledger, "o3", 0.25, requester="other")
+    assert ledger.status("other", NOW).node_rho_remaining == 0.0
+    assert ledger.status("other", NOW).requester_rho_remaining == 0.5
+    assert _stored_units(engine) == 1_500_000_000_000
+
+
+def test_refusal_writes_nothing(engine: Engine) -> None:
+    """After a refused reservation every ledger and lock row is exactly as before."""
+    ledger = Ledger(engine, _policy({"board": 0.5, "other": 1.0}, node_total=1.5))
+    _reserve(ledger, "a", 0.5)
+    before = _rows(engine)
+    with pytest.raises(BudgetExhaustedError):
+        _reserve(ledger, "b", 0.125)
+    assert _rows(engine) == before
+    # A first-ever request of a requester that is refused leaves no lock row behind either.
+    ledger2 = Ledger(engine, _policy({"board": 0.5, "other": 0.0625}, node_total=1.5))
+    with pytest.raises(BudgetExhaustedError):
+        _reserve(ledger2, "c", 0.125, requester="other")
+    assert _rows(engine) == before
+
+
+def test_duplicate_request_id(engine: Engine) -> None:
+    """A second reservation with the same request id raises and charges nothing."""
+    ledger = Ledger(engine, _policy())
+    entry_id = _reserve(ledger, "same", 0.25)
+    before = _rows(engine)
+    with pytest.raises(DuplicateRequestError):
+        _reserve(ledger, "same", 0.25)
+    with pytest.raises(DuplicateRequestError):
+        _reserve(ledger, "same", 0.125, requester="other")
+    assert _rows(engine) == before
+    found = ledger.find_by_request_id("same")
+    assert found is not None
+    assert found.id == entry_id
+    assert found.rho == 0.25
+
+
+def test_invalid_reservations_are_refused(engine: Engine) -> None:
+    """Unknown requesters, bad request ids and non-positive charges write nothing."""
+    ledger = Ledger(engine, _policy())
+    with pytest.raises(RequesterNotAllowedError):
+        _reserve(ledger, "x", 0.1, requester="stranger")
+    with pytest.raises(RequesterNotAllowedError):
+        ledger.status("stranger", NOW)
+    with pytest.raises(InvalidParametersError):
+        _reserve(ledger, "", 0.1)
+    with pytest.raises(InvalidParametersError):
+        _reserve(ledger, "r" * 129, 0.1)
+    for bad in (0.0, -0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="finite rho > 0"):
+            _reserve(ledger, "y", bad)
+    assert _rows(engine) == ([], [])
+
+
+def test_period_rollover_renews_requester_cap_not_node_cap(engine: Engine) -> None:
+    """A new quarter gives the requester a fresh cap; the node cap keeps counting."""
+    ledger = Ledger(engine, _policy({"board": 1.0, "other": 1.0}, node_total=1.5))
+    _reserve(ledger, "q4-a", 0.5)
+    _reserve(ledger, "q4-b", 0.5)
+    with pytest.raises(BudgetExhaustedError):
+        _reserve(ledger, "q4-c", 0.125)
+    next_quarter = dt.datetime(2027, 1, 1, tzinfo=dt.UTC)
+    status = ledger.status("board", next_quarter)
+    assert status.period == "2027-Q1"
+    assert status.requester_rho_spent == 0.0
+    assert status.requester_rho_remaining == 1.0
+    assert status.node_rho_remaining == 0.5
+    _reserve(ledger, "q1-a", 0.5, now=next_quarter)
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "q1-b", 0.125, now=next_quarter)
+    assert info.value.details["scope"] == "node"
+    assert info.value.details["period"] == "2027-Q1"
+    assert ledger.spent_by_requester(next_quarter) == {"board": 0.5, "other": 0.0}
+    assert ledger.spent_by_requester(NOW) == {"board": 1.0, "other": 0.0}
+
+
+# --- entry life cycle ----------------------------------------------------------------------
+
+
+def test_complete_stores_the_answer_for_replay(engine: Engine) -> None:
+    """A completed entry is released with its answer and found by request id and query."""
+    ledger = Ledger(engine, _policy())
+    first = _reserve(ledger, "r1", 0.125, query_hash="qh", data_version="v1")
+    assert ledger.find_released("qh", "v1") is None  # reserved is not released
+    ledger.complete(first, '{"answer": 1}')
+    second = _reserve(ledger, "r2", 0.125, query_hash="qh", data_version="v1")
+    ledger.complete(second, '{"answer": 2}')
+
+    stored = ledger.find_by_request_id("r1")
+    assert stored is not None
+    assert (stored.state, stored.answer_json, stored.requester) == (
+        "released",
+        '{"answer": 1}',
+        "board",
+    )
+    assert (stored.query_hash, stored.data_version, stored.epsilon) == ("qh", "v1", None)
+    newest = ledger.find_released("qh", "v1")
+    assert newest is not None
+    assert newest.id == second
+    assert newest.answer_json == '{"answer": 2}'
+    assert ledger.find_released("qh", "v2") is None  # a new data version re-opens the question
+    assert ledger.find_released("other", "v1") is None
+    assert ledger.find_by_request_id("nope") is None
+    assert ledger.status("board", NOW).requester_rho_spent == 0.25
+    with pytest.raises(LedgerStateError, match="released"):
+        ledger.complete(first, "{}")
+
+
+def test_fail_keeps_the_charge(engine: Engine) -> None:
+    """A failed delivery after noise was drawn still counts against both caps."""
+    ledger = Ledger(engine, _policy())
+    entry = _reserve(ledger, "r1", 0.5)
+    ledger.fail(entry)
+    stored = ledger.find_by_request_id("r1")
+    assert stored is not None
+    assert stored.state == "failed"
+    assert stored.answer_json is None
+    assert ledger.status("board", NOW).requester_rho_spent == 0.5
+    assert ledger.status("board", NOW).node_rho_remaining == 1.0
+    with pytest.raises(LedgerStateError, match="failed"):
+        ledger.cancel(entry)
+    with pytest.raises(DuplicateRequestError):
+        _reserve(ledger, "r1", 0.125)
+
+
+def test_cancel_refunds_and_frees_the_request_id(engine: Engine) -> None:
+    """Cancelling a reservation removes it: the budget returns and the id can be used again."""
+    ledger = Ledger(engine, _policy())
+    entry = _reserve(ledger, "r1", 0.5)
+    ledger.cancel(entry)
+    assert ledger.find_by_request_id("r1") is None
+    assert ledger.status("board", NOW).requester_rho_spent == 0.0
+    assert _stored_units(engine) == 0
+    again = _reserve(ledger, "r1", 0.5)
+    ledger.complete(again, "{}")
+    with pytest.raises(LedgerStateError, match="released"):
+        ledger.cancel(again)
+    with pytest.raises(LedgerStateError, match="does not exist"):
+        ledger.fail(again + 1000)
+
+
+def test_epsilon_and_delta_are_recorded(engine: Engine) -> None:
+    """A pure-DP request keeps its epsilon beside the rho it was charged."""
+    ledger = Ledger(engine, _policy())
+    ledger.reserve(
+        request_id="lap",
+        requester="board",
+        template="appeal_outcomes",
+        template_version="1",
+        query_hash="q",
+        data_version="v1",
+        mechanism=Mechanism.DISCRETE_LAPLACE,
+        charge=Charge(rho=0.125, epsilon=0.5),
+        now=NOW,
+    )
+    stored = ledger.find_by_request_id("lap")
+    assert stored is not None
+    assert stored.epsilon == 0.5
+    assert stored.rho == 0.125
+    with engine.connect() as conn:
+        mechanism = conn.execute(select(LedgerEntry.mechanism)).scalar_one()
+    assert mechanism == "discrete_laplace"
+
+
+# --- concurrency ---------------------------------------------------------------------------
+
+
+def _race(ledger: Ledger, jobs: list[tuple[str, str, float]]) -> list[object]:
+    """Run reservations (request_id, requester, rho) at once, one thread each; outcomes in order."""
+    barrier = threading.Barrier(len(jobs))
+
+    def attempt(job: tuple[str, str, float]) -> object:
+        request_id, requester, rho = job
+        barrier.wait()
+        try:
+            return _reserve(ledger, request_id, rho, requester=requester)
+        except (BudgetExhaustedError, DuplicateRequestError) as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        return list(pool.map(attempt, jobs))
+
+
+def test_race_for_the_last_requester_budget(engine: Engine) -> None:
+    """16 threads race for a requester cap that fits exactly k of them: exactly k win."""
+    charge = 0.0625
+    rounds = (1, 7, 15)
+    requesters = {f"racer{k}": k * charge for k in rounds}
+    ledger = Ledger(engine, _policy(requesters, node_total=100.0, per_request=0.5))
+    for k in rounds:
+        requester = f"racer{k}"
+        outcomes = _race(ledger, [(f"{requester}-{i}", requester, charge) for i in range(THREADS)])
+        wins = [o for o in outcomes if isinstance(o, int)]
+        refusals = [o for o in outcomes if isinstance(o, BudgetExhaustedError)]
+        assert len(wins) == k
+        assert len(refusals) == THREADS - k
+        assert all(r.details["scope"] == "requester" for r in refusals)
+        assert len(set(wins)) == k
+        assert _stored_units(engine, requester) == k * rho_to_units(charge)
+        assert _stored_units(engine, requester) <= cap_to_units(requesters[requester])
+
+
+def test_race_for_the_last_node_budget(engine: Engine) -> None:
+    """Two requesters racing for a shared node cap: it admits exactly its worth, repeatedly."""
+    charge = 0.0625
+    ledger_total = 0.0
+    for round_no, fits in enumerate((3, 8, 1)):
+        ledger_total += fits * charge
+        ledger = Ledger(
+            engine,
+            _policy({"board": 10.0, "other": 10.0}, node_total=ledger_total, per_request=charge),
+        )
+        jobs = [(f"n{round_no}-{i}", "board" if i % 2 else "other", charge) for i in range(THREADS)]
+        outcomes = _race(ledger, jobs)
+        wins = [o for o in outcomes if isinstance(o, int)]
+        refusals = [o for o in outcomes if isinstance(o, BudgetExhaustedError)]
+        assert len(wins) == fits
+        assert len(refusals) == THREADS - fits
+        assert {r.details["scope"] for r in refusals} == {"node"}
+        assert _stored_units(engine) == cap_to_units(ledger_total)
+
+
+def test_race_with_one_request_id(engine: Engine) -> None:
+    """16 threads reserving under the same request id produce exactly one reservation."""
+    ledger = Ledger(engine, _policy())
+    for round_no in range(3):
+        request_id = f"same-{round_no}"
+        outcomes = _race(ledger, [(request_id, "board", 0.0625)] * THREADS)
+        wins = [o for o in outcomes if isinstance(o, int)]
+        duplicates = [o for o in outcomes if isinstance(o, DuplicateRequestError)]
+        assert len(wins) == 1
+        assert len(duplicates) == THREADS - 1
+        with engine.connect() as conn:
+            count = conn.execute(
+                select(func.count()).where(LedgerEntry.request_id == request_id)
+            ).scalar_one()
+        assert count == 1
+    assert _stored_units(engine) == 3 * rho_to_units(0.0625)
+
+
+def _process_worker(db_url: str, worker: int, attempts: int, start: object, out: object) -> None:
+    """In a separate process: wait for the others, then try `attempts` reservations."""
+    engine = make_engine(db_url)
+    policy = _policy({"board": 10.0, "other": 10.0}, node_total=0.3125, per_request=0.0625)
+    ledger = Ledger(engine, policy)
+    start.wait()  # type: ignore[attr-defined]
+    wins = 0
+    for i in range(attempts):
+        try:
+            _reserve(ledger, f"p{worker}-{i}", 0.0625, requester="board" if worker % 2 else "other")
+            wins += 1
+        except BudgetExhaustedError:
+            pass
+    engine.dispose()
+    out.put(wins)  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_race_across_processes(engine: Engine, db_url: str) -> None:
+    """Four node processes sharing one database never spend past the node cap (5 charges)."""
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(4)
+    out = context.Queue()
+    workers = [
+        context.Process(target=_process_worker, args=(db_url, w, 4, start, out)) for w in range(4)
+    ]
+    for process in workers:
+        process.start()
+    wins = [out.get(timeout=60) for _ in workers]
+    for process in workers:
+        process.join(timeout=10)
+        assert process.exitcode == 0
+    assert sum(wins) == 5
+    assert _stored_units(engine) == cap_to_units(0.3125)
