@@ -27,14 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from sqlalchemy import Engine, insert
-
 from fedaudit.coordinator.audit import run_audit
 from fedaudit.coordinator.plan import parse_plan
 from fedaudit.coordinator.transport import GrpcNodeTransport
 from fedaudit.node import catalogue
 from fedaudit.node.db import create_schema, make_engine
-from fedaudit.node.domain import Mechanism, QuerySpec
+from fedaudit.node.domain import QuerySpec
 from fedaudit.node.models import (
     Assessment,
     Candidate,
@@ -43,13 +41,21 @@ from fedaudit.node.models import (
     Provider,
     Qualification,
 )
+from sqlalchemy import Engine, insert
 
-QUALIFICATIONS = [("Q-5120", "5120", 4), ("Q-7411", "7411", 4), ("Q-7231", "7231", 4), ("Q-3112", "3112", 5)]
+QUALIFICATIONS = [
+    ("Q-5120", "5120", 4),
+    ("Q-7411", "7411", 4),
+    ("Q-7231", "7231", 4),
+    ("Q-3112", "3112", 5),
+]
 PERIODS = ["2022", "2023", "2024", "2025"]
 REQUESTER = "oversight-board"
 
 
-def fill(engine: Engine, code: str, rows: int, seed: int, *, prefix: str = "", reference: bool = True) -> None:
+def fill(
+    engine: Engine, code: str, rows: int, seed: int, *, prefix: str = "", reference: bool = True
+) -> None:
     """Write a registry with `rows` assessments (about 2 per candidate) straight into SQL."""
     rng = random.Random(seed)
     create_schema(engine)
@@ -82,19 +88,39 @@ def fill(engine: Engine, code: str, rows: int, seed: int, *, prefix: str = "", r
         )
     with engine.begin() as conn:
         if reference:
-            conn.execute(insert(Municipality), [{"municipality_code": code, "name": code, "country": "AT"}])
+            conn.execute(
+                insert(Municipality), [{"municipality_code": code, "name": code, "country": "AT"}]
+            )
             conn.execute(
                 insert(Qualification),
-                [{"qualification_id": q, "title": q, "isco_code": isco, "eqf_level": eqf} for q, isco, eqf in QUALIFICATIONS],
+                [
+                    {"qualification_id": q, "title": q, "isco_code": isco, "eqf_level": eqf}
+                    for q, isco, eqf in QUALIFICATIONS
+                ],
             )
             conn.execute(
                 insert(DataVersion),
-                [{"version": f"v1-{code}", "bundle_digest": "bench", "imported_at": dt.datetime.now(dt.UTC),
-                  "reference_date": dt.date(2026, 1, 1), "row_counts": "{}"}],
+                [
+                    {
+                        "version": f"v1-{code}",
+                        "bundle_digest": "bench",
+                        "imported_at": dt.datetime.now(dt.UTC),
+                        "reference_date": dt.date(2026, 1, 1),
+                        "row_counts": "{}",
+                    }
+                ],
             )
         conn.execute(
             insert(Provider),
-            [{"provider_id": p, "name": p, "provider_type": "school", "accreditation_status": "accredited"} for p in providers],
+            [
+                {
+                    "provider_id": p,
+                    "name": p,
+                    "provider_type": "school",
+                    "accreditation_status": "accredited",
+                }
+                for p in providers
+            ],
         )
         for start in range(0, len(candidates), 20_000):
             conn.execute(insert(Candidate), candidates[start : start + 20_000])
@@ -110,9 +136,24 @@ def free_port() -> int:
 
 def start_node(db: Path, policy: Path, port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fedaudit.cli", "--log-level", "error", "node", "serve",
-         "--db", str(db), "--policy", str(policy), "--insecure", "--port", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "fedaudit.cli",
+            "--log-level",
+            "error",
+            "node",
+            "serve",
+            "--db",
+            str(db),
+            "--policy",
+            str(policy),
+            "--insecure",
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 
@@ -125,7 +166,10 @@ def wait_ready(address: str, timeout: float = 30.0) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 time.sleep(0.1)
@@ -134,18 +178,31 @@ def wait_ready(address: str, timeout: float = 30.0) -> None:
 
 def central_aggregate(engine: Engine) -> int:
     """The same bounded aggregation the nodes run, over all rows at once, no noise."""
-    spec = QuerySpec(template="assessment_results", group_by=("provider", "citizenship_group"),
-                     filters={"period": tuple(PERIODS)}, rho=0.05)
+    spec = QuerySpec(
+        template="assessment_results",
+        group_by=("provider", "citizenship_group"),
+        filters={"period": tuple(PERIODS)},
+        rho=0.05,
+    )
     with engine.connect() as conn:
         keys = catalogue.dimension_keys(conn, PERIODS)
         template, params = catalogue.validate(spec, keys)
-        counts = catalogue.true_counts(conn, template, spec, keys, params,
-                                       max_records_per_person=3, reference_date=dt.date(2026, 1, 1))
+        counts = catalogue.true_counts(
+            conn,
+            template,
+            spec,
+            keys,
+            params,
+            max_records_per_person=3,
+            reference_date=dt.date(2026, 1, 1),
+        )
     return sum(c for _, _, c in counts)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
@@ -153,20 +210,26 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="fedaudit-bench-"))
     policy = work / "policy.yaml"
-    policy.write_text(json.dumps({
-        "version": 1,
-        "requesters": {REQUESTER: {"rho_per_period": 100.0, "templates": "all"}},
-        "budget": {"period": "year", "node_rho_total": 1000.0, "max_rho_per_request": 1.0},
-        "reliability": {"suppress_below": 0},
-        "periods": {"first": 2022, "last": 2025},
-    }))
+    policy.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "requesters": {REQUESTER: {"rho_per_period": 100.0, "templates": "all"}},
+                "budget": {"period": "year", "node_rho_total": 1000.0, "max_rho_per_request": 1.0},
+                "reliability": {"suppress_below": 0},
+                "periods": {"first": 2022, "last": 2025},
+            }
+        )
+    )
     t0 = time.perf_counter()
     codes = [f"M{i + 1:02d}" for i in range(ns.nodes)]
     central = make_engine(str(work / "central.db"))
     for i, code in enumerate(codes):
         fill(make_engine(str(work / f"{code}.db")), code, ns.rows, seed=i)
         fill(central, code, ns.rows, seed=i, prefix=f"{code}-", reference=i == 0)
-    print(f"built {ns.nodes} node databases x {ns.rows} assessments and a central one in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"built {ns.nodes} node databases x {ns.rows} assessments and a central one in {time.perf_counter() - t0:.1f} s"
+    )
 
     ports = [free_port() for _ in codes]
     procs = [start_node(work / f"{c}.db", policy, p) for c, p in zip(codes, ports, strict=True)]
@@ -177,12 +240,21 @@ def main() -> None:
         federated, centralised = [], []
         for r in range(ns.repeat):
             # A fresh privacy cost each round: the identical query would be replayed for free.
-            plan = parse_plan({
-                "name": f"bench-{r}", "requester": REQUESTER, "confidence": 0.95,
-                "deadline_seconds": 600, "min_answering_nodes": ns.nodes, "periods": PERIODS,
-                "checks": {"pass_rates": {"rho": 0.05 + r * 1e-6, "tolerance": 0.08}},
-            }, source="bench").with_nodes(addresses)
-            transports = {c: GrpcNodeTransport(c, a, requester=REQUESTER) for c, a in addresses.items()}
+            plan = parse_plan(
+                {
+                    "name": f"bench-{r}",
+                    "requester": REQUESTER,
+                    "confidence": 0.95,
+                    "deadline_seconds": 600,
+                    "min_answering_nodes": ns.nodes,
+                    "periods": PERIODS,
+                    "checks": {"pass_rates": {"rho": 0.05 + r * 1e-6, "tolerance": 0.08}},
+                },
+                source="bench",
+            ).with_nodes(addresses)
+            transports = {
+                c: GrpcNodeTransport(c, a, requester=REQUESTER) for c, a in addresses.items()
+            }
             t = time.perf_counter()
             report = run_audit(plan, transports, run_id=f"bench-{os.getpid()}-{r}")
             federated.append(time.perf_counter() - t)
@@ -194,8 +266,14 @@ def main() -> None:
             centralised.append(time.perf_counter() - t)
             assert total > 0
         fed, cen = statistics.median(federated), statistics.median(centralised)
-        print(f"federated DP audit over gRPC ({ns.nodes} nodes): median {fed:.3f} s  runs {[round(x, 3) for x in federated]}")
-        print(f"central exact SQL (one database, {ns.nodes * ns.rows} rows): median {cen:.3f} s  runs {[round(x, 3) for x in centralised]}")
+        print(
+            f"federated DP audit over gRPC ({ns.nodes} nodes): median {fed:.3f} s  "
+            f"runs {[round(x, 3) for x in federated]}"
+        )
+        print(
+            f"central exact SQL (one database, {ns.nodes * ns.rows} rows): median {cen:.3f} s  "
+            f"runs {[round(x, 3) for x in centralised]}"
+        )
         print(f"ratio federated / central = {fed / cen:.2f}  (target <= 1.5)")
     finally:
         for p in procs:

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-
-from fedaudit import __version__
 from fedaudit.coordinator.checks import PlannedQuery, planned_queries
 from fedaudit.coordinator.errors import (
     CoordinatorError,
@@ -34,6 +32,8 @@ from fedaudit.coordinator.plan import AuditPlan
 from fedaudit.coordinator.transport import NodeInfo, NodeTransport
 from fedaudit.node.domain import Answer, BudgetStatus
 from fedaudit.node.mechanisms import epsilon_equivalent
+
+from fedaudit import __version__
 
 log = structlog.get_logger(__name__)
 
@@ -91,11 +91,23 @@ def run_audit(
     run_id = run_id or default_run_id(plan, started)
     queries = planned_queries(plan)
     deadline = time.monotonic() + plan.deadline_seconds
-    log.info("audit_started", plan=plan.name, run_id=run_id, nodes=len(transports), queries=len(queries))
+    log.info(
+        "audit_started", plan=plan.name, run_id=run_id, nodes=len(transports), queries=len(queries)
+    )
 
-    with ThreadPoolExecutor(max_workers=max(1, len(transports)), thread_name_prefix="fan-out") as pool:
+    with ThreadPoolExecutor(
+        max_workers=max(1, len(transports)), thread_name_prefix="fan-out"
+    ) as pool:
         futures = {
-            name: pool.submit(_run_node, name, t, queries, run_id, deadline, progress)
+            name: pool.submit(
+                _run_node,
+                name,
+                transport=t,
+                queries=queries,
+                run_id=run_id,
+                deadline=deadline,
+                progress=progress,
+            )
             for name, t in transports.items()
         }
         outcomes = {name: f.result() for name, f in futures.items()}
@@ -121,7 +133,13 @@ def run_audit(
                 + "; findings cover the answering nodes only"
             )
     finished = clock()
-    log.info("audit_finished", plan=plan.name, run_id=run_id, status=status, findings=len(parts["findings"]))
+    log.info(
+        "audit_finished",
+        plan=plan.name,
+        run_id=run_id,
+        status=status,
+        findings=len(parts["findings"]),
+    )
     return {
         "schema_version": "1.0",
         "audit": {
@@ -155,6 +173,7 @@ def run_audit(
 
 def _run_node(
     name: str,
+    *,
     transport: NodeTransport,
     queries: list[PlannedQuery],
     run_id: str,
@@ -176,7 +195,9 @@ def _run_node(
         # afford the audit from being charged for a part of it.
         total = 0.0
         for q in queries:
-            pre = transport.preflight(q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining()))
+            pre = transport.preflight(
+                q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+            )
             total += pre.charge.rho
         budget = outcome.info.budget
         available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
@@ -233,8 +254,14 @@ def _mark_all(outcome: NodeOutcome, queries: list[PlannedQuery], exc: Coordinato
     status, reason, message = _classify(exc)
     outcome.status, outcome.reason, outcome.message = status, reason, message
     outcome.queries = [
-        QueryOutcome(check=q.check, key=q.key, template=q.spec.template, status="skipped",
-                     reason=reason, message="not sent: " + (message or status))
+        QueryOutcome(
+            check=q.check,
+            key=q.key,
+            template=q.spec.template,
+            status="skipped",
+            reason=reason,
+            message="not sent: " + (message or status),
+        )
         for q in queries
     ]
 
@@ -285,7 +312,9 @@ def _privacy(outcomes: Mapping[str, NodeOutcome]) -> dict[str, Any]:
                 "node": o.name,
                 "rho": rho,
                 "delta": 0.0,
-                "epsilon_equivalent": epsilon_equivalent(rho, EQUIVALENCE_DELTA) if rho > 0 else 0.0,
+                "epsilon_equivalent": epsilon_equivalent(rho, EQUIVALENCE_DELTA)
+                if rho > 0
+                else 0.0,
                 "equivalence_delta": EQUIVALENCE_DELTA,
                 "queries": len(charged),
                 "replayed": sum(1 for q in o.queries if q.answer is not None and q.answer.replayed),

@@ -15,6 +15,14 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
+from fedaudit.coordinator.errors import (
+    NodeRefusedError,
+    NodeTimeoutError,
+    NodeUnavailableError,
+)
+from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
+from fedaudit.node.errors import RefusedError
+from fedaudit.node.service import NodeService, utcnow
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -25,14 +33,6 @@ from fedaudit.convert import (
     preflight_from_pb,
     spec_to_pb,
 )
-from fedaudit.coordinator.errors import (
-    NodeRefusedError,
-    NodeTimeoutError,
-    NodeUnavailableError,
-)
-from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
-from fedaudit.node.errors import RefusedError
-from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -182,9 +182,7 @@ def _translate_rpc_errors(node: str) -> Iterator[None]:
                     raise NodeRefusedError(
                         node, info.reason, status.message, dict(info.metadata)
                     ) from exc
-        raise NodeUnavailableError(
-            node, f"{code.name if code else 'error'}: {details}"
-        ) from exc
+        raise NodeUnavailableError(node, f"{code.name if code else 'error'}: {details}") from exc
 
 
 # --- in-process -------------------------------------------------------------------------------

@@ -35,10 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fedaudit {__version__}")
     parser.add_argument(
-        "--log-format", choices=("auto", "json", "console"), default="auto",
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
         help="log format on stderr (default: console in a terminal, JSON otherwise)",
     )
-    parser.add_argument("--log-level", default="warning", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser(
@@ -50,33 +54,50 @@ def build_parser() -> argparse.ArgumentParser:
             "plan and write report.json and report.html."
         ),
     )
-    demo.add_argument("--bundles", nargs="+", type=Path, metavar="DIR", help="data bundles, one node each")
-    demo.add_argument("--out", type=Path, default=Path("fedaudit-demo"), help="output directory (default: ./fedaudit-demo)")
+    demo.add_argument(
+        "--bundles", nargs="+", type=Path, metavar="DIR", help="data bundles, one node each"
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("fedaudit-demo"),
+        help="output directory (default: ./fedaudit-demo)",
+    )
     demo.add_argument("--plan", type=Path, help="audit plan to run instead of the default plan")
     demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic federation")
-    demo.add_argument("--candidates", type=int, default=3000, help="synthetic candidates per municipality")
+    demo.add_argument(
+        "--candidates", type=int, default=3000, help="synthetic candidates per municipality"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    node = sub.add_parser("node", help="operate a municipality's node", description="Operate a municipality's node.")
+    node = sub.add_parser(
+        "node", help="operate a municipality's node", description="Operate a municipality's node."
+    )
     node_sub = node.add_subparsers(dest="node_command", metavar="NODE_COMMAND", required=True)
 
     imp = node_sub.add_parser(
-        "import", help="validate and import a data bundle",
+        "import",
+        help="validate and import a data bundle",
         description="Validate a data bundle and import it as a new data version (all or nothing).",
     )
     imp.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
     imp.add_argument("--db", required=True, help="database URL or SQLite file path")
     imp.add_argument(
-        "--allow-municipality-change", action="store_true",
+        "--allow-municipality-change",
+        action="store_true",
         help="replace data of another municipality (normally refused as a likely mistake)",
     )
 
-    val = node_sub.add_parser("validate", help="check a data bundle without importing it",
-                              description="Check a data bundle against the data contract; writes nothing.")
+    val = node_sub.add_parser(
+        "validate",
+        help="check a data bundle without importing it",
+        description="Check a data bundle against the data contract; writes nothing.",
+    )
     val.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
 
     serve = node_sub.add_parser(
-        "serve", help="run a node",
+        "serve",
+        help="run a node",
         description=(
             "Serve DP queries over gRPC. Use mTLS (--tls-cert/--tls-key/--tls-ca) for anything but "
             "local development; --insecure is allowed on loopback addresses only."
@@ -88,27 +109,45 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=50051)
     serve.add_argument("--tls-cert", type=Path, help="node certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="node private key (PEM)")
-    serve.add_argument("--tls-ca", type=Path, help="federation CA: clients must present a certificate it signed")
+    serve.add_argument(
+        "--tls-ca", type=Path, help="federation CA: clients must present a certificate it signed"
+    )
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     serve.add_argument("--max-workers", type=int, default=8)
 
-    budget = node_sub.add_parser("budget", help="show privacy budget spent per requester",
-                                 description="Show the privacy budget spent and remaining per requester.")
+    budget = node_sub.add_parser(
+        "budget",
+        help="show privacy budget spent per requester",
+        description="Show the privacy budget spent and remaining per requester.",
+    )
     budget.add_argument("--db", required=True)
     budget.add_argument("--policy", required=True, type=Path)
 
-    audit = sub.add_parser("audit", help="run audits", description="Run audit plans against running nodes.")
+    audit = sub.add_parser(
+        "audit", help="run audits", description="Run audit plans against running nodes."
+    )
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="AUDIT_COMMAND", required=True)
     run = audit_sub.add_parser(
-        "run", help="run an audit plan and write the report",
+        "run",
+        help="run an audit plan and write the report",
         description="Run an audit plan against running nodes and write report.json and report.html.",
     )
     run.add_argument("plan", type=Path, metavar="PLAN")
-    run.add_argument("--node", action="append", default=[], metavar="NAME=HOST:PORT",
-                     help="add or override a node (repeatable)")
+    run.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="add or override a node (repeatable)",
+    )
     run.add_argument("--out", type=Path, default=Path("audit-report"), help="report directory")
-    run.add_argument("--run-id", help="name of this run (default: plan name and date); re-using it replays stored answers")
-    run.add_argument("--fail-on", choices=SEVERITIES, help="exit 1 when a finding has this severity or higher")
+    run.add_argument(
+        "--run-id",
+        help="name of this run (default: plan name and date); re-using it replays stored answers",
+    )
+    run.add_argument(
+        "--fail-on", choices=SEVERITIES, help="exit 1 when a finding has this severity or higher"
+    )
     run.add_argument("--tls-cert", type=Path, help="auditor certificate (PEM)")
     run.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
     run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")

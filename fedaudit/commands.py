@@ -40,7 +40,9 @@ def node_import(args: argparse.Namespace) -> int:
             engine, args.bundle, allow_municipality_change=args.allow_municipality_change
         )
     except BundleError as exc:
-        err_console.print(f"[bold red]{args.bundle}: {len(exc.problems)} problem(s); nothing was imported[/]")
+        err_console.print(
+            f"[bold red]{args.bundle}: {len(exc.problems)} problem(s); nothing was imported[/]"
+        )
         for line in exc.problems:
             err_console.print(line, markup=False, highlight=False)
         return EXIT_INPUT
@@ -143,10 +145,14 @@ def audit_run(args: argparse.Namespace) -> int:
         nodes.update(overrides)
         plan = plan.with_nodes(nodes)
     if not plan.nodes:
-        raise CliError(f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT")
+        raise CliError(
+            f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"
+        )
     credentials = _channel_credentials(args, [n.address for n in plan.nodes])
     transports = {
-        n.name: GrpcNodeTransport(n.name, n.address, requester=plan.requester, credentials=credentials)
+        n.name: GrpcNodeTransport(
+            n.name, n.address, requester=plan.requester, credentials=credentials
+        )
         for n in plan.nodes
     }
     try:
@@ -229,7 +235,9 @@ def print_summary(report: Mapping[str, Any]) -> None:
             f"({ec.get('tests', 0)} tests, {ec.get('method', 'bonferroni')} correction)."
         )
         return
-    table = Table(title=f"Findings ({len(findings)}; {ec.get('tests', 0)} tests, {ec.get('method', '')})")
+    table = Table(
+        title=f"Findings ({len(findings)}; {ec.get('tests', 0)} tests, {ec.get('method', '')})"
+    )
     for col in ("severity", "kind", "subject", "summary"):
         table.add_column(col, overflow="fold")
     for f in findings:
@@ -291,12 +299,22 @@ def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | No
             raise CliError("--insecure and --tls-* exclude each other")
         return None
     if not all(tls):
-        raise CliError("a node needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure on a loopback address")
-    cert, key, ca = _read(args.tls_cert, "certificate"), _read(args.tls_key, "key"), _read(args.tls_ca, "CA certificate")
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+        raise CliError(
+            "a node needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure on a loopback address"
+        )
+    cert, key, ca = (
+        _read(args.tls_cert, "certificate"),
+        _read(args.tls_key, "key"),
+        _read(args.tls_ca, "CA certificate"),
+    )
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca, require_client_auth=True
+    )
 
 
-def _channel_credentials(args: argparse.Namespace, addresses: list[str]) -> grpc.ChannelCredentials | None:
+def _channel_credentials(
+    args: argparse.Namespace, addresses: list[str]
+) -> grpc.ChannelCredentials | None:
     from fedaudit.node.server import is_loopback
 
     tls = (args.tls_cert, args.tls_key, args.tls_ca)
@@ -305,10 +323,14 @@ def _channel_credentials(args: argparse.Namespace, addresses: list[str]) -> grpc
             raise CliError("--insecure and --tls-* exclude each other")
         remote = [a for a in addresses if not is_loopback(a.rpartition(":")[0])]
         if remote:
-            raise CliError(f"--insecure is for loopback nodes only; not allowed for {', '.join(remote)}")
+            raise CliError(
+                f"--insecure is for loopback nodes only; not allowed for {', '.join(remote)}"
+            )
         return None
     if not all(tls):
-        raise CliError("an audit needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure for loopback nodes")
+        raise CliError(
+            "an audit needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure for loopback nodes"
+        )
     return grpc.ssl_channel_credentials(
         root_certificates=_read(args.tls_ca, "CA certificate"),
         private_key=_read(args.tls_key, "key"),

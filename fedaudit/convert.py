@@ -148,7 +148,9 @@ def answer_to_pb(answer: Answer, budget: BudgetStatus | None) -> pb.QueryRespons
         group_by=list(answer.group_by),
         categories=list(answer.categories),
         cells=[
-            pb.Cell(keys=list(c.keys), category=c.category, estimate=c.estimate, suppressed=c.suppressed)
+            pb.Cell(
+                keys=list(c.keys), category=c.category, estimate=c.estimate, suppressed=c.suppressed
+            )
             for c in answer.cells
         ],
         noise=noise_to_pb(answer.noise),
@@ -173,7 +175,12 @@ def answer_from_pb(msg: pb.QueryResponse) -> Answer:
         group_by=tuple(msg.group_by),
         categories=tuple(msg.categories),
         cells=tuple(
-            Cell(keys=tuple(c.keys), category=c.category, estimate=c.estimate, suppressed=c.suppressed)
+            Cell(
+                keys=tuple(c.keys),
+                category=c.category,
+                estimate=c.estimate,
+                suppressed=c.suppressed,
+            )
             for c in msg.cells
         ),
         noise=noise_from_pb(msg.noise),

@@ -88,7 +88,9 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
             try:
                 result = import_bundle(engine, bundle)
             except BundleError as exc:
-                console.print(f"[bold red]{bundle}: {len(exc.problems)} problem(s); nothing was imported[/]")
+                console.print(
+                    f"[bold red]{bundle}: {len(exc.problems)} problem(s); nothing was imported[/]"
+                )
                 for line in exc.problems[:50]:
                     console.print(line, markup=False)
                 return EXIT_INPUT
@@ -107,7 +109,9 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
 
         plan = _load_plan(args.plan or default_plan_path()).with_nodes(nodes)
         if plan.requester != DEMO_REQUESTER:
-            raise CliError(f"the demo's nodes serve requester '{DEMO_REQUESTER}', the plan asks as '{plan.requester}'")
+            raise CliError(
+                f"the demo's nodes serve requester '{DEMO_REQUESTER}', the plan asks as '{plan.requester}'"
+            )
         transports = {
             name: GrpcNodeTransport(name, address, requester=plan.requester)
             for name, address in nodes.items()
@@ -137,8 +141,12 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
 def check_planted(report: dict[str, Any], federation: Any) -> list[PlantedCheck]:
     """Match each planted anomaly this release can detect against the report's findings."""
     kinds = {
-        "pass_rate_gap", "employment_gap", "credential_inflation",
-        "recognition_delay", "outcome_disparity", "appeal_anomaly",
+        "pass_rate_gap",
+        "employment_gap",
+        "credential_inflation",
+        "recognition_delay",
+        "outcome_disparity",
+        "appeal_anomaly",
     }
     results = []
     for p in federation.planted:
@@ -159,7 +167,9 @@ def flagged_clean(report: dict[str, Any], clean: tuple[str, ...]) -> list[dict[s
     return [f for f in report["findings"] if f["subject"].get("municipality") in clean]
 
 
-def _print_planted(console: Console, checks: list[PlantedCheck], report: dict[str, Any], clean: tuple[str, ...]) -> None:
+def _print_planted(
+    console: Console, checks: list[PlantedCheck], report: dict[str, Any], clean: tuple[str, ...]
+) -> None:
     table = Table(title="Planted anomalies (synthetic data)")
     for col in ("kind", "where", "found"):
         table.add_column(col)

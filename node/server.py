@@ -17,6 +17,14 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from fedaudit.node.domain import Capabilities, QuerySpec
+from fedaudit.node.errors import (
+    InvalidParametersError,
+    RefusalReason,
+    RefusedError,
+    VersionMismatchError,
+)
+from fedaudit.node.service import NodeService, utcnow
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,14 +40,6 @@ from fedaudit.convert import (
     preflight_to_pb,
     spec_from_pb,
 )
-from fedaudit.node.domain import Capabilities, QuerySpec
-from fedaudit.node.errors import (
-    InvalidParametersError,
-    RefusalReason,
-    RefusedError,
-    VersionMismatchError,
-)
-from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -84,21 +84,21 @@ class AuditNodeServicer(pb_grpc.AuditNodeServicer):
     def __init__(self, service: NodeService) -> None:
         self._service = service
 
-    def GetCapabilities(  # noqa: N802 - name fixed by the generated base class
+    def GetCapabilities(
         self, request: pb.CapabilitiesRequest, context: grpc.ServicerContext
     ) -> pb.Capabilities:
         with _boundary(context, "GetCapabilities") as requester:
             return capabilities_to_pb(self._service.capabilities(requester))
         raise _Aborted  # pragma: no cover - _boundary aborts on every error
 
-    def Preflight(  # noqa: N802
+    def Preflight(
         self, request: pb.QueryRequest, context: grpc.ServicerContext
     ) -> pb.PreflightResponse:
         with _boundary(context, "Preflight") as requester:
             return preflight_to_pb(self._service.preflight(requester, _spec(request)))
         raise _Aborted  # pragma: no cover
 
-    def Query(  # noqa: N802
+    def Query(
         self, request: pb.QueryRequest, context: grpc.ServicerContext
     ) -> pb.QueryResponse:
         with _boundary(context, "Query") as requester:
@@ -234,7 +234,11 @@ def start_node_server(
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     address = f"{host}:{port}"
@@ -251,5 +255,9 @@ def start_node_server(
     )
     health_servicer.set("", status)
     health_servicer.set(SERVICE_NAME, status)
-    log.info("node_serving", address=f"{host}:{bound}", ready=status == health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "node_serving",
+        address=f"{host}:{bound}",
+        ready=status == health_pb2.HealthCheckResponse.SERVING,
+    )
     return RunningNode(server=server, port=bound, health=health_servicer, service=service)

@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Engine, select
-
 from fedaudit.node import catalogue, mechanisms
 from fedaudit.node.domain import (
     Answer,
@@ -41,6 +39,7 @@ from fedaudit.node.errors import (
 from fedaudit.node.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.models import DataVersion, Municipality
 from fedaudit.node.policy import Policy
+from sqlalchemy import Engine, select
 
 log = structlog.get_logger(__name__)
 
@@ -223,13 +222,18 @@ class NodeService:
                 )
         except Exception as exc:
             self._ledger.cancel(entry_id)
-            log.error("query_failed_before_release", template=template.name, error=type(exc).__name__)
+            log.error(
+                "query_failed_before_release", template=template.name, error=type(exc).__name__
+            )
             raise DataUnavailableError("the node could not compute this query") from exc
 
         try:
             noisy = mechanisms.add_noise(noise, [count for _, _, count in counts])
             cells = _suppress(
-                [(keys, category, value) for (keys, category, _), value in zip(counts, noisy, strict=True)],
+                [
+                    (keys, category, value)
+                    for (keys, category, _), value in zip(counts, noisy, strict=True)
+                ],
                 self._policy.suppress_below,
             )
             answer = Answer(
@@ -343,9 +347,7 @@ class NodeService:
             return self._state
 
 
-def _suppress(
-    cells: list[tuple[tuple[str, ...], str, int]], threshold: int
-) -> list[Cell]:
+def _suppress(cells: list[tuple[tuple[str, ...], str, int]], threshold: int) -> list[Cell]:
     """Withhold groups whose noisy total is below the policy's reliability threshold.
 
     Decided on noisy values only, so it is post-processing and costs no privacy.

@@ -1,8 +1,7 @@
 """The node database opens and gets its schema on SQLite and PostgreSQL."""
 
-from sqlalchemy import inspect
-
 from fedaudit.node.db import create_schema, make_engine, normalise_url
+from sqlalchemy import inspect
 
 
 def test_schema_is_created(db_url: str) -> None:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from fedaudit.node import catalogue
+from fedaudit.node.policy import example_policy
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
-from fedaudit.node import catalogue
-from fedaudit.node.policy import example_policy
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -73,7 +73,8 @@ def test_every_template_answers_over_grpc(node_factory, db_url, template) -> Non
     assert len(resp.cells) == len(resp.categories)  # no group_by: one group
     assert resp.charge.rho == pytest.approx(0.05, rel=1e-9)
     assert resp.charge.rho <= 0.05
-    assert resp.noise.scale > 0 and resp.noise.variance > 0
+    assert resp.noise.scale > 0
+    assert resp.noise.variance > 0
     assert resp.budget.requester_rho_spent == pytest.approx(0.05, rel=1e-9)
 
 
@@ -101,7 +102,9 @@ def test_retry_with_same_request_id_replays_at_no_cost(node_factory, sqlite_url)
         first = stub.Query(_request("assessment_results", "retry-1"), metadata=METADATA, timeout=5)
         second = stub.Query(_request("assessment_results", "retry-1"), metadata=METADATA, timeout=5)
         third = stub.Query(_request("assessment_results", "retry-2"), metadata=METADATA, timeout=5)
-    assert not first.replayed and second.replayed and third.replayed
+    assert not first.replayed
+    assert second.replayed
+    assert third.replayed
     assert [c.estimate for c in second.cells] == [c.estimate for c in first.cells]
     assert [c.estimate for c in third.cells] == [c.estimate for c in first.cells]
     assert third.budget.requester_rho_spent == pytest.approx(first.charge.rho)
@@ -140,7 +143,8 @@ def test_protocol_version_mismatch_names_both_versions(node_factory, sqlite_url)
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     info = _refusal(exc.value)
     assert info.reason == "VERSION_MISMATCH"
-    assert "'2'" in exc.value.details() and f"'{PROTOCOL_VERSION}'" in exc.value.details()
+    assert "'2'" in exc.value.details()
+    assert f"'{PROTOCOL_VERSION}'" in exc.value.details()
     assert info.metadata["node_version"] == PROTOCOL_VERSION
 
 
@@ -155,7 +159,9 @@ def test_protocol_version_mismatch_names_both_versions(node_factory, sqlite_url)
         ({"filters": [pb.Filter(dimension="sex", keys=["robot"])]}, "robot"),
     ],
 )
-def test_invalid_requests_are_refused_and_cost_nothing(node_factory, sqlite_url, changes, fragment) -> None:
+def test_invalid_requests_are_refused_and_cost_nothing(
+    node_factory, sqlite_url, changes, fragment
+) -> None:
     """Malformed queries get INVALID_ARGUMENT naming the problem, and no budget is spent."""
     node = node_factory(sqlite_url)
     channel, stub = _stub(node)
@@ -182,12 +188,15 @@ def test_budget_exhaustion_is_refused_with_remaining_budget(node_factory, sqlite
         stub.Query(_request("assessment_results", "b-1", rho=0.08), metadata=METADATA, timeout=5)
         with pytest.raises(grpc.RpcError) as exc:
             stub.Query(_request("appeal_outcomes", "b-2", rho=0.05), metadata=METADATA, timeout=5)
-        pre = stub.Preflight(_request("appeal_outcomes", "b-3", rho=0.05), metadata=METADATA, timeout=5)
+        pre = stub.Preflight(
+            _request("appeal_outcomes", "b-3", rho=0.05), metadata=METADATA, timeout=5
+        )
     assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     info = _refusal(exc.value)
     assert info.reason == "BUDGET_EXHAUSTED"
     assert float(info.metadata["remaining_rho"]) == pytest.approx(0.02, abs=1e-9)
-    assert not pre.fits_budget and pre.refusal_reason == "BUDGET_EXHAUSTED"
+    assert not pre.fits_budget
+    assert pre.refusal_reason == "BUDGET_EXHAUSTED"
 
 
 def test_preflight_is_free_and_matches_the_charge(node_factory, sqlite_url) -> None:
@@ -200,7 +209,8 @@ def test_preflight_is_free_and_matches_the_charge(node_factory, sqlite_url) -> N
         caps = stub.GetCapabilities(pb.CapabilitiesRequest(), metadata=METADATA, timeout=5)
         ans = stub.Query(req, metadata=METADATA, timeout=5)
     assert caps.budget.requester_rho_spent == 0
-    assert pre.fits_budget and pre.cell_count == 2 * 4
+    assert pre.fits_budget
+    assert pre.cell_count == 2 * 4
     assert pre.charge.rho == ans.charge.rho
     assert pre.noise.scale == ans.noise.scale
     assert pre.noise.ci_half_width > 0
@@ -223,7 +233,9 @@ def test_health_reports_serving_only_with_data(node_factory, sqlite_url, tmp_pat
     empty = node_factory(f"sqlite:///{tmp_path / 'empty.db'}", bundle=None)
     for node, expected in ((with_data, "SERVING"), (empty, "NOT_SERVING")):
         with grpc.insecure_channel(f"127.0.0.1:{node.port}") as channel:
-            resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
         assert health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status) == expected
 
 
