@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sqlalchemy import Engine, insert
+
 from fedaudit.coordinator.audit import run_audit
 from fedaudit.coordinator.plan import parse_plan
 from fedaudit.coordinator.transport import GrpcNodeTransport
@@ -41,7 +43,7 @@ from fedaudit.node.models import (
     Provider,
     Qualification,
 )
-from sqlalchemy import Engine, insert
+from fedaudit.node.policy import DEFAULT_BOUNDS
 
 QUALIFICATIONS = [
     ("Q-5120", "5120", 4),
@@ -193,7 +195,7 @@ def central_aggregate(engine: Engine) -> int:
             spec,
             keys,
             params,
-            max_records_per_person=3,
+            max_records_per_person=DEFAULT_BOUNDS["assessment_results"],
             reference_date=dt.date(2026, 1, 1),
         )
     return sum(c for _, _, c in counts)

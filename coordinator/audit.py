@@ -305,16 +305,19 @@ def _privacy(outcomes: Mapping[str, NodeOutcome]) -> dict[str, Any]:
     for o in outcomes.values():
         charged = [q.answer for q in o.queries if q.answer is not None and not q.answer.replayed]
         rho = math.fsum(a.charge.rho for a in charged)
+        epsilons = [a.charge.epsilon for a in charged if a.charge.epsilon]
         budgets = [q.budget for q in o.queries if q.budget is not None]
         last = budgets[-1] if budgets else (o.info.budget if o.info else None)
         nodes.append(
             {
                 "node": o.name,
                 "rho": rho,
+                # Pure-DP answers also state epsilon (basic composition over those answers).
+                "epsilon": math.fsum(epsilons) if epsilons else None,
                 "delta": 0.0,
-                "epsilon_equivalent": epsilon_equivalent(rho, EQUIVALENCE_DELTA)
-                if rho > 0
-                else 0.0,
+                "epsilon_equivalent": (
+                    epsilon_equivalent(rho, EQUIVALENCE_DELTA) if rho > 0 else None
+                ),
                 "equivalence_delta": EQUIVALENCE_DELTA,
                 "queries": len(charged),
                 "replayed": sum(1 for q in o.queries if q.answer is not None and q.answer.replayed),

@@ -38,12 +38,16 @@ PERIOD_KINDS = ("month", "quarter", "year")
 
 DEFAULT_BOUNDS: Mapping[str, int] = MappingProxyType(
     {
-        "assessment_results": 3,
+        # One record per person where the metric is about a person's first event
+        # (first assessment, first certificate's outcome, a recognition request): the
+        # noise is then as small as a count of persons allows. Two where people
+        # commonly have several (certificates, appeals).
+        "assessment_results": 1,
         "certificates_issued": 2,
-        "employment_outcomes": 2,
-        "earnings_distribution": 2,
-        "recognition_decision_time": 2,
-        "recognition_decisions": 2,
+        "employment_outcomes": 1,
+        "earnings_distribution": 1,
+        "recognition_decision_time": 1,
+        "recognition_decisions": 1,
         "appeal_outcomes": 2,
     }
 )

@@ -276,7 +276,7 @@ def _flagged(ev: Evaluation, kind: str) -> set[tuple[str, str | None, str | None
 
 
 CLEAN_SEEDS = range(100, 120)
-TESTS_PER_CLEAN_AUDIT = (5 + 25) * 3 + 5 + 5 + 5 * 2 * 2  # pass, emp, inflation; rec; appeals; disp
+TESTS_PER_CLEAN_AUDIT = (5 + 25) * 3 + 5 + 5 + 5 * 2  # pass, emp, inflation; rec; appeals; disp
 
 
 @pytest.fixture(scope="module", name="clean_audits")
@@ -410,7 +410,7 @@ def test_planted_outcome_disparity_is_found(planted):
         if f.kind == "outcome_disparity" and f.subject.group == "citizenship_group=foreign"
     )
     assert finding.metric == "pass_rate"
-    assert finding.reference.description == "rest of M01 (citizenship_group other than foreign)"
+    assert finding.reference.description == "national candidates in M01"
     assert "foreign candidates" in finding.summary
 
 
@@ -525,7 +525,7 @@ def test_missing_node_answers_pool_the_remaining_nodes():
     assert refs[("pass_rate", "M01")] == "rest of region (M02, M04, M05)"
     assert refs[("employment_rate_12m", "M01")] == "rest of region (M04, M05)"
     assert ("employment_rate_12m", "M02") not in refs
-    assert ev.error_control.tests == (4 + 20) + (3 + 15) * 2 + 4 + 4 + 4 * 2 + 3 * 2
+    assert ev.error_control.tests == (4 + 20) + (3 + 15) * 2 + 4 + 4 + 4 + 3
     assert {m for m, p, g in _flagged(ev, "employment_gap") if p is None and g is None} == {"M04"}
 
 
