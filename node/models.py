@@ -131,7 +131,9 @@ class EmploymentOutcome(Base):
 
     outcome_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     candidate_id: Mapped[str] = mapped_column(ForeignKey("candidates.candidate_id"), index=True)
-    certificate_id: Mapped[str] = mapped_column(ForeignKey("certificates.certificate_id"))
+    certificate_id: Mapped[str] = mapped_column(
+        ForeignKey("certificates.certificate_id"), index=True
+    )
     months_after: Mapped[int] = mapped_column(SmallInteger)
     status: Mapped[str] = mapped_column(String(16))
     in_field: Mapped[bool | None] = mapped_column(Boolean)
