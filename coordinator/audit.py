@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+
+from fedaudit import __version__
 from fedaudit.coordinator.checks import PlannedQuery, planned_queries
 from fedaudit.coordinator.errors import (
     CoordinatorError,
@@ -32,8 +34,6 @@ from fedaudit.coordinator.plan import AuditPlan
 from fedaudit.coordinator.transport import NodeInfo, NodeTransport
 from fedaudit.node.domain import Answer, BudgetStatus
 from fedaudit.node.mechanisms import epsilon_equivalent
-
-from fedaudit import __version__
 
 log = structlog.get_logger(__name__)
 

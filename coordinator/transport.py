@@ -15,14 +15,6 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import grpc
-from fedaudit.coordinator.errors import (
-    NodeRefusedError,
-    NodeTimeoutError,
-    NodeUnavailableError,
-)
-from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
-from fedaudit.node.errors import RefusedError
-from fedaudit.node.service import NodeService, utcnow
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -33,6 +25,14 @@ from fedaudit.convert import (
     preflight_from_pb,
     spec_to_pb,
 )
+from fedaudit.coordinator.errors import (
+    NodeRefusedError,
+    NodeTimeoutError,
+    NodeUnavailableError,
+)
+from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
+from fedaudit.node.errors import RefusedError
+from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 

@@ -143,7 +143,12 @@ def audit_run(args: argparse.Namespace) -> int:
     if overrides:
         nodes = {n.name: n.address for n in plan.nodes}
         nodes.update(overrides)
-        plan = plan.with_nodes(nodes)
+        from fedaudit.coordinator.errors import PlanError
+
+        try:
+            plan = plan.with_nodes(nodes)
+        except PlanError as exc:
+            raise CliError(str(exc)) from exc
     if not plan.nodes:
         raise CliError(
             f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"

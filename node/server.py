@@ -17,14 +17,6 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
-from fedaudit.node.domain import Capabilities, QuerySpec
-from fedaudit.node.errors import (
-    InvalidParametersError,
-    RefusalReason,
-    RefusedError,
-    VersionMismatchError,
-)
-from fedaudit.node.service import NodeService, utcnow
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,6 +32,14 @@ from fedaudit.convert import (
     preflight_to_pb,
     spec_from_pb,
 )
+from fedaudit.node.domain import Capabilities, QuerySpec
+from fedaudit.node.errors import (
+    InvalidParametersError,
+    RefusalReason,
+    RefusedError,
+    VersionMismatchError,
+)
+from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -98,9 +98,7 @@ class AuditNodeServicer(pb_grpc.AuditNodeServicer):
             return preflight_to_pb(self._service.preflight(requester, _spec(request)))
         raise _Aborted  # pragma: no cover
 
-    def Query(
-        self, request: pb.QueryRequest, context: grpc.ServicerContext
-    ) -> pb.QueryResponse:
+    def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
         with _boundary(context, "Query") as requester:
             answer = self._service.query(requester, request.request_id, _spec(request))
             budget = self._service.ledger.status(requester, utcnow())

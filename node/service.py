@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
+from sqlalchemy import Engine, select
+
 from fedaudit.node import catalogue, mechanisms
 from fedaudit.node.domain import (
     Answer,
@@ -39,7 +41,6 @@ from fedaudit.node.errors import (
 from fedaudit.node.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.models import DataVersion, Municipality
 from fedaudit.node.policy import Policy
-from sqlalchemy import Engine, select
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,8 @@
 """The node database opens and gets its schema on SQLite and PostgreSQL."""
 
-from fedaudit.node.db import create_schema, make_engine, normalise_url
 from sqlalchemy import inspect
+
+from fedaudit.node.db import create_schema, make_engine, normalise_url
 
 
 def test_schema_is_created(db_url: str) -> None:

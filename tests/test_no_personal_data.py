@@ -6,11 +6,11 @@ import csv
 from pathlib import Path
 
 import grpc
-from fedaudit.node import catalogue
 from structlog.testing import capture_logs
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.logs import REDACTED, redact_personal_fields
+from fedaudit.node import catalogue
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 

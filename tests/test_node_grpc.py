@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from fedaudit.node import catalogue
-from fedaudit.node.policy import example_policy
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
+from fedaudit.node import catalogue
+from fedaudit.node.policy import example_policy
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
