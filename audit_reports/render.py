@@ -410,7 +410,11 @@ def _chart(
         if metric["reference"]:
             values += [metric["reference"]["estimate"], *metric["reference"]["ci"]]
     low, high, step = _domain(values, unit)
-    left, right = _LABEL_WIDTH, _CHART_WIDTH - _FLAG_WIDTH
+    # Room for the longest row label (about 7 px a character at the chart's font size).
+    longest = max((len(subject_label(m["subject"])) for m in metrics), default=0)
+    left = max(_LABEL_WIDTH, 16 + 7 * longest)
+    width = _CHART_WIDTH + left - _LABEL_WIDTH
+    right = width - _FLAG_WIDTH
 
     def sx(value: float) -> float:
         return round(left + (value - low) / (high - low) * (right - left), 1)
@@ -459,7 +463,7 @@ def _chart(
         description=description,
         unit=unit,
         axis_label=_AXIS_LABELS[unit],
-        width=_CHART_WIDTH,
+        width=width,
         height=plot_bottom + _AXIS_HEIGHT,
         plot_left=left,
         plot_right=right,

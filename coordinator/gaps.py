@@ -646,7 +646,7 @@ class _Audit:
                         continue
                     self.rate_metric(
                         metric=metric,
-                        label=f"{label}, {_group_words(dim, focus)}",
+                        label=label,
                         subject=Subject(code, group=f"{dim}={focus}"),
                         parts=parts,
                         reference=(ref, f"{_group_words(dim, comparison)} in {code}", (node,)),
@@ -654,7 +654,7 @@ class _Audit:
                     )
                     self.rate_metric(
                         metric=metric,
-                        label=f"{label}, {_group_words(dim, comparison)}",
+                        label=label,
                         subject=Subject(code, group=f"{dim}={comparison}"),
                         parts=ref,
                     )
