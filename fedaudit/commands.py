@@ -41,10 +41,17 @@ def node_import(args: argparse.Namespace) -> int:
         )
     except BundleError as exc:
         err_console.print(
-            f"[bold red]{args.bundle}: {len(exc.problems)} problem(s); nothing was imported[/]"
+            f"[bold red]{args.bundle}: {exc.total} problem(s); nothing was imported[/]"
         )
         for line in exc.problems:
             err_console.print(line, markup=False, highlight=False)
+        if any(
+            "--allow-municipality-change" in p or "explicit municipality change" in p
+            for p in exc.problems
+        ):
+            err_console.print(
+                "(use --allow-municipality-change if this node really changes municipality)"
+            )
         return EXIT_INPUT
     finally:
         engine.dispose()
@@ -61,7 +68,7 @@ def node_validate(args: argparse.Namespace) -> int:
     try:
         parsed = validate_bundle(args.bundle)
     except BundleError as exc:
-        err_console.print(f"[bold red]{args.bundle}: {len(exc.problems)} problem(s)[/]")
+        err_console.print(f"[bold red]{args.bundle}: {exc.total} problem(s)[/]")
         for line in exc.problems:
             err_console.print(line, markup=False, highlight=False)
         return EXIT_INPUT

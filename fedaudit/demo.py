@@ -89,7 +89,7 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
                 result = import_bundle(engine, bundle)
             except BundleError as exc:
                 console.print(
-                    f"[bold red]{bundle}: {len(exc.problems)} problem(s); nothing was imported[/]"
+                    f"[bold red]{bundle}: {exc.total} problem(s); nothing was imported[/]"
                 )
                 for line in exc.problems[:50]:
                     console.print(line, markup=False)

@@ -602,7 +602,7 @@ def validate_bundle(
         raise BundleError([f"{path}: -: -: bundle directory {what}"])
     digest = _parse_bundle(path, ctx)
     if ctx.problems.total:
-        raise BundleError(ctx.problems.report(path.name or str(path)))
+        raise BundleError(ctx.problems.report(path.name or str(path)), total=ctx.problems.total)
     rows = {spec.table: [row for _, row in ctx.tables[spec.table].rows] for spec in FILES}
     return ParsedBundle(
         municipality_code=rows["municipality"][0]["municipality_code"],

@@ -43,9 +43,11 @@ class BundleError(NodeError):
     `problems` are lines of the form `file:line: column: message`.
     """
 
-    def __init__(self, problems: Sequence[str]) -> None:
+    def __init__(self, problems: Sequence[str], *, total: int | None = None) -> None:
         self.problems = list(problems)
-        head = f"{len(self.problems)} problem(s) in the bundle; nothing was imported"
+        # `problems` may be capped (with a closing "N more" line); `total` counts them all.
+        self.total = total if total is not None else len(self.problems)
+        head = f"{self.total} problem(s) in the bundle; nothing was imported"
         super().__init__("\n".join([head, *self.problems]))
 
 
