@@ -18,6 +18,16 @@ import pytest
 DEFAULT_PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Each test starts and ends with structlog's defaults (the CLI configures it globally)."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 def _pg_base_url() -> str:
     return os.environ.get("FEDAUDIT_TEST_PG_URL", DEFAULT_PG_URL)
 
