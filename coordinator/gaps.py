@@ -1067,13 +1067,12 @@ def _summary(test: GapTest, z: float, severity: str, plan: AuditPlan) -> str:
             f"outrun job outcomes by {_pts(gap)} ({100 * low:.0f} to {100 * high:.0f}), "
             f"beyond {beyond} at {conf}."
         )
-    reference = (
-        "the region's other providers"
-        if s.provider_id
-        else f"the rest of {s.municipality}"
-        if s.group
-        else "the rest of the region"
-    )
+    if s.provider_id:
+        reference = "the region's other providers"
+    elif s.group:
+        reference = test.reference.description  # e.g. "national candidates in M05"
+    else:
+        reference = "the rest of the region"
     tail = (
         f"{_pts(gap)} {_side(gap)} {reference} ({_pct(ref)}); the gap exceeds {beyond} at {conf}."
     )

@@ -86,7 +86,7 @@ def test_default_plan_loads_with_every_check():
         "certificates",
         "earnings",
     )
-    assert plan.periods == ("2022", "2023", "2024", "2025")
+    assert not plan.periods  # no window: every period each node publishes
     # 0.1 + 0.1 + 0.1 (two queries) + 0.05 + 0.02 + 0.02
     assert plan.total_rho_per_node() == pytest.approx(0.39)
 
