@@ -16,8 +16,10 @@ from typing import Any
 
 import grpc
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from fedaudit.cli import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, SEVERITIES, CliError
 
@@ -247,15 +249,17 @@ def print_summary(report: Mapping[str, Any]) -> None:
             f"({ec.get('tests', 0)} tests, {ec.get('method', 'bonferroni')} correction)."
         )
         return
-    table = Table(
-        title=f"Findings ({len(findings)}; {ec.get('tests', 0)} tests, {ec.get('method', '')})"
+    console.print(
+        f"\n[bold]Findings[/] ({len(findings)}; {ec.get('tests', 0)} tests, "
+        f"{ec.get('method', '')} correction, {audit['confidence']:.0%} confidence)"
     )
-    for col in ("severity", "kind", "subject", "summary"):
-        table.add_column(col, overflow="fold")
+    styles = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
     for f in findings:
-        subject = ", ".join(f"{k}={v}" for k, v in f["subject"].items() if v)
-        table.add_row(f["severity"], f["kind"], subject, f["summary"])
-    console.print(table)
+        subject = ", ".join(str(v) for k, v in f["subject"].items() if v)
+        console.print(
+            f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
+        )
+        console.print(Padding(Text(f["summary"]), (0, 0, 0, 9)))
 
 
 def _require_dir(path: Path) -> None:
