@@ -41,6 +41,10 @@ EQUIVALENCE_DELTA = 1e-7
 ProgressCallback = Callable[[str, str], None]
 """Called with (node name, event) as queries finish; the CLI draws a progress bar from it."""
 
+AnswerCallback = Callable[[str, str, str, Answer], None]
+"""Called with (node name, request id, query key, answer) for every answer received, e.g. to
+keep the coordinator's own record of what each node released."""
+
 
 @dataclass
 class QueryOutcome:
@@ -84,6 +88,7 @@ def run_audit(
     *,
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
+    on_answer: AnswerCallback | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> dict[str, Any]:
     """Run `plan` against the given node transports and return the report as a dict."""
@@ -107,6 +112,7 @@ def run_audit(
                 run_id=run_id,
                 deadline=deadline,
                 progress=progress,
+                on_answer=on_answer,
             )
             for name, t in transports.items()
         }
@@ -179,6 +185,7 @@ def _run_node(
     run_id: str,
     deadline: float,
     progress: ProgressCallback | None,
+    on_answer: AnswerCallback | None = None,
 ) -> NodeOutcome:
     outcome = NodeOutcome(name=name, address=transport.address)
 
@@ -222,6 +229,8 @@ def _run_node(
             if remaining() <= 0:
                 raise NodeTimeoutError(name, "the audit deadline passed before this query was sent")
             qo.answer, qo.budget = transport.query(q.spec, rid, timeout=remaining())
+            if on_answer is not None:
+                on_answer(name, rid, q.key, qo.answer)
         except CoordinatorError as exc:
             qo.status, qo.reason, qo.message = _classify(exc)
         outcome.queries.append(qo)

@@ -153,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    from fedaudit.subcommands import Parsers, register_all
+
+    register_all(Parsers(root=sub, node=node_sub, audit=audit_sub))
     return parser
 
 
@@ -177,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     from fedaudit import commands
 
+    handler = getattr(args, "handler", None)
+    if handler is not None:
+        return int(handler(args))
     if args.command == "demo":
         return commands.demo(args)
     if args.command == "node":

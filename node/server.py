@@ -10,7 +10,7 @@ with data loaded) and server reflection are registered.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -213,6 +213,7 @@ def start_node_server(
     port: int = 0,
     max_workers: int = 8,
     server_credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RunningNode:
     """Start serving `service`. Without credentials only a loopback address is allowed."""
     if server_credentials is None and not is_loopback(host):
@@ -227,6 +228,7 @@ def start_node_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
         maximum_concurrent_rpcs=max_workers * 4,
+        interceptors=list(interceptors),
     )
     pb_grpc.add_AuditNodeServicer_to_server(AuditNodeServicer(service), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)

@@ -36,7 +36,7 @@ def _pg_unavailable_reason() -> str | None:
     try:
         import psycopg
     except ImportError:  # pragma: no cover - depends on the machine
-        return "psycopg is not installed (pip install 'fedaudit[postgres]')"
+        return "psycopg is not installed (it is a dependency of fedaudit: pip install -e .)"
     try:
         with psycopg.connect(_pg_base_url(), connect_timeout=3):
             return None
