@@ -13,6 +13,7 @@ NAME=ADDR` supply the nodes through `AuditPlan.with_nodes`.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cronsim import CronSim, CronSimError
 
 from fedaudit.coordinator.errors import PlanError
 from fedaudit.node.domain import Mechanism
@@ -180,6 +182,8 @@ class AuditPlan:
     periods: tuple[str, ...] | None = None
     min_denominator: int = 30
     nodes: tuple[NodeRef, ...] = ()
+    # Cron expression (5 fields, UTC) for unattended runs; None: run on demand only.
+    schedule: str | None = None
     source: str = field(default="<plan>", compare=False)
 
     def with_nodes(
@@ -282,6 +286,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
             "periods",
             "min_denominator",
             "nodes",
+            "schedule",
         ),
     )
     name = r.text(top, "name", pattern=_NAME_RE, what="letters, digits, '.', '_' or '-'")
@@ -293,6 +298,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
     periods = r.periods(top, "periods")
     min_den = r.integer(top, "min_denominator", low=1, default=30)
     nodes = r.nodes(top, "nodes")
+    schedule = r.cron(top, "schedule")
     checks = r.checks(top["checks"], "checks", mechanism) if "checks" in top else None
     if nodes:
         _check_node_count(nodes, min_nodes, source, r.problems)
@@ -311,6 +317,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
         periods=periods,
         min_denominator=min_den if min_den is not None else 30,
         nodes=nodes,
+        schedule=schedule,
         source=source,
     )
 
@@ -438,6 +445,24 @@ class _Reader:
             return None
         if pattern is not None and not pattern.match(value):
             self.problem(path, f"must be {what} (got {value!r})")
+            return None
+        return value
+
+    def cron(self, m: Mapping[str, Any], key: str) -> str | None:
+        """A 5-field cron expression (minute hour day month weekday), evaluated in UTC."""
+        value = self.text(m, key)
+        if value is None:
+            return None
+        if len(value.split()) != 5:
+            self.problem(
+                _join(m["__path__"], key),
+                f"must be a cron expression with 5 fields, e.g. '0 6 1 * *' (got {value!r})",
+            )
+            return None
+        try:
+            CronSim(value, dt.datetime(2000, 1, 1))
+        except CronSimError as exc:
+            self.problem(_join(m["__path__"], key), f"invalid cron expression {value!r}: {exc}")
             return None
         return value
 

@@ -71,9 +71,13 @@ class NodeService:
         engine: Engine,
         policy: Policy,
         *,
+        query_engine: Engine | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
     ) -> None:
         self._engine = engine
+        # Aggregations may run through a read-only role (production: a PostgreSQL user with
+        # SELECT only); the ledger always writes through `engine`.
+        self._query_engine = query_engine or engine
         self._policy = policy
         self._clock = clock
         self._ledger = Ledger(engine, policy)
@@ -211,7 +215,7 @@ class NodeService:
             return replay
 
         try:
-            with self._engine.connect() as conn:
+            with self._query_engine.connect() as conn:
                 counts = catalogue.true_counts(
                     conn,
                     template,
@@ -323,7 +327,7 @@ class NodeService:
             if self._state is not None:
                 return self._state
             try:
-                with self._engine.connect() as conn:
+                with self._query_engine.connect() as conn:
                     version = conn.execute(
                         select(DataVersion).order_by(DataVersion.id.desc()).limit(1)
                     ).first()

@@ -337,3 +337,17 @@ def test_planned_queries_without_periods_or_checks():
     assert [q.key for q in queries] == ["appeals"]
     assert queries[0].spec.filters == {}
     assert plan.total_rho_per_node() == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "fragment"),
+    [("0 6 1 * *", None), ("61 * * * *", "invalid cron"), ("daily", "5 fields"), ("", "non-empty")],
+)
+def test_schedule_is_a_checked_cron_expression(schedule, fragment):
+    """A plan's schedule must be a valid 5-field cron expression."""
+    data = _plan(schedule=schedule)
+    if fragment is None:
+        assert parse_plan(data, source="plan.yaml").schedule == schedule
+    else:
+        with pytest.raises(PlanError, match=fragment):
+            parse_plan(data, source="plan.yaml")
