@@ -162,10 +162,17 @@ def audit_run(args: argparse.Namespace) -> int:
         raise CliError(
             f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"
         )
-    credentials = _channel_credentials(args, [n.address for n in plan.nodes])
+    from fedaudit.tls import pinned_channel_options
+
+    credentials = _channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
     transports = {
         n.name: GrpcNodeTransport(
-            n.name, n.address, requester=plan.requester, credentials=credentials
+            n.name,
+            n.address,
+            requester=plan.requester,
+            credentials=credentials,
+            # mTLS: the node must present a certificate for the name the plan gives it.
+            channel_options=pinned_channel_options(n.name) if credentials is not None else None,
         )
         for n in plan.nodes
     }
@@ -299,16 +306,23 @@ def _parse_node_arg(text: str) -> tuple[str, str]:
     return name, address
 
 
-def _read(path: Path | None, what: str) -> bytes | None:
-    if path is None:
-        return None
+def _warn_expiry(paths: list[Path]) -> None:
+    """Warn at start: once expired, a certificate only shows up as 'unavailable' at the peer."""
+    from fedaudit.pki import PkiError, expiry_warnings
+
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read the {what}: {exc.strerror}") from exc
+        warnings = expiry_warnings(paths)
+    except PkiError as exc:
+        raise CliError(str(exc)) from exc
+    for w in warnings:
+        err_console.print(
+            f"warning: {w.message}", markup=False, highlight=False, style="bold yellow"
+        )
 
 
 def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    from fedaudit.tls import TlsError, TlsFiles, server_credentials
+
     tls = (args.tls_cert, args.tls_key, args.tls_ca)
     if args.insecure:
         if any(tls):
@@ -318,20 +332,20 @@ def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | No
         raise CliError(
             "a node needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure on a loopback address"
         )
-    cert, key, ca = (
-        _read(args.tls_cert, "certificate"),
-        _read(args.tls_key, "key"),
-        _read(args.tls_ca, "CA certificate"),
-    )
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=True
-    )
+    try:
+        credentials = server_credentials(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+    except TlsError as exc:
+        raise CliError(str(exc)) from exc
+    _warn_expiry([args.tls_cert, args.tls_ca])
+    return credentials
 
 
 def _channel_credentials(
-    args: argparse.Namespace, addresses: list[str]
+    args: argparse.Namespace, addresses: list[str], requester: str
 ) -> grpc.ChannelCredentials | None:
     from fedaudit.node.server import is_loopback
+    from fedaudit.pki import describe_certificate, load_certificate
+    from fedaudit.tls import TlsError, TlsFiles, channel_credentials
 
     tls = (args.tls_cert, args.tls_key, args.tls_ca)
     if args.insecure:
@@ -347,8 +361,15 @@ def _channel_credentials(
         raise CliError(
             "an audit needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure for loopback nodes"
         )
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(args.tls_ca, "CA certificate"),
-        private_key=_read(args.tls_key, "key"),
-        certificate_chain=_read(args.tls_cert, "certificate"),
-    )
+    try:
+        credentials = channel_credentials(TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
+    except TlsError as exc:
+        raise CliError(str(exc)) from exc
+    name = describe_certificate(load_certificate(args.tls_cert)).common_name
+    if name != requester:
+        raise CliError(
+            f"{args.tls_cert}: the auditor certificate is '{name}' but the plan asks as "
+            f"'{requester}'; nodes take the requester from the certificate"
+        )
+    _warn_expiry([args.tls_cert, args.tls_ca])
+    return credentials

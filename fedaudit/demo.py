@@ -52,6 +52,13 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
     from fedaudit.node.policy import example_policy
     from fedaudit.node.server import start_node_server
     from fedaudit.node.service import NodeService
+    from fedaudit.pki import PkiError, create_throwaway_pki
+    from fedaudit.tls import (
+        TlsFiles,
+        channel_credentials,
+        pinned_channel_options,
+        server_credentials,
+    )
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -101,19 +108,36 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
             services[code] = service
             console.print(f"node {code}: imported {result.data_version}")
 
+        # mTLS with a throw-away federation CA: the demo runs the way production does.
+        try:
+            pki = create_throwaway_pki(out / "pki", list(services), DEMO_REQUESTER)
+        except PkiError as exc:
+            raise CliError(f"cannot issue demo certificates: {exc}") from exc
         nodes = {}
         for code, service in services.items():
-            node = start_node_server(service, host="127.0.0.1", port=0)
+            files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
+            node = start_node_server(
+                service, host="127.0.0.1", port=0, server_credentials=server_credentials(files)
+            )
             running.append(node)
             nodes[code] = f"127.0.0.1:{node.port}"
+        console.print(f"demo PKI (mTLS, throw-away CA): {pki.directory}")
 
         plan = _load_plan(args.plan or default_plan_path()).with_nodes(nodes)
         if plan.requester != DEMO_REQUESTER:
             raise CliError(
                 f"the demo's nodes serve requester '{DEMO_REQUESTER}', the plan asks as '{plan.requester}'"
             )
+        auditor = pki.auditors[DEMO_REQUESTER]
+        client = channel_credentials(TlsFiles(auditor.cert, auditor.key, pki.ca.cert))
         transports = {
-            name: GrpcNodeTransport(name, address, requester=plan.requester)
+            name: GrpcNodeTransport(
+                name,
+                address,
+                requester=plan.requester,
+                credentials=client,
+                channel_options=pinned_channel_options(name),
+            )
             for name, address in nodes.items()
         }
         total = len(nodes) * len(planned_queries(plan))
