@@ -153,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--record",
+        type=Path,
+        help="append what each node answered to this JSON-lines file (compare with a node's log)",
+    )
 
     from fedaudit.subcommands import Parsers, register_all
 

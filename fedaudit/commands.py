@@ -7,6 +7,7 @@ into the node, the coordinator and the report writer.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import signal
 import threading
 from collections.abc import Iterator, Mapping
@@ -144,7 +145,8 @@ def node_budget(args: argparse.Namespace) -> int:
 
 def audit_run(args: argparse.Namespace) -> int:
     from fedaudit.audit_reports.render import write_report
-    from fedaudit.coordinator.audit import run_audit
+    from fedaudit.coordinator.audit import default_run_id, run_audit
+    from fedaudit.coordinator.record import AnswerRecord, RecordError
     from fedaudit.coordinator.transport import GrpcNodeTransport
 
     plan = _load_plan(args.plan)
@@ -176,12 +178,19 @@ def audit_run(args: argparse.Namespace) -> int:
         )
         for n in plan.nodes
     }
+    run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
+    try:
+        record = AnswerRecord(args.record, run_id=run_id) if args.record else None
+    except RecordError as exc:
+        raise CliError(str(exc)) from exc
     try:
         with progress_reporter(len(plan.nodes) * len(_queries(plan)), quiet=args.quiet) as progress:
-            report = run_audit(plan, transports, run_id=args.run_id, progress=progress)
+            report = run_audit(plan, transports, run_id=run_id, progress=progress, on_answer=record)
     finally:
         for t in transports.values():
             t.close()
+        if record is not None:
+            record.close()
     json_path, html_path = write_report(report, args.out)
     print_summary(report)
     console.print(f"\nreport: {json_path}\n        {html_path}")

@@ -219,3 +219,55 @@ class LedgerEntry(Base):
     state: Mapped[str] = mapped_column(String(16))
     answer: Mapped[str | None] = mapped_column(Text)  # JSON of the released answer
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+# --- query log (tamper-evident) ------------------------------------------------------------
+
+
+class QueryLogEntry(Base):
+    """One request the node handled, as a link of a hash chain (see `fedaudit.node.querylog`).
+
+    Every value that enters the hash is stored as text or an integer (the timestamp
+    as fixed-format ISO text, charges as integer units of 1e-12 rho), so a row reads
+    back bit for bit on every database and its hash can be recomputed exactly.
+    """
+
+    __tablename__ = "query_log"
+    __table_args__ = (
+        Index("ix_query_log_request_id", "request_id"),
+        Index("ix_query_log_requester", "requester", "seq"),
+    )
+
+    # Assigned by the appender (head seq + 1) under the head lock, never by the database.
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    logged_at: Mapped[str] = mapped_column(String(32))  # 2026-11-15T12:00:00.000000Z
+    requester: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(16))  # capabilities | preflight | query
+    request_id: Mapped[str] = mapped_column(String(128))
+    template: Mapped[str] = mapped_column(String(64))
+    template_version: Mapped[str] = mapped_column(String(16))
+    data_version: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[str] = mapped_column(Text)  # QuerySpec.canonical_json(), or ""
+    rho_units: Mapped[int] = mapped_column(BigInteger)  # charged by this request
+    epsilon_charged: Mapped[str] = mapped_column(String(32))  # repr of the float, or ""
+    answer_digest: Mapped[str] = mapped_column(String(64))  # sha256 hex, or ""
+    status: Mapped[str] = mapped_column(String(16))  # answered | replayed | refused | failed
+    reason: Mapped[str] = mapped_column(String(32))  # RefusalReason name, INTERNAL, or ""
+    message: Mapped[str] = mapped_column(String(500))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    row_hash: Mapped[str] = mapped_column(String(64))
+
+
+class QueryLogHead(Base):
+    """The single row naming the chain's last link; locked while a link is appended.
+
+    Appends serialise on it (`SELECT ... FOR UPDATE` on PostgreSQL, `BEGIN IMMEDIATE`
+    on SQLite), so the chain cannot fork; and because it records the last seq and
+    hash, deleting rows from the end of the chain is detected too.
+    """
+
+    __tablename__ = "query_log_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1
+    seq: Mapped[int] = mapped_column(BigInteger)
+    row_hash: Mapped[str] = mapped_column(String(64))

@@ -39,6 +39,7 @@ from fedaudit.node.errors import (
     RefusedError,
     VersionMismatchError,
 )
+from fedaudit.node.querylog import FAILED, INTERNAL, REFUSED, LogEvent, QueryLog, was_logged
 from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
@@ -87,19 +88,19 @@ class AuditNodeServicer(pb_grpc.AuditNodeServicer):
     def GetCapabilities(
         self, request: pb.CapabilitiesRequest, context: grpc.ServicerContext
     ) -> pb.Capabilities:
-        with _boundary(context, "GetCapabilities") as requester:
+        with _boundary(context, "GetCapabilities", self._service.query_log) as requester:
             return capabilities_to_pb(self._service.capabilities(requester))
         raise _Aborted  # pragma: no cover - _boundary aborts on every error
 
     def Preflight(
         self, request: pb.QueryRequest, context: grpc.ServicerContext
     ) -> pb.PreflightResponse:
-        with _boundary(context, "Preflight") as requester:
+        with _boundary(context, "Preflight", self._service.query_log) as requester:
             return preflight_to_pb(self._service.preflight(requester, _spec(request)))
         raise _Aborted  # pragma: no cover
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
-        with _boundary(context, "Query") as requester:
+        with _boundary(context, "Query", self._service.query_log) as requester:
             answer = self._service.query(requester, request.request_id, _spec(request))
             budget = self._service.ledger.status(requester, utcnow())
             return answer_to_pb(answer, budget)
@@ -113,9 +114,19 @@ def _spec(request: pb.QueryRequest) -> QuerySpec:
         raise InvalidParametersError(str(exc)) from exc
 
 
+_LOG_METHODS = {"GetCapabilities": "capabilities", "Preflight": "preflight", "Query": "query"}
+
+
 @contextmanager
-def _boundary(context: grpc.ServicerContext, method: str) -> Iterator[str]:
-    """Check protocol version, yield the requester, map domain errors to statuses."""
+def _boundary(
+    context: grpc.ServicerContext, method: str, query_log: QueryLog | None = None
+) -> Iterator[str]:
+    """Check protocol version, yield the requester, map domain errors to statuses.
+
+    Refusals and failures the service did not log itself (a protocol version
+    mismatch, a malformed message, an error after the service returned) are appended
+    to `query_log` here, so the log holds every request that reached the node.
+    """
     metadata = dict(context.invocation_metadata())
     try:
         version = metadata.get(PROTOCOL_METADATA_KEY, "")
@@ -129,10 +140,38 @@ def _boundary(context: grpc.ServicerContext, method: str) -> Iterator[str]:
         yield requester
     except RefusedError as exc:
         log.info("request_refused", method=method, reason=exc.reason.value)
+        _log_unlogged(query_log, context, metadata, method, exc)
         context.abort_with_status(rpc_status.to_status(refusal_status(exc)))
-    except Exception:
+    except Exception as exc:
         log.exception("request_failed", method=method)
+        _log_unlogged(query_log, context, metadata, method, exc)
         context.abort(grpc.StatusCode.INTERNAL, "internal error in the node; see its log")
+
+
+def _log_unlogged(
+    query_log: QueryLog | None,
+    context: grpc.ServicerContext,
+    metadata: dict[str, str],
+    method: str,
+    exc: Exception,
+) -> None:
+    """Append a refusal or failure raised outside the service (which logs its own)."""
+    if query_log is None or was_logged(exc) or method not in _LOG_METHODS:
+        return
+    refused = isinstance(exc, RefusedError)
+    event = LogEvent(
+        requester=requester_identity(context, metadata),
+        method=_LOG_METHODS[method],
+        status=REFUSED if refused else FAILED,
+        reason=exc.reason.value if isinstance(exc, RefusedError) else INTERNAL,
+        message=exc.message
+        if isinstance(exc, RefusedError)
+        else f"internal error ({type(exc).__name__})",
+    )
+    try:
+        query_log.append(event)
+    except Exception as append_exc:
+        log.error("querylog.append_failed", method=method, error=type(append_exc).__name__)
 
 
 def requester_identity(context: grpc.ServicerContext, metadata: dict[str, str]) -> str:

@@ -11,13 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import structlog
 from sqlalchemy import Engine, select
 
-from fedaudit.node import catalogue, mechanisms
+from fedaudit.node import catalogue, mechanisms, querylog
+from fedaudit.node.digest import answer_digest
 from fedaudit.node.domain import (
     Answer,
     Capabilities,
@@ -38,9 +40,10 @@ from fedaudit.node.errors import (
     RequesterNotAllowedError,
     TemplateNotAllowedError,
 )
-from fedaudit.node.ledger import DuplicateRequestError, Ledger
+from fedaudit.node.ledger import DuplicateRequestError, Ledger, rho_to_units
 from fedaudit.node.models import DataVersion, Municipality
 from fedaudit.node.policy import Policy
+from fedaudit.node.querylog import LogEvent, QueryLog
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +84,7 @@ class NodeService:
         self._policy = policy
         self._clock = clock
         self._ledger = Ledger(engine, policy)
+        self._query_log = QueryLog(engine, clock=clock)
         self._state: _DataState | None = None
         self._state_lock = threading.Lock()
 
@@ -92,11 +96,39 @@ class NodeService:
     def ledger(self) -> Ledger:
         return self._ledger
 
+    @property
+    def query_log(self) -> QueryLog:
+        return self._query_log
+
     # --- public operations -------------------------------------------------------------
 
     def capabilities(self, requester: str) -> Capabilities:
+        with self._logged(LogEvent(requester=requester, method="capabilities")) as event:
+            return self._capabilities(requester, event)
+        raise AssertionError("unreachable")  # pragma: no cover - _logged re-raises
+
+    def preflight(self, requester: str, spec: QuerySpec) -> Preflight:
+        """Cost and accuracy from public parameters; a refusal is reported, not raised."""
+        event = _event(requester, "preflight", spec)
+        with self._logged(event):
+            return self._preflight(requester, spec, event)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def query(self, requester: str, request_id: str, spec: QuerySpec) -> Answer:
+        """Release a DP answer, charging the ledger first; see the module docstring.
+
+        Every outcome is appended to the query log; an answer is returned only once its
+        log row is written (a failed append fails the call, and a retry replays for free).
+        """
+        event = _event(requester, "query", spec, request_id=request_id)
+        with self._logged(event):
+            return self._query(requester, request_id, spec, event)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _capabilities(self, requester: str, event: LogEvent) -> Capabilities:
         self._check_requester(requester)
         state = self._data_state()
+        event.data_version = state.version
         templates = []
         for template in catalogue.TEMPLATES.values():
             if not self._policy.allows(requester, template.name):
@@ -133,11 +165,12 @@ class NodeService:
             requester=requester,
         )
 
-    def preflight(self, requester: str, spec: QuerySpec) -> Preflight:
-        """Cost and accuracy from public parameters; a refusal is reported, not raised."""
+    def _preflight(self, requester: str, spec: QuerySpec, event: LogEvent) -> Preflight:
         self._check_requester(requester)
         state = self._data_state()
+        event.data_version = state.version
         template, params = self._validate(requester, spec, state)
+        event.template_version = template.version
         noise, charge = mechanisms.plan_noise(
             spec.mechanism,
             rho=spec.rho,
@@ -157,6 +190,8 @@ class NodeService:
                 f"(requester remaining {budget.requester_rho_remaining:.6g}, node remaining "
                 f"{budget.node_rho_remaining:.6g}, per request {budget.max_rho_per_request:.6g})"
             )
+            # The preflight itself was answered; the reason records what a query would meet.
+            event.reason, event.message = reason, message
         return Preflight(
             template=template.name,
             template_version=template.version,
@@ -169,20 +204,21 @@ class NodeService:
             refusal_message=message,
         )
 
-    def query(self, requester: str, request_id: str, spec: QuerySpec) -> Answer:
-        """Release a DP answer, charging the ledger first; see the module docstring."""
+    def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
         if not _REQUEST_ID.match(request_id or ""):
             raise InvalidParametersError(
                 "request_id must be 1-128 characters of letters, digits and . _ : -"
             )
         state = self._data_state()
+        event.data_version = state.version
         template, params = self._validate(requester, spec, state)
+        event.template_version = template.version
         query_hash = spec.query_hash()
 
         replay = self._replay(requester, request_id, query_hash, state.version)
         if replay is not None:
-            return replay
+            return _replayed(event, replay)
 
         bound = self._policy.bound(template.name)
         noise, charge = mechanisms.plan_noise(
@@ -212,7 +248,7 @@ class NodeService:
                 raise RateLimitedError(
                     f"request {request_id} is being answered; retry shortly"
                 ) from None
-            return replay
+            return _replayed(event, replay)
 
         try:
             with self._query_engine.connect() as conn:
@@ -227,6 +263,7 @@ class NodeService:
                 )
         except Exception as exc:
             self._ledger.cancel(entry_id)
+            event.status = querylog.FAILED  # refunded: nothing charged, nothing released
             log.error(
                 "query_failed_before_release", template=template.name, error=type(exc).__name__
             )
@@ -258,7 +295,14 @@ class NodeService:
             self._ledger.complete(entry_id, answer_to_json(answer))
         except Exception:
             self._ledger.fail(entry_id)  # noise was drawn on real data: the charge stands
+            event.status, event.rho_units, event.epsilon = (
+                querylog.FAILED,
+                rho_to_units(charge.rho),
+                charge.epsilon,
+            )
             raise
+        event.rho_units, event.epsilon = rho_to_units(charge.rho), charge.epsilon
+        event.answer_digest = answer_digest(answer)
         log.info(
             "query_answered",
             requester=requester,
@@ -284,6 +328,38 @@ class NodeService:
         return True
 
     # --- steps -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _logged(self, event: LogEvent) -> Iterator[LogEvent]:
+        """Append the request's outcome to the query log, whatever it was.
+
+        A refusal or failure is logged and re-raised, marked so the gRPC boundary does
+        not log it again; if that append fails too, the original error still wins.
+        """
+        try:
+            yield event
+        except RefusedError as exc:
+            if event.status != querylog.FAILED:
+                event.status = querylog.REFUSED
+            event.reason, event.message = exc.reason.value, exc.message
+            self._append_for_error(event, exc)
+            raise
+        except Exception as exc:
+            event.status, event.reason = querylog.FAILED, querylog.INTERNAL
+            event.message = f"internal error ({type(exc).__name__})"
+            self._append_for_error(event, exc)
+            raise
+        self._query_log.append(event)
+
+    def _append_for_error(self, event: LogEvent, exc: BaseException) -> None:
+        try:
+            self._query_log.append(event)
+        except Exception as append_exc:
+            log.error(
+                "querylog.append_failed", method=event.method, error=type(append_exc).__name__
+            )
+            return
+        querylog.mark_logged(exc)
 
     def _check_requester(self, requester: str) -> None:
         if requester not in self._policy.requesters:
@@ -350,6 +426,22 @@ class NodeService:
                 keys=keys,
             )
             return self._state
+
+
+def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = "") -> LogEvent:
+    """A log event with what the request named, before anything is validated."""
+    return LogEvent(
+        requester=requester,
+        method=method,
+        request_id=request_id,
+        template=spec.template,
+        parameters=spec.canonical_json(),
+    )
+
+
+def _replayed(event: LogEvent, answer: Answer) -> Answer:
+    event.status, event.answer_digest = querylog.REPLAYED, answer_digest(answer)
+    return answer
 
 
 def _suppress(cells: list[tuple[tuple[str, ...], str, int]], threshold: int) -> list[Cell]:
