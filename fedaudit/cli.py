@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     serve.add_argument("--max-workers", type=int, default=8)
+    from fedaudit.node.observability import add_observability_arguments
+
+    add_observability_arguments(serve)
 
     budget = node_sub.add_parser(
         "budget",
@@ -153,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    from fedaudit.coordinator.metrics import add_metrics_arguments
+
+    add_metrics_arguments(run)
     run.add_argument(
         "--record",
         type=Path,

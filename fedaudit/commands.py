@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import signal
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -82,6 +83,7 @@ def node_validate(args: argparse.Namespace) -> int:
 
 def node_serve(args: argparse.Namespace) -> int:
     from fedaudit.node.db import create_schema, make_engine
+    from fedaudit.node.observability import NodeObservability
     from fedaudit.node.server import start_node_server
     from fedaudit.node.service import NodeService
 
@@ -90,6 +92,7 @@ def node_serve(args: argparse.Namespace) -> int:
     engine = make_engine(args.db)
     create_schema(engine)
     service = NodeService(engine, policy)
+    obs = NodeObservability.from_args(args)
     try:
         node = start_node_server(
             service,
@@ -97,9 +100,16 @@ def node_serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_workers=args.max_workers,
             server_credentials=credentials,
+            # Metrics first, so they also count what later interceptors refuse.
+            interceptors=[*obs.interceptors],
         )
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
+    try:
+        obs.attach(node, engine)
+    except (OSError, RuntimeError) as exc:
+        node.stop(grace=None)
+        raise CliError(f"cannot start the metrics or health endpoint: {exc}") from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -108,7 +118,8 @@ def node_serve(args: argparse.Namespace) -> int:
         f"{args.host}:{node.port} ({'mTLS' if credentials else 'insecure, loopback only'}); Ctrl-C stops"
     )
     stop.wait()
-    node.stop(grace=5.0)
+    node.stop(grace=5.0)  # the health port keeps answering NOT_SERVING meanwhile
+    obs.close()
     engine.dispose()
     return EXIT_OK
 
@@ -146,6 +157,7 @@ def node_budget(args: argparse.Namespace) -> int:
 def audit_run(args: argparse.Namespace) -> int:
     from fedaudit.audit_reports.render import write_report
     from fedaudit.coordinator.audit import default_run_id, run_audit
+    from fedaudit.coordinator.metrics import export_audit_metrics
     from fedaudit.coordinator.record import AnswerRecord, RecordError
     from fedaudit.coordinator.transport import GrpcNodeTransport
 
@@ -183,6 +195,7 @@ def audit_run(args: argparse.Namespace) -> int:
         record = AnswerRecord(args.record, run_id=run_id) if args.record else None
     except RecordError as exc:
         raise CliError(str(exc)) from exc
+    started = time.monotonic()
     try:
         with progress_reporter(len(plan.nodes) * len(_queries(plan)), quiet=args.quiet) as progress:
             report = run_audit(plan, transports, run_id=run_id, progress=progress, on_answer=record)
@@ -191,6 +204,12 @@ def audit_run(args: argparse.Namespace) -> int:
             t.close()
         if record is not None:
             record.close()
+    export_audit_metrics(
+        report,
+        time.monotonic() - started,
+        textfile_dir=args.metrics_textfile,
+        pushgateway=args.pushgateway,
+    )
     json_path, html_path = write_report(report, args.out)
     print_summary(report)
     console.print(f"\nreport: {json_path}\n        {html_path}")
