@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     serve.add_argument("--max-workers", type=int, default=8)
+    serve.add_argument(
+        "--query-db",
+        help="database URL of a read-only role used for aggregations (default: --db)",
+    )
     from fedaudit.node.observability import add_observability_arguments
 
     add_observability_arguments(serve)

@@ -39,6 +39,7 @@ def node_import(args: argparse.Namespace) -> int:
 
     _require_dir(args.bundle)
     engine = make_engine(args.db)
+    _ensure_schema(engine)
     try:
         result = import_bundle(
             engine, args.bundle, allow_municipality_change=args.allow_municipality_change
@@ -82,7 +83,7 @@ def node_validate(args: argparse.Namespace) -> int:
 
 
 def node_serve(args: argparse.Namespace) -> int:
-    from fedaudit.node.db import create_schema, make_engine
+    from fedaudit.node.db import make_engine
     from fedaudit.node.observability import NodeObservability
     from fedaudit.node.server import start_node_server
     from fedaudit.node.service import NodeService
@@ -90,8 +91,10 @@ def node_serve(args: argparse.Namespace) -> int:
     policy = _load_policy(args.policy)
     credentials = _server_credentials(args)
     engine = make_engine(args.db)
-    create_schema(engine)
-    service = NodeService(engine, policy)
+    _ensure_schema(engine)
+    # Aggregations through a read-only role when one is given (docs/operations.md).
+    query_engine = make_engine(args.query_db) if args.query_db else None
+    service = NodeService(engine, policy, query_engine=query_engine)
     obs = NodeObservability.from_args(args)
     try:
         node = start_node_server(
@@ -121,17 +124,18 @@ def node_serve(args: argparse.Namespace) -> int:
     node.stop(grace=5.0)  # the health port keeps answering NOT_SERVING meanwhile
     obs.close()
     engine.dispose()
+    if query_engine is not None:
+        query_engine.dispose()
     return EXIT_OK
 
 
 def node_budget(args: argparse.Namespace) -> int:
-    from fedaudit.node.db import create_schema, make_engine
+    from fedaudit.node.db import make_readonly_engine
     from fedaudit.node.ledger import Ledger
     from fedaudit.node.service import utcnow
 
     policy = _load_policy(args.policy)
-    engine = make_engine(args.db)
-    create_schema(engine)
+    engine = make_readonly_engine(args.db)
     ledger = Ledger(engine, policy)
     now = utcnow()
     table = Table(title=f"Privacy budget, period {policy.period_of(now)}")
@@ -295,6 +299,16 @@ def print_summary(report: Mapping[str, Any]) -> None:
             f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
         )
         console.print(Padding(Text(f["summary"]), (0, 0, 0, 9)))
+
+
+def _ensure_schema(engine: Any) -> None:
+    """Create an empty database; refuse an older one (migrating is the officer's decision)."""
+    from fedaudit.node.schema import SchemaError, ensure_schema
+
+    try:
+        ensure_schema(engine)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
 
 
 def _require_dir(path: Path) -> None:

@@ -9,12 +9,11 @@ deadlocks); and foreign keys are enforced.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-
-from fedaudit.node.models import Base
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -51,6 +50,36 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return engine
 
 
+def make_readonly_engine(url: str) -> Engine:
+    """An engine that cannot write, for inspection (`fedaudit node doctor`, budget history).
+
+    A SQLite file is opened read-only through a URI (so a mistyped path is reported
+    instead of silently creating an empty database, and no writer lock is taken);
+    PostgreSQL sessions are READ ONLY. The running node's own work is never blocked.
+    """
+    url = normalise_url(url)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path in (None, "", ":memory:"):
+            raise ValueError("an in-memory SQLite database cannot be inspected from outside")
+        uri = f"sqlite:///file:{Path(path).resolve().as_posix()}?mode=ro&uri=true"
+        return create_engine(uri, connect_args={"timeout": 30, "check_same_thread": False})
+    return make_engine(url).execution_options(postgresql_readonly=True)
+
+
+def sqlite_path(engine: Engine) -> Path | None:
+    """The SQLite database file behind `engine` (None for PostgreSQL or in-memory)."""
+    if not is_sqlite(engine):
+        return None
+    database = engine.url.database
+    if database in (None, "", ":memory:"):
+        return None
+    if database.startswith("file:"):
+        database = database[len("file:") :]
+    return Path(database)
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -69,5 +98,13 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def create_schema(engine: Engine) -> None:
-    """Create every node table that does not exist yet."""
-    Base.metadata.create_all(engine)
+    """Bring the database to the schema of this release, through the migrations.
+
+    Kept under its old name because importing, serving and the tests call it. It
+    creates an empty database, adopts one made before migrations existed and applies
+    pending migrations; it refuses a database of a newer release (`SchemaTooNewError`)
+    rather than let older code write into a schema it does not know.
+    """
+    from fedaudit.node.schema import upgrade
+
+    upgrade(engine)
