@@ -32,7 +32,7 @@ from fedaudit.coordinator.errors import (
 )
 from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
 from fedaudit.node.errors import RefusedError
-from fedaudit.node.service import NodeService, utcnow
+from fedaudit.node.service import NodeService
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -211,14 +211,14 @@ class InProcessNodeTransport:
 
     def preflight(self, spec: QuerySpec, request_id: str, *, timeout: float) -> Preflight:
         with _translate_refusals(self.name):
-            return self._service.preflight(self._requester, spec)
+            return self._service.preflight(self._requester, spec, request_id)
 
     def query(
         self, spec: QuerySpec, request_id: str, *, timeout: float
     ) -> tuple[Answer, BudgetStatus | None]:
         with _translate_refusals(self.name):
             answer = self._service.query(self._requester, request_id, spec)
-            return answer, self._service.ledger.status(self._requester, utcnow())
+            return answer, self._service.ledger.status(self._requester, self._service.clock())
 
     def close(self) -> None:
         return None

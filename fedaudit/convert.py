@@ -65,7 +65,8 @@ def spec_from_pb(msg: pb.QueryRequest) -> QuerySpec:
     filters: dict[str, tuple[str, ...]] = {}
     for f in msg.filters:
         if f.dimension in filters:
-            raise WireFormatError(f"filter on '{f.dimension}' given twice")
+            shown = f.dimension if len(f.dimension) <= 64 else f.dimension[:64] + "..."
+            raise WireFormatError(f"filter on {shown!r} given twice")
         filters[f.dimension] = tuple(f.keys)
     mechanism = mechanism_from_pb(msg.mechanism)
     return QuerySpec(
@@ -201,6 +202,7 @@ def preflight_to_pb(pre: Preflight) -> pb.PreflightResponse:
         fits_budget=pre.fits_budget,
         refusal_reason=pre.refusal_reason,
         refusal_message=pre.refusal_message,
+        replay=pre.replay,
     )
 
 
@@ -215,4 +217,5 @@ def preflight_from_pb(msg: pb.PreflightResponse) -> Preflight:
         fits_budget=msg.fits_budget,
         refusal_reason=msg.refusal_reason,
         refusal_message=msg.refusal_message,
+        replay=msg.replay,
     )

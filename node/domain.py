@@ -132,6 +132,7 @@ class Preflight:
     fits_budget: bool
     refusal_reason: str = ""
     refusal_message: str = ""
+    replay: bool = False
 
 
 @dataclass(frozen=True)

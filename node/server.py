@@ -96,7 +96,9 @@ class AuditNodeServicer(pb_grpc.AuditNodeServicer):
         self, request: pb.QueryRequest, context: grpc.ServicerContext
     ) -> pb.PreflightResponse:
         with _boundary(context, "Preflight", self._service.query_log) as requester:
-            return preflight_to_pb(self._service.preflight(requester, _spec(request)))
+            return preflight_to_pb(
+                self._service.preflight(requester, _spec(request), request.request_id)
+            )
         raise _Aborted  # pragma: no cover
 
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:

@@ -24,6 +24,7 @@ from fedaudit.node.domain import (
     Answer,
     Capabilities,
     Cell,
+    Charge,
     Mechanism,
     Preflight,
     QuerySpec,
@@ -93,6 +94,11 @@ class NodeService:
         return self._policy
 
     @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The clock budgets are periodised by (injected in tests to compress time)."""
+        return self._clock
+
+    @property
     def ledger(self) -> Ledger:
         return self._ledger
 
@@ -107,11 +113,16 @@ class NodeService:
             return self._capabilities(requester, event)
         raise AssertionError("unreachable")  # pragma: no cover - _logged re-raises
 
-    def preflight(self, requester: str, spec: QuerySpec) -> Preflight:
-        """Cost and accuracy from public parameters; a refusal is reported, not raised."""
-        event = _event(requester, "preflight", spec)
+    def preflight(self, requester: str, spec: QuerySpec, request_id: str = "") -> Preflight:
+        """Cost and accuracy from public parameters; a refusal is reported, not raised.
+
+        With the request id it would be sent under, the preflight also says whether the
+        query would replay a stored answer (and so cost nothing): a coordinator re-running
+        a crashed audit must not skip a node for lack of budget it no longer needs.
+        """
+        event = _event(requester, "preflight", spec, request_id=request_id)
         with self._logged(event):
-            return self._preflight(requester, spec, event)
+            return self._preflight(requester, spec, event, request_id)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def query(self, requester: str, request_id: str, spec: QuerySpec) -> Answer:
@@ -165,7 +176,9 @@ class NodeService:
             requester=requester,
         )
 
-    def _preflight(self, requester: str, spec: QuerySpec, event: LogEvent) -> Preflight:
+    def _preflight(
+        self, requester: str, spec: QuerySpec, event: LogEvent, request_id: str = ""
+    ) -> Preflight:
         self._check_requester(requester)
         state = self._data_state()
         event.data_version = state.version
@@ -179,6 +192,9 @@ class NodeService:
             confidence=spec.confidence,
         )
         budget = self._ledger.status(requester, self._clock())
+        replay = self._would_replay(requester, request_id, spec.query_hash(), state.version)
+        if replay:
+            charge = Charge(rho=0.0)
         reason, message = "", ""
         limit = min(
             budget.requester_rho_remaining, budget.node_rho_remaining, budget.max_rho_per_request
@@ -202,7 +218,21 @@ class NodeService:
             fits_budget=not reason,
             refusal_reason=reason,
             refusal_message=message,
+            replay=replay,
         )
+
+    def _would_replay(
+        self, requester: str, request_id: str, query_hash: str, data_version: str
+    ) -> bool:
+        if request_id:
+            entry = self._ledger.find_by_request_id(request_id)
+            if entry is not None:
+                return (
+                    entry.requester == requester
+                    and entry.query_hash == query_hash
+                    and entry.state == "released"
+                )
+        return self._ledger.find_released(query_hash, data_version) is not None
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)

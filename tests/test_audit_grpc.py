@@ -160,3 +160,19 @@ def test_demo_finds_the_planted_anomalies_and_spares_the_clean_town(tmp_path, ca
     assert any(k == "outcome_disparity" and m == "M05" for k, m, _ in found)
     assert not [f for f in report["findings"] if f["subject"]["municipality"] == "M01"]
     assert "nothing flagged" in capsys.readouterr().out
+
+
+def test_rerun_after_the_budget_is_spent_replays_instead_of_skipping(
+    node_factory, small_federation, tmp_path
+) -> None:
+    """A node whose budget the first run used up still answers the same run again, for free."""
+    plan_cost = load_plan(default_plan_path()).total_rho_per_node()
+    tight = example_policy({REQUESTER: plan_cost + 0.01}, max_rho_per_request=0.2)
+    policies = {b.name: tight for b in small_federation[:3]}
+    nodes = _start(node_factory, small_federation[:3], tmp_path, policies=policies)
+    first = run_audit(_plan(nodes), _transports(nodes), run_id="tight-1")
+    assert {n["status"] for n in first["coverage"]["nodes"]} == {"answered"}
+    assert all(n["requester_rho_remaining"] < plan_cost for n in first["privacy"]["nodes"])
+    again = run_audit(_plan(nodes), _transports(nodes), run_id="tight-1")
+    assert {n["status"] for n in again["coverage"]["nodes"]} == {"answered"}
+    assert all(n["rho"] == 0 for n in again["privacy"]["nodes"])

@@ -498,6 +498,7 @@ class PreflightResponse(_message.Message):
     FITS_BUDGET_FIELD_NUMBER: _builtins.int
     REFUSAL_REASON_FIELD_NUMBER: _builtins.int
     REFUSAL_MESSAGE_FIELD_NUMBER: _builtins.int
+    REPLAY_FIELD_NUMBER: _builtins.int
     template: _builtins.str
     template_version: _builtins.str
     cell_count: _builtins.int
@@ -505,6 +506,10 @@ class PreflightResponse(_message.Message):
     refusal_reason: _builtins.str
     """Empty when the request would be answered."""
     refusal_message: _builtins.str
+    replay: _builtins.bool
+    """True when this request id (or the identical query on this data version) already has a
+    stored answer: the query would replay it and charge nothing (`charge` is then zero).
+    """
     @_builtins.property
     def noise(self) -> Global___NoiseSpec: ...
     @_builtins.property
@@ -523,10 +528,11 @@ class PreflightResponse(_message.Message):
         fits_budget: _builtins.bool = ...,
         refusal_reason: _builtins.str = ...,
         refusal_message: _builtins.str = ...,
+        replay: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "charge", b"charge", "noise", b"noise"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cell_count", b"cell_count", "charge", b"charge", "fits_budget", b"fits_budget", "noise", b"noise", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "template", b"template", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "cell_count", b"cell_count", "charge", b"charge", "fits_budget", b"fits_budget", "noise", b"noise", "refusal_message", b"refusal_message", "refusal_reason", b"refusal_reason", "replay", b"replay", "template", b"template", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
