@@ -115,6 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     serve.add_argument("--max-workers", type=int, default=8)
     serve.add_argument(
+        "--max-concurrent-per-requester",
+        type=int,
+        default=4,
+        help="requests one requester may have in flight (0: no limit)",
+    )
+    serve.add_argument(
+        "--rate-per-requester",
+        type=float,
+        default=50.0,
+        help="sustained requests per second per requester (0: no limit)",
+    )
+    serve.add_argument(
+        "--burst-per-requester",
+        type=int,
+        default=100,
+        help="requests a requester may send at once above that rate",
+    )
+    serve.add_argument(
         "--query-db",
         help="database URL of a read-only role used for aggregations (default: --db)",
     )

@@ -84,9 +84,11 @@ def node_validate(args: argparse.Namespace) -> int:
 
 def node_serve(args: argparse.Namespace) -> int:
     from fedaudit.node.db import make_engine
+    from fedaudit.node.limits import LimitSettings, RequestLimiter
     from fedaudit.node.observability import NodeObservability
     from fedaudit.node.server import start_node_server
     from fedaudit.node.service import NodeService
+    from fedaudit.node.wire_guard import MalformedRequestGuard
 
     policy = _load_policy(args.policy)
     credentials = _server_credentials(args)
@@ -97,6 +99,14 @@ def node_serve(args: argparse.Namespace) -> int:
     service = NodeService(engine, policy, query_engine=query_engine)
     obs = NodeObservability.from_args(args)
     try:
+        limits = LimitSettings(
+            max_concurrent=args.max_concurrent_per_requester,
+            rate_per_second=args.rate_per_requester,
+            burst=args.burst_per_requester,
+        )
+    except ValueError as exc:
+        raise CliError(f"limits: {exc}") from exc
+    try:
         node = start_node_server(
             service,
             host=args.host,
@@ -104,7 +114,8 @@ def node_serve(args: argparse.Namespace) -> int:
             max_workers=args.max_workers,
             server_credentials=credentials,
             # Metrics first, so they also count what later interceptors refuse.
-            interceptors=[*obs.interceptors],
+            # The limiter before the guard: malformed requests still count against the sender.
+            interceptors=[*obs.interceptors, RequestLimiter(limits), MalformedRequestGuard()],
         )
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc

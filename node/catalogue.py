@@ -34,6 +34,22 @@ CATALOGUE_VERSION = "2026.1"
 MAX_GROUP_BY = 4
 MAX_CELLS = 100_000
 
+MIN_RHO = 1e-6
+MAX_RHO = 1_000_000.0
+MIN_EPSILON = 1e-6
+MAX_EPSILON = 1_000.0
+"""The privacy costs a request may name at all; the policy's caps decide what is affordable.
+
+Below MIN_RHO the Gaussian noise is useless for any registry (a standard deviation of
+700 K persons per cell) and planning it is not: OpenDP's noise-interval routine for the
+discrete Gaussian sums over the scale, so rho = 1e-12 took a worker ~0.5 s and 1e-30
+forever, in a *free* preflight. The Laplace routine is constant-time, so MIN_EPSILON is
+only a sanity floor, low enough for a plan that splits a small epsilon over many
+queries. Above the maxima (the policy's own MAX_RHO; epsilon 1000 is rho 5e5) the
+scale search runs out of floating-point room (rho = 1e308 raised ArithmeticError, an
+internal error).
+"""
+
 SEXES = ("female", "male", "other", "unknown")
 CITIZENSHIP_GROUPS = ("national", "foreign", "unknown")
 EQF_LEVELS = tuple(str(level) for level in range(1, 9))
@@ -81,7 +97,7 @@ selectivities, expects a handful of rows and picks a nested loop over every
 candidate (3x slower on 200k rows).
 """
 
-_YEAR = re.compile(r"^[0-9]{4}$")
+_YEAR = re.compile(r"[0-9]{4}")
 
 
 def dimension_keys(
@@ -92,7 +108,7 @@ def dimension_keys(
     Read from reference tables only (qualifications, providers), or fixed; the
     periods come from the node policy and act as a window on the data.
     """
-    bad = [p for p in periods if not isinstance(p, str) or not _YEAR.match(p)]
+    bad = [p for p in periods if not isinstance(p, str) or not _YEAR.fullmatch(p)]
     if bad:
         raise PolicyError(f"periods must be four-digit years as text, got {bad[0]!r}")
     isco = sorted(set(conn.execute(select(Qualification.isco_code)).scalars()))
@@ -313,6 +329,27 @@ TEMPLATES: Mapping[str, Template] = {t.name: t for t in _TEMPLATE_LIST}
 # --- validation -----------------------------------------------------------------------------
 
 
+_ECHO_CHARS = 64
+
+
+def _echo(value: object) -> str:
+    """repr() of a requester-supplied value, cut short.
+
+    Refusals travel in gRPC trailers, which clients cap at 8-16 KiB: echoing a 20 kB
+    template name in full turned a precise refusal into "Stream removed".
+    """
+    text = repr(value)
+    if len(text) <= _ECHO_CHARS:
+        return text
+    return f"{text[:_ECHO_CHARS]}...({len(text)} chars)"
+
+
+def _detail(value: object) -> str:
+    """A requester-supplied value for ErrorInfo metadata, cut short like `_echo`."""
+    text = str(value)
+    return text if len(text) <= _ECHO_CHARS else text[:_ECHO_CHARS] + "..."
+
+
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
@@ -324,8 +361,9 @@ def resolve_params(template: Template, params: Mapping[str, object]) -> dict[str
         if name not in known:
             allowed = ", ".join(sorted(known)) or "none"
             raise InvalidParametersError(
-                f"unknown parameter {name!r} for template {template.name!r} (allowed: {allowed})",
-                {"parameter": str(name)},
+                f"unknown parameter {_echo(name)} for template {template.name!r} "
+                f"(allowed: {allowed})",
+                {"parameter": _detail(name)},
             )
     resolved: dict[str, int] = {}
     for info in template.params:
@@ -394,13 +432,23 @@ def _check_privacy(spec: QuerySpec) -> None:
             raise InvalidParametersError(
                 "rho must be unset with the discrete Laplace mechanism (it is charged from epsilon)"
             )
+    low, high, value = (
+        (MIN_RHO, MAX_RHO, spec.rho)
+        if spec.mechanism is Mechanism.DISCRETE_GAUSSIAN
+        else (MIN_EPSILON, MAX_EPSILON, spec.epsilon)
+    )
+    if value is not None and not low <= value <= high:
+        name = "rho" if spec.mechanism is Mechanism.DISCRETE_GAUSSIAN else "epsilon"
+        raise InvalidParametersError(
+            f"{name} must be between {low:g} and {high:g}, got {value!r}", {"field": name}
+        )
     conf = spec.confidence
     if not _is_number(conf) or not math.isfinite(conf) or not 0 < conf < 1:
         raise InvalidParametersError(f"confidence must be strictly between 0 and 1, got {conf!r}")
 
 
 def _dimension_name(dim: object) -> str:
-    return repr(dim) if dim in DIMENSIONS else f"unknown dimension {dim!r}"
+    return repr(dim) if dim in DIMENSIONS else f"unknown dimension {_echo(dim)}"
 
 
 def validate(
@@ -415,8 +463,8 @@ def validate(
     template = TEMPLATES.get(spec.template) if isinstance(spec.template, str) else None
     if template is None:
         raise InvalidParametersError(
-            f"unknown template {spec.template!r}; known templates: {', '.join(TEMPLATES)}",
-            {"template": str(spec.template)},
+            f"unknown template {_echo(spec.template)}; known templates: {', '.join(TEMPLATES)}",
+            {"template": _detail(spec.template)},
         )
     allowed = ", ".join(template.dimensions)
     if len(spec.group_by) > MAX_GROUP_BY:
@@ -429,7 +477,7 @@ def validate(
             raise InvalidParametersError(
                 f"cannot group {template.name!r} by {_dimension_name(dim)}; "
                 f"allowed dimensions: {allowed}",
-                {"dimension": str(dim)},
+                {"dimension": _detail(dim)},
             )
         if dim in seen:
             raise InvalidParametersError(
@@ -441,11 +489,11 @@ def validate(
             raise InvalidParametersError(
                 f"cannot filter {template.name!r} on {_dimension_name(dim)}; "
                 f"allowed dimensions: {allowed}",
-                {"dimension": str(dim)},
+                {"dimension": _detail(dim)},
             )
         if isinstance(wanted, str) or not isinstance(wanted, Sequence):
             raise InvalidParametersError(
-                f"filter on {dim!r} must be a list of keys, got {wanted!r}", {"dimension": dim}
+                f"filter on {dim!r} must be a list of keys, got {_echo(wanted)}", {"dimension": dim}
             )
         if not wanted:
             raise InvalidParametersError(f"filter on {dim!r} names no keys", {"dimension": dim})
@@ -453,8 +501,8 @@ def validate(
         for key in wanted:
             if not isinstance(key, str) or key not in public:
                 raise InvalidParametersError(
-                    f"filter on {dim!r}: {key!r} is not a public key of this dimension",
-                    {"dimension": dim, "key": str(key)},
+                    f"filter on {dim!r}: {_echo(key)} is not a public key of this dimension",
+                    {"dimension": dim, "key": _detail(key)},
                 )
     params = resolve_params(template, spec.params)
     _check_privacy(spec)

@@ -133,10 +133,11 @@ def _boundary(
     try:
         version = metadata.get(PROTOCOL_METADATA_KEY, "")
         if version != PROTOCOL_VERSION:
+            shown = version[:64]  # never echo an unbounded header back
             raise VersionMismatchError(
-                f"protocol version mismatch: client sent '{version or '(none)'}', "
+                f"protocol version mismatch: client sent '{shown or '(none)'}', "
                 f"this node speaks '{PROTOCOL_VERSION}'",
-                {"client_version": version, "node_version": PROTOCOL_VERSION},
+                {"client_version": shown, "node_version": PROTOCOL_VERSION},
             )
         requester = requester_identity(context, metadata)
         yield requester

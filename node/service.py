@@ -48,7 +48,7 @@ from fedaudit.node.querylog import LogEvent, QueryLog
 
 log = structlog.get_logger(__name__)
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 def utcnow() -> dt.datetime:
@@ -236,7 +236,7 @@ class NodeService:
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
-        if not _REQUEST_ID.match(request_id or ""):
+        if not _REQUEST_ID.fullmatch(request_id or ""):
             raise InvalidParametersError(
                 "request_id must be 1-128 characters of letters, digits and . _ : -"
             )
