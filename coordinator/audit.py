@@ -16,13 +16,14 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
 from fedaudit import __version__
 from fedaudit.coordinator.checks import PlannedQuery, planned_queries
+from fedaudit.coordinator.dedup import DedupOutcome, DedupTransport, config_from_plan, run_dedup
 from fedaudit.coordinator.errors import (
     CoordinatorError,
     NodeRefusedError,
@@ -89,9 +90,17 @@ def run_audit(
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
     on_answer: AnswerCallback | None = None,
+    dedup_transports: Mapping[str, DedupTransport] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> dict[str, Any]:
-    """Run `plan` against the given node transports and return the report as a dict."""
+    """Run `plan` against the given node transports and return the report as a dict.
+
+    With a `duplicates` check and `dedup_transports`, the blinding ring runs after the
+    quality queries. The audit's error budget is then split in two halves (Bonferroni
+    across the two families), so the stated confidence holds for the audit as a whole.
+    """
+    run_ring = config_from_plan(plan) is not None and bool(dedup_transports)
+    family_plan = replace(plan, confidence=1.0 - (1.0 - plan.confidence) / 2) if run_ring else plan
     started = clock()
     run_id = run_id or default_run_id(plan, started)
     queries = planned_queries(plan)
@@ -128,7 +137,7 @@ def run_audit(
             f"{plan.min_answering_nodes}, so no regional comparison was made"
         )
     else:
-        evaluation = evaluate(plan, {o.name: o.answers() for o in answering})
+        evaluation = evaluate(family_plan, {o.name: o.answers() for o in answering})
         parts = evaluation.to_report_parts()
         if len(answering) < len(outcomes) or any(o.status == "partial" for o in answering):
             status = "partial"
@@ -138,6 +147,26 @@ def run_audit(
                 + (f"; missing: {', '.join(missing)}" if missing else "")
                 + "; findings cover the answering nodes only"
             )
+    duplicates = _not_run(
+        "the plan has no duplicates check"
+        if config_from_plan(plan) is None
+        else "no dedup connections to the nodes were given"
+    )
+    dedup = None
+    if run_ring and dedup_transports is not None:
+        dedup = run_dedup(family_plan, dedup_transports, run_id)
+        duplicates = dedup.duplicates_section
+        parts["findings"] = [*parts["findings"], *_renumber(dedup.findings, "F", parts["findings"])]
+        parts["metrics"] = [*parts["metrics"], *_renumber(dedup.metrics, "M", parts["metrics"])]
+        if parts["error_control"] is not None:
+            ec = dict(parts["error_control"])
+            ec["family_confidence"] = plan.confidence
+            ec["description"] += (
+                f" The audit's error budget ({1 - plan.confidence:.0%}) is split evenly between "
+                f"these quality tests and the {dedup.tests} duplicate-detection tests, each half "
+                "Bonferroni-corrected within itself."
+            )
+            parts["error_control"] = ec
     finished = clock()
     log.info(
         "audit_finished",
@@ -163,18 +192,29 @@ def run_audit(
             "status_reason": status_reason,
         },
         "findings": parts["findings"],
-        "duplicates": {
-            "status": "not_run",
-            "reason": "duplicate detection (the blinding ring) is not part of this release",
-            "overall": None,
-            "per_occupation": [],
-            "overlap_histogram": [],
-            "pairwise": [],
-        },
+        "duplicates": duplicates,
         "metrics": parts["metrics"],
         "coverage": _coverage(plan, outcomes),
-        "privacy": _privacy(outcomes),
+        "privacy": _privacy(plan, outcomes, dedup),
     }
+
+
+def _not_run(reason: str) -> dict[str, Any]:
+    return {
+        "status": "not_run",
+        "reason": reason,
+        "overall": None,
+        "per_occupation": [],
+        "overlap_histogram": [],
+        "pairwise": [],
+    }
+
+
+def _renumber(items: list[dict[str, Any]], prefix: str, after: list[dict[str, Any]]) -> list:
+    """Continue the report's F001.../M0001... numbering for items from another family."""
+    width = 3 if prefix == "F" else 4
+    start = len(after) + 1
+    return [{**item, "id": f"{prefix}{start + i:0{width}d}"} for i, item in enumerate(items)]
 
 
 def _run_node(
@@ -309,11 +349,21 @@ def _coverage(plan: AuditPlan, outcomes: Mapping[str, NodeOutcome]) -> dict[str,
     }
 
 
-def _privacy(outcomes: Mapping[str, NodeOutcome]) -> dict[str, Any]:
+def _privacy(
+    plan: AuditPlan, outcomes: Mapping[str, NodeOutcome], dedup: DedupOutcome | None
+) -> dict[str, Any]:
+    joined: set[str] = set()
+    ring_rho = 0.0
+    config = config_from_plan(plan)
+    if dedup is not None and dedup.ring is not None and config is not None:
+        # Each node that joined the ring charged the check's cost to its own ledger.
+        joined = set(dedup.ring.municipalities)
+        ring_rho = config.rho if config.rho else (config.epsilon or 0.0) ** 2 / 2
     nodes = []
     for o in outcomes.values():
         charged = [q.answer for q in o.queries if q.answer is not None and not q.answer.replayed]
-        rho = math.fsum(a.charge.rho for a in charged)
+        code = o.info.municipality_code if o.info else o.name
+        rho = math.fsum(a.charge.rho for a in charged) + (ring_rho if code in joined else 0.0)
         epsilons = [a.charge.epsilon for a in charged if a.charge.epsilon]
         budgets = [q.budget for q in o.queries if q.budget is not None]
         last = budgets[-1] if budgets else (o.info.budget if o.info else None)
@@ -336,7 +386,9 @@ def _privacy(outcomes: Mapping[str, NodeOutcome]) -> dict[str, Any]:
             }
         )
     max_rho = max((n["rho"] for n in nodes), default=0.0)
+    extra = {"coordinator": dedup.privacy} if dedup is not None else {}
     return {
+        **extra,
         "unit": "person (candidate) within one municipality's registry",
         "nodes": nodes,
         "total_rho": math.fsum(n["rho"] for n in nodes),

@@ -36,6 +36,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "outcome_disparity",
     "certificates",
     "earnings",
+    "duplicates",
 )
 """Every check the product has, in the order reports list them."""
 
@@ -52,11 +53,11 @@ QUERY_CHECKS: Mapping[str, int] = {
 DISPARITY_DIMENSIONS: tuple[str, ...] = ("sex", "citizenship_group")
 MONTHS_AFTER: tuple[int, ...] = (6, 12)
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _ADDRESS_RE = re.compile(
     r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9.-]*):(?P<port>\d{1,5})$"
 )
-_YEAR_RE = re.compile(r"^\d{4}$")
+_YEAR_RE = re.compile(r"[0-9]{4}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,29 @@ class EarningsCheck:
     months_after: int = 12
 
 
+DUPLICATE_KEYS: tuple[str, ...] = (
+    "name_dob",
+    "prefix3_dob",
+    "soundex_dob",
+    "swapped_dob",
+    "national_id",
+)
+"""Match keys the duplicates check may use (fedaudit.node.dedup_keys.ALL_KEYS)."""
+
+
+@dataclass(frozen=True)
+class DuplicatesCheck:
+    """The blinding ring (docs/dedup.md): its DP releases cost `budget` at the coordinator,
+    and every node that joins charges the same to its own ledger. Findings are raised
+    where a count's interval excludes zero, so there is no tolerance."""
+
+    budget: Budget
+    keys: tuple[str, ...] = DUPLICATE_KEYS[:4]
+    bound: int = 2
+    shopping: bool = True
+    revoked: bool = True
+
+
 @dataclass(frozen=True)
 class Checks:
     """The checks a plan runs; an absent check is None."""
@@ -164,6 +188,7 @@ class Checks:
     outcome_disparity: OutcomeDisparityCheck | None = None
     certificates: CertificatesCheck | None = None
     earnings: EarningsCheck | None = None
+    duplicates: DuplicatesCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """Names of the configured checks, in report order."""
@@ -370,7 +395,7 @@ def _check_nodes(nodes: Iterable[NodeRef], path: str, source: str, problems: lis
     seen: set[str] = set()
     for i, node in enumerate(nodes):
         where = f"{path}[{i}]" if path == "nodes" else path
-        if not isinstance(node.name, str) or not _NAME_RE.match(node.name):
+        if not isinstance(node.name, str) or not _NAME_RE.fullmatch(node.name):
             problems.append(
                 f"{source}: {where}.name: must be letters, digits, '.', '_' or '-' "
                 f"(got {node.name!r})"
@@ -379,7 +404,7 @@ def _check_nodes(nodes: Iterable[NodeRef], path: str, source: str, problems: lis
             problems.append(f"{source}: {where}.name: duplicate node name {node.name!r}")
         else:
             seen.add(node.name)
-        match = _ADDRESS_RE.match(node.address) if isinstance(node.address, str) else None
+        match = _ADDRESS_RE.fullmatch(node.address) if isinstance(node.address, str) else None
         if match is None or not 1 <= int(match.group("port")) <= 65535:
             problems.append(
                 f"{source}: {where}.address: must be host:port with a port in 1..65535 "
@@ -443,7 +468,7 @@ class _Reader:
         if not isinstance(value, str) or not value.strip():
             self.problem(path, f"must be a non-empty string (got {_kind(value)})")
             return None
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.problem(path, f"must be {what} (got {value!r})")
             return None
         return value
@@ -546,7 +571,7 @@ class _Reader:
         out: list[str] = []
         for i, item in enumerate(value):
             text = str(item) if isinstance(item, int) and not isinstance(item, bool) else item
-            if not isinstance(text, str) or not _YEAR_RE.match(text):
+            if not isinstance(text, str) or not _YEAR_RE.fullmatch(text):
                 self.problem(_join(path, i), f'must be a year such as "2024" (got {_kind(item)})')
             elif text in out:
                 self.problem(_join(path, i), f"duplicate period {text!r}")
@@ -707,6 +732,46 @@ def _read_earnings(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mechani
     return EarningsCheck(budget=r.budget(m, mech), months_after=months or 12)
 
 
+def _read_duplicates(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mechanism) -> Any:
+    m = r.mapping_keys(
+        spec,
+        path,
+        required=(),
+        optional=("rho", "epsilon", "keys", "bound", "shopping", "revoked"),
+    )
+    keys: tuple[str, ...] = DUPLICATE_KEYS[:4]
+    if "keys" in m:
+        value = m["keys"]
+        where = _join(path, "keys")
+        if (
+            not isinstance(value, list)
+            or not value
+            or any(k not in DUPLICATE_KEYS for k in value)
+            or len(set(value)) != len(value)
+        ):
+            r.problem(
+                where,
+                f"must be a non-empty list of distinct keys from {', '.join(DUPLICATE_KEYS)}",
+            )
+        else:
+            keys = tuple(value)
+    flags = {}
+    for name in ("shopping", "revoked"):
+        value = m.get(name, True)
+        if not isinstance(value, bool):
+            r.problem(_join(path, name), f"must be true or false (got {_kind(value)})")
+            value = True
+        flags[name] = value
+    bound = r.integer(m, "bound", low=1, high=10, default=2)
+    return DuplicatesCheck(
+        budget=r.budget(m, mech),
+        keys=keys,
+        bound=bound or 2,
+        shopping=flags["shopping"],
+        revoked=flags["revoked"],
+    )
+
+
 _CHECK_READERS: Mapping[str, Callable[[_Reader, Mapping[str, Any], str, Mechanism], Any]] = {
     "pass_rates": _read_pass_rates,
     "employment": _read_employment,
@@ -716,4 +781,5 @@ _CHECK_READERS: Mapping[str, Callable[[_Reader, Mapping[str, Any], str, Mechanis
     "outcome_disparity": _read_outcome_disparity,
     "certificates": _read_certificates,
     "earnings": _read_earnings,
+    "duplicates": _read_duplicates,
 }

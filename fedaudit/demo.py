@@ -45,9 +45,11 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
     from fedaudit.commands import _load_plan, print_summary, progress_reporter
     from fedaudit.coordinator.audit import run_audit
     from fedaudit.coordinator.checks import planned_queries
+    from fedaudit.coordinator.dedup import GrpcDedupTransport
     from fedaudit.coordinator.transport import GrpcNodeTransport
     from fedaudit.node.bundle import import_bundle
     from fedaudit.node.db import make_engine
+    from fedaudit.node.dedup_service import DedupService
     from fedaudit.node.errors import BundleError
     from fedaudit.node.policy import example_policy
     from fedaudit.node.server import start_node_server
@@ -85,7 +87,7 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
     if node_dir.exists():
         shutil.rmtree(node_dir)
     node_dir.mkdir(parents=True)
-    policy = example_policy({DEMO_REQUESTER: DEMO_RHO_PER_PERIOD})
+    policy = example_policy({DEMO_REQUESTER: DEMO_RHO_PER_PERIOD}, max_rho_per_request=1.0)
 
     engines, services, running = [], {}, []
     try:
@@ -116,8 +118,13 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
         nodes = {}
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
+            dedup = DedupService(service.engine, policy, ledger=service.ledger)
             node = start_node_server(
-                service, host="127.0.0.1", port=0, server_credentials=server_credentials(files)
+                service,
+                host="127.0.0.1",
+                port=0,
+                server_credentials=server_credentials(files),
+                dedup=dedup,
             )
             running.append(node)
             nodes[code] = f"127.0.0.1:{node.port}"
@@ -140,12 +147,24 @@ def run_demo(args: argparse.Namespace, *, console: Console) -> int:
             )
             for name, address in nodes.items()
         }
+        dedup_transports = {
+            name: GrpcDedupTransport(
+                name,
+                address,
+                requester=plan.requester,
+                credentials=client,
+                channel_options=pinned_channel_options(name),
+            )
+            for name, address in nodes.items()
+        }
         total = len(nodes) * len(planned_queries(plan))
         try:
             with progress_reporter(total, quiet=args.quiet) as progress:
-                report = run_audit(plan, transports, progress=progress)
+                report = run_audit(
+                    plan, transports, progress=progress, dedup_transports=dedup_transports
+                )
         finally:
-            for t in transports.values():
+            for t in [*transports.values(), *dedup_transports.values()]:
                 t.close()
     finally:
         for node in running:
@@ -191,6 +210,39 @@ def flagged_clean(report: dict[str, Any], clean: tuple[str, ...]) -> list[dict[s
     return [f for f in report["findings"] if f["subject"].get("municipality") in clean]
 
 
+def checks_planted_ring(report: dict[str, Any]) -> dict[str, tuple[float, list[float]] | None]:
+    """The ring's released overall counts (estimate, interval), by finding kind."""
+    out: dict[str, tuple[float, list[float]] | None] = {}
+    for metric, kind in (
+        ("duplicated_persons", "cross_municipality_duplicates"),
+        ("assessment_shopping", "assessment_shopping"),
+        ("revoked_still_recognised", "revoked_still_recognised"),
+    ):
+        found = [
+            m
+            for m in report["metrics"]
+            if m["metric"] == metric
+            and m["subject"].get("municipality") is None
+            and not m["subject"].get("isco_code")
+        ]
+        out[kind] = (found[0]["estimate"], found[0]["ci"]) if found else None
+    return out
+
+
+def _print_duplicates(console: Console, report: dict[str, Any], released: dict[str, Any]) -> None:
+    dup = report["duplicates"]
+    if dup["status"] in ("not_run", "failed"):
+        console.print(f"duplicate detection: {dup['status']}: {dup['reason']}")
+        return
+    flagged = {f["kind"] for f in report["findings"]}
+    for kind, value in released.items():
+        if value is None:
+            continue
+        est, (low, high) = value
+        verdict = "[green]finding[/]" if kind in flagged else "interval reaches zero: no finding"
+        console.print(f"{kind}: about {est:.0f} ({low:.0f} to {high:.0f}) — {verdict}")
+
+
 def _print_planted(
     console: Console, checks: list[PlantedCheck], report: dict[str, Any], clean: tuple[str, ...]
 ) -> None:
@@ -201,6 +253,7 @@ def _print_planted(
         where = c.municipality + (f" / {c.provider_id}" if c.provider_id else "")
         table.add_row(c.kind, where, "[green]found[/]" if c.found else "[red]MISSED[/]")
     console.print(table)
+    _print_duplicates(console, report, checks_planted_ring(report))
     wrong = flagged_clean(report, clean)
     if clean:
         console.print(

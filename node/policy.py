@@ -49,6 +49,8 @@ DEFAULT_BOUNDS: Mapping[str, int] = MappingProxyType(
         "recognition_decision_time": 1,
         "recognition_decisions": 1,
         "appeal_outcomes": 2,
+        # The blinding ring: occupations per person a node puts into one dedup run.
+        "dedup_ring": 1,
     }
 )
 """Records per person kept per query, per template, when the policy does not say.

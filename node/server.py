@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -43,6 +44,9 @@ from fedaudit.node.querylog import FAILED, INTERNAL, REFUSED, LogEvent, QueryLog
 from fedaudit.node.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from fedaudit.node.dedup_service import DedupService
 
 log = structlog.get_logger(__name__)
 
@@ -256,6 +260,7 @@ def start_node_server(
     max_workers: int = 8,
     server_credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    dedup: DedupService | None = None,
 ) -> RunningNode:
     """Start serving `service`. Without credentials only a loopback address is allowed."""
     if server_credentials is None and not is_loopback(host):
@@ -273,11 +278,19 @@ def start_node_server(
         interceptors=list(interceptors),
     )
     pb_grpc.add_AuditNodeServicer_to_server(AuditNodeServicer(service), server)
+    services = [SERVICE_NAME]
+    if dedup is not None:
+        # Imported here: the dedup servicer reuses this module's refusal mapping.
+        from fedaudit.node.dedup_server import SERVICE_NAME as DEDUP_SERVICE_NAME
+        from fedaudit.node.dedup_server import add_dedup_servicer
+
+        add_dedup_servicer(server, dedup)
+        services.append(DEDUP_SERVICE_NAME)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
-            SERVICE_NAME,
+            *services,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),
@@ -296,7 +309,8 @@ def start_node_server(
         else health_pb2.HealthCheckResponse.NOT_SERVING
     )
     health_servicer.set("", status)
-    health_servicer.set(SERVICE_NAME, status)
+    for name in services:
+        health_servicer.set(name, status)
     log.info(
         "node_serving",
         address=f"{host}:{bound}",

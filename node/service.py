@@ -94,6 +94,11 @@ class NodeService:
         return self._policy
 
     @property
+    def engine(self) -> Engine:
+        """The writer engine (ledger, query log); other node services share it."""
+        return self._engine
+
+    @property
     def clock(self) -> Callable[[], dt.datetime]:
         """The clock budgets are periodised by (injected in tests to compress time)."""
         return self._clock

@@ -60,7 +60,7 @@ def test_example_file_parses() -> None:
     assert policy.requesters["oversight-board"].templates is None
     assert policy.budget_period == "quarter"
     assert policy.node_rho_total == 10.0
-    assert policy.max_rho_per_request == 0.5
+    assert policy.max_rho_per_request == 1.0
     assert policy.suppress_below == 10
     assert dict(policy.bounds) == dict(DEFAULT_BOUNDS)
     assert policy.periods == tuple(str(y) for y in range(2019, 2027))

