@@ -84,6 +84,7 @@ def node_validate(args: argparse.Namespace) -> int:
 
 def node_serve(args: argparse.Namespace) -> int:
     from fedaudit.node.db import make_engine
+    from fedaudit.node.dedup_service import DedupService
     from fedaudit.node.limits import LimitSettings, RequestLimiter
     from fedaudit.node.observability import NodeObservability
     from fedaudit.node.server import start_node_server
@@ -97,6 +98,8 @@ def node_serve(args: argparse.Namespace) -> int:
     # Aggregations through a read-only role when one is given (docs/operations.md).
     query_engine = make_engine(args.query_db) if args.query_db else None
     service = NodeService(engine, policy, query_engine=query_engine)
+    # The blinding ring for duplicate detection, on the same port and the same ledger.
+    dedup = DedupService(engine, policy, ledger=service.ledger)
     obs = NodeObservability.from_args(args)
     try:
         limits = LimitSettings(
@@ -116,6 +119,7 @@ def node_serve(args: argparse.Namespace) -> int:
             # Metrics first, so they also count what later interceptors refuse.
             # The limiter before the guard: malformed requests still count against the sender.
             interceptors=[*obs.interceptors, RequestLimiter(limits), MalformedRequestGuard()],
+            dedup=dedup,
         )
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
@@ -172,6 +176,7 @@ def node_budget(args: argparse.Namespace) -> int:
 def audit_run(args: argparse.Namespace) -> int:
     from fedaudit.audit_reports.render import write_report
     from fedaudit.coordinator.audit import default_run_id, run_audit
+    from fedaudit.coordinator.dedup import GrpcDedupTransport
     from fedaudit.coordinator.metrics import export_audit_metrics
     from fedaudit.coordinator.record import AnswerRecord, RecordError
     from fedaudit.coordinator.transport import GrpcNodeTransport
@@ -205,6 +210,20 @@ def audit_run(args: argparse.Namespace) -> int:
         )
         for n in plan.nodes
     }
+    dedup_transports = (
+        {
+            n.name: GrpcDedupTransport(
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned_channel_options(n.name) if credentials is not None else None,
+            )
+            for n in plan.nodes
+        }
+        if plan.checks.duplicates is not None
+        else {}
+    )
     run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
     try:
         record = AnswerRecord(args.record, run_id=run_id) if args.record else None
@@ -213,9 +232,16 @@ def audit_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         with progress_reporter(len(plan.nodes) * len(_queries(plan)), quiet=args.quiet) as progress:
-            report = run_audit(plan, transports, run_id=run_id, progress=progress, on_answer=record)
+            report = run_audit(
+                plan,
+                transports,
+                run_id=run_id,
+                progress=progress,
+                on_answer=record,
+                dedup_transports=dedup_transports,
+            )
     finally:
-        for t in transports.values():
+        for t in [*transports.values(), *dedup_transports.values()]:
             t.close()
         if record is not None:
             record.close()
