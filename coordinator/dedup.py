@@ -30,10 +30,14 @@ from typing import Any, Protocol
 import grpc
 import structlog
 
-from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.coordinator.errors import CoordinatorError, NodeCallError, NodeRefusedError
 from fedaudit.coordinator.plan import AuditPlan
-from fedaudit.coordinator.transport import _translate_refusals, _translate_rpc_errors
+from fedaudit.coordinator.transport import (
+    _translate_refusals,
+    _translate_rpc_errors,
+    call_metadata,
+    open_channel,
+)
 from fedaudit.node import dedup_crypto as rc
 from fedaudit.node.dedup_keys import NAME_KEYS, SHOPPING_WINDOW_MONTHS
 from fedaudit.node.dedup_server import params_to_pb, part_from_pb, part_to_pb
@@ -124,20 +128,9 @@ class GrpcDedupTransport:
     ) -> None:
         self.name = name
         self.address = address
-        options = [
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            *(channel_options or []),
-        ]
-        self._channel = (
-            grpc.secure_channel(address, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(address, options=options)
-        )
+        self._channel = open_channel(address, credentials, channel_options)
         self._stub = pb_grpc.DedupNodeStub(self._channel)
-        self._metadata = (
-            (PROTOCOL_METADATA_KEY, PROTOCOL_VERSION),
-            (REQUESTER_METADATA_KEY, requester),
-        )
+        self._metadata = call_metadata(requester)
 
     def join(self, run_id: str, params: RingParams, *, timeout: float) -> JoinInfo:
         with _translate_rpc_errors(self.name):

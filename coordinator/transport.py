@@ -71,6 +71,23 @@ class NodeTransport(Protocol):
 # --- gRPC -----------------------------------------------------------------------------------
 
 
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    channel_options: list[tuple[str, object]] | None = None,
+) -> grpc.Channel:
+    """A channel to a node: mTLS when credentials are given, the node's message cap."""
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024), *(channel_options or [])]
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def call_metadata(requester: str) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: protocol version and (without mTLS) the requester."""
+    return ((PROTOCOL_METADATA_KEY, PROTOCOL_VERSION), (REQUESTER_METADATA_KEY, requester))
+
+
 class GrpcNodeTransport:
     """Talks to a node over gRPC; retries transient failures with the same request id.
 
@@ -91,20 +108,9 @@ class GrpcNodeTransport:
     ) -> None:
         self.name = name
         self.address = address
-        options = [
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            *(channel_options or []),
-        ]
-        self._channel = (
-            grpc.secure_channel(address, credentials, options=options)
-            if credentials is not None
-            else grpc.insecure_channel(address, options=options)
-        )
+        self._channel = open_channel(address, credentials, channel_options)
         self._stub = pb_grpc.AuditNodeStub(self._channel)
-        self._metadata = (
-            (PROTOCOL_METADATA_KEY, PROTOCOL_VERSION),
-            (REQUESTER_METADATA_KEY, requester),
-        )
+        self._metadata = call_metadata(requester)
         self._retries = retries
         self._backoff = retry_backoff
 
