@@ -240,6 +240,8 @@ class AuditPlan:
     def total_rho_per_node(self) -> float:
         """The rho each node is asked to charge for one run of this plan, for pre-flight.
 
+        Includes the duplicates check's ring, which each joining node charges once.
+
         The sum of what every query costs in a node's zCDP ledger: rho under
         discrete_gaussian, eps^2/2 per query under discrete_laplace (so a Laplace check
         split over two queries costs 2 x (eps/2)^2/2 = eps^2/4 in rho).
@@ -248,6 +250,9 @@ class AuditPlan:
         for check, parts in QUERY_CHECKS.items():
             if getattr(self.checks, check) is not None:
                 total += parts * self.query_budget(check).rho_charged()
+        if self.checks.duplicates is not None:
+            # Every node that joins the blinding ring charges the check's cost once.
+            total += self.checks.duplicates.budget.rho_charged()
         return total
 
     def tolerances(self) -> dict[str, float]:

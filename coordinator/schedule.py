@@ -34,6 +34,7 @@ from cronsim import CronSim
 from fedaudit.coordinator.alerts import Alert, Notifier, evaluate_alert
 from fedaudit.coordinator.archive import Archive
 from fedaudit.coordinator.audit import run_audit
+from fedaudit.coordinator.dedup import DedupTransport
 from fedaudit.coordinator.plan import AuditPlan
 from fedaudit.coordinator.transport import NodeTransport
 
@@ -48,6 +49,9 @@ Sleep = Callable[[float], bool]
 
 TransportFactory = Callable[[AuditPlan], Mapping[str, NodeTransport]]
 """Opens the transports for one run of a plan; the scheduler closes them after the run."""
+
+DedupTransportFactory = Callable[[AuditPlan], Mapping[str, DedupTransport]]
+"""Opens the blinding-ring connections for a plan with a duplicates check."""
 
 
 def utcnow() -> dt.datetime:
@@ -190,6 +194,7 @@ class Scheduler:
         fail_on: str | None = None,
         fail_on_incomplete: bool = False,
         notifier: Notifier | None = None,
+        dedup_transports: DedupTransportFactory | None = None,
     ) -> None:
         unscheduled = [p.name for p in plans if not p.schedule]
         if unscheduled:
@@ -199,6 +204,7 @@ class Scheduler:
             raise ValueError("two plans with the same name would share an archive and run ids")
         self.plans = tuple(plans)
         self._transports = transports
+        self._dedup_transports = dedup_transports
         self.archive = archive if isinstance(archive, Archive) else Archive(Path(archive))
         self._clock = clock
         self._sleep = sleep or threading.Event().wait
@@ -249,10 +255,17 @@ class Scheduler:
             )
         log.info("schedule_run_started", plan=plan.name, slot=_iso(due.slot), run_id=due.run_id)
         transports = self._transports(plan)
+        ring = (
+            self._dedup_transports(plan)
+            if self._dedup_transports is not None and plan.checks.duplicates is not None
+            else {}
+        )
         try:
-            report = run_audit(plan, transports, run_id=due.run_id, clock=self._clock)
+            report = run_audit(
+                plan, transports, run_id=due.run_id, clock=self._clock, dedup_transports=ring
+            )
         finally:
-            for t in transports.values():
+            for t in [*transports.values(), *ring.values()]:
                 try:
                     t.close()
                 except Exception as exc:  # closing must not lose a finished report

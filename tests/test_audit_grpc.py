@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from fedaudit.audit_reports.render import validate_report
 from fedaudit.cli import main
 from fedaudit.coordinator.audit import run_audit
+from fedaudit.coordinator.checks import planned_queries
 from fedaudit.coordinator.plan import AuditPlan, load_plan
 from fedaudit.coordinator.transport import GrpcNodeTransport
 from fedaudit.demo import default_plan_path
@@ -166,7 +168,8 @@ def test_rerun_after_the_budget_is_spent_replays_instead_of_skipping(
     node_factory, small_federation, tmp_path
 ) -> None:
     """A node whose budget the first run used up still answers the same run again, for free."""
-    plan_cost = load_plan(default_plan_path()).total_rho_per_node()
+    # What the catalogue queries cost (no ring here: the test gives no dedup transports).
+    plan_cost = math.fsum(q.spec.rho for q in planned_queries(load_plan(default_plan_path())))
     tight = example_policy({REQUESTER: plan_cost + 0.01}, max_rho_per_request=0.2)
     policies = {b.name: tight for b in small_federation[:3]}
     nodes = _start(node_factory, small_federation[:3], tmp_path, policies=policies)

@@ -105,7 +105,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _check(args: argparse.Namespace) -> int:
     from fedaudit.commands import console
 
-    plans, factory = _setup(args)
+    plans, factory, _ring = _setup(args)
     result = _forecast(plans, factory, due_now=None)
     _print_forecast(result)
     if not result.ok:
@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.alerts import WebhookNotifier
     from fedaudit.coordinator.schedule import Scheduler
 
-    plans, factory = _setup(args)
+    plans, factory, ring_factory = _setup(args)
     notifier = None
     if args.webhook:
         try:
@@ -135,6 +135,7 @@ def _run(args: argparse.Namespace) -> int:
         fail_on=args.fail_on,
         fail_on_incomplete=args.fail_on_incomplete,
         notifier=notifier,
+        dedup_transports=ring_factory,
     )
     due = {d.plan.name: True for d in scheduler.due()}
     result = _forecast(plans, factory, due_now=due)
@@ -193,10 +194,12 @@ def _export_metrics(args: argparse.Namespace, record: Any) -> None:
     )
 
 
-def _setup(args: argparse.Namespace) -> tuple[list[Any], Any]:
+def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any]:
     from fedaudit.commands import _channel_credentials, _load_plan, _parse_node_arg
+    from fedaudit.coordinator.dedup import GrpcDedupTransport
     from fedaudit.coordinator.errors import PlanError
     from fedaudit.coordinator.transport import GrpcNodeTransport
+    from fedaudit.tls import pinned_channel_options
 
     overrides = dict(_parse_node_arg(a) for a in args.node)
     plans = []
@@ -228,15 +231,35 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any]:
     addresses = [n.address for p in plans for n in p.nodes]
     credentials = _channel_credentials(args, addresses, requesters[0])
 
+    def pinned(name: str) -> Any:
+        # mTLS: each node must present a certificate for the name the plan gives it.
+        return pinned_channel_options(name) if credentials is not None else None
+
     def factory(plan: Any) -> dict[str, GrpcNodeTransport]:
         return {
             n.name: GrpcNodeTransport(
-                n.name, n.address, requester=plan.requester, credentials=credentials
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned(n.name),
             )
             for n in plan.nodes
         }
 
-    return plans, factory
+    def ring_factory(plan: Any) -> dict[str, GrpcDedupTransport]:
+        return {
+            n.name: GrpcDedupTransport(
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned(n.name),
+            )
+            for n in plan.nodes
+        }
+
+    return plans, factory, ring_factory
 
 
 def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None) -> Any:
