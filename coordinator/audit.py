@@ -158,6 +158,12 @@ def run_audit(
         duplicates = dedup.duplicates_section
         parts["findings"] = [*parts["findings"], *_renumber(dedup.findings, "F", parts["findings"])]
         parts["metrics"] = [*parts["metrics"], *_renumber(dedup.metrics, "M", parts["metrics"])]
+        # Each half is tested at 1 - alpha/2; the sentences state the audit-wide level.
+        family = f"at {100 * family_plan.confidence:g}% confidence"
+        audit_wide = f"at {100 * plan.confidence:g}% confidence (audit-wide)"
+        parts["findings"] = [
+            {**f, "summary": f["summary"].replace(family, audit_wide)} for f in parts["findings"]
+        ]
         if parts["error_control"] is not None:
             ec = dict(parts["error_control"])
             ec["family_confidence"] = plan.confidence

@@ -331,7 +331,7 @@ def print_summary(report: Mapping[str, Any]) -> None:
     )
     styles = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
     for f in findings:
-        subject = ", ".join(str(v) for k, v in f["subject"].items() if v)
+        subject = ", ".join(str(v) for v in f["subject"].values() if v) or "whole region"
         console.print(
             f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
         )
