@@ -7,7 +7,7 @@ field added to the protocol is handled once.
 
 from __future__ import annotations
 
-import math
+import dataclasses
 
 from fedaudit.node.domain import (
     Answer,
@@ -75,8 +75,9 @@ def spec_from_pb(msg: pb.QueryRequest) -> QuerySpec:
         filters=filters,
         params=dict(msg.params),
         mechanism=mechanism,
-        rho=msg.rho if msg.rho != 0.0 or math.isnan(msg.rho) else None,
-        epsilon=msg.epsilon if msg.epsilon != 0.0 or math.isnan(msg.epsilon) else None,
+        # 0.0 is proto3's 'unset'; NaN is kept so validation can name it.
+        rho=msg.rho or None,
+        epsilon=msg.epsilon or None,
         confidence=msg.confidence if msg.confidence != 0.0 else 0.95,
     )
 
@@ -116,27 +117,12 @@ def charge_from_pb(msg: pb.PrivacyCharge) -> Charge:
 
 
 def budget_to_pb(budget: BudgetStatus) -> pb.Budget:
-    return pb.Budget(
-        period=budget.period,
-        requester_rho_cap=budget.requester_rho_cap,
-        requester_rho_spent=budget.requester_rho_spent,
-        requester_rho_remaining=budget.requester_rho_remaining,
-        node_rho_cap=budget.node_rho_cap,
-        node_rho_remaining=budget.node_rho_remaining,
-        max_rho_per_request=budget.max_rho_per_request,
-    )
+    # The wire message and the domain value have the same fields by design.
+    return pb.Budget(**dataclasses.asdict(budget))
 
 
 def budget_from_pb(msg: pb.Budget) -> BudgetStatus:
-    return BudgetStatus(
-        period=msg.period,
-        requester_rho_cap=msg.requester_rho_cap,
-        requester_rho_spent=msg.requester_rho_spent,
-        requester_rho_remaining=msg.requester_rho_remaining,
-        node_rho_cap=msg.node_rho_cap,
-        node_rho_remaining=msg.node_rho_remaining,
-        max_rho_per_request=msg.max_rho_per_request,
-    )
+    return BudgetStatus(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(BudgetStatus)})
 
 
 def answer_to_pb(answer: Answer, budget: BudgetStatus | None) -> pb.QueryResponse:
