@@ -31,15 +31,16 @@ from pathlib import Path
 import yaml
 from sqlalchemy import Engine, insert
 
-from fedaudit.coordinator.audit import run_audit
-from fedaudit.coordinator.checks import planned_queries
-from fedaudit.coordinator.plan import AuditPlan, load_plan, parse_plan
-from fedaudit.coordinator.transport import GrpcNodeTransport
-from fedaudit.demo import default_plan_path
+from fedaudit.cli.demo import default_plan_path
+from fedaudit.coordinator.planning.checks import planned_queries
+from fedaudit.coordinator.planning.plan import AuditPlan, load_plan, parse_plan
+from fedaudit.coordinator.running.audit import run_audit
+from fedaudit.coordinator.running.transport import GrpcNodeTransport
 from fedaudit.logs import configure_logging
-from fedaudit.node import catalogue
-from fedaudit.node.db import create_schema, make_engine
-from fedaudit.node.models import (
+from fedaudit.node.privacy.policy import DEFAULT_BOUNDS
+from fedaudit.node.query import catalogue
+from fedaudit.node.store.db import create_schema, make_engine
+from fedaudit.node.store.models import (
     Assessment,
     Candidate,
     DataVersion,
@@ -47,7 +48,6 @@ from fedaudit.node.models import (
     Provider,
     Qualification,
 )
-from fedaudit.node.policy import DEFAULT_BOUNDS
 
 QUALIFICATIONS = [
     ("Q-5120", "5120", 4),
@@ -145,7 +145,7 @@ def start_node(db: Path, policy: Path, port: int) -> subprocess.Popen[bytes]:
         [
             sys.executable,
             "-m",
-            "fedaudit.cli",
+            "fedaudit.cli.main",
             "--log-level",
             "error",
             "node",

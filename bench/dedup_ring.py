@@ -127,11 +127,11 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
 
     import grpc
 
-    from fedaudit.node.bundle import import_bundle
-    from fedaudit.node.db import make_engine
-    from fedaudit.node.dedup_server import add_dedup_servicer
-    from fedaudit.node.dedup_service import TEMPLATE, DedupService
-    from fedaudit.node.policy import example_policy
+    from fedaudit.node.ingest.bundle import import_bundle
+    from fedaudit.node.privacy.policy import example_policy
+    from fedaudit.node.ring.server import add_dedup_servicer
+    from fedaudit.node.ring.service import TEMPLATE, DedupService
+    from fedaudit.node.store.db import make_engine
 
     root = Path(directory)
     policy = example_policy({REQUESTER: 10.0}, max_rho_per_request=10.0)
@@ -154,7 +154,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
     stop.wait()
     for server in servers:
         server.stop(None)
-    from fedaudit.node.dedup_crypto import shutdown_pool
+    from fedaudit.common.ring_crypto import shutdown_pool
 
     shutdown_pool()
 
@@ -163,7 +163,7 @@ def raw_rate(points: int) -> tuple[float, int]:
     """libsodium scalar multiplications per second on all cores (one process per core)."""
     from concurrent.futures import ProcessPoolExecutor
 
-    from fedaudit.node import dedup_crypto as rc
+    from fedaudit.common import ring_crypto as rc
 
     workers = rc.worker_count()
     scalar = bytes(rc.random_scalar())
@@ -186,9 +186,9 @@ def main() -> None:
 
     from rich.progress import Progress
 
-    from fedaudit.coordinator.dedup import DedupConfig, GrpcDedupTransport, run_dedup
-    from fedaudit.coordinator.plan import AuditPlan, Checks
-    from fedaudit.node.dedup_keys import NAME_KEYS
+    from fedaudit.coordinator.planning.plan import AuditPlan, Checks
+    from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
+    from fedaudit.node.ring.keys import NAME_KEYS
 
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()

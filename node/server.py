@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY, __version__
-from fedaudit.convert import (
+from fedaudit.common.serde import (
     WireFormatError,
     answer_to_pb,
     budget_to_pb,
@@ -40,13 +40,20 @@ from fedaudit.node.errors import (
     RefusedError,
     VersionMismatchError,
 )
-from fedaudit.node.querylog import FAILED, INTERNAL, REFUSED, LogEvent, QueryLog, was_logged
-from fedaudit.node.service import NodeService, utcnow
+from fedaudit.node.evidence.querylog import (
+    FAILED,
+    INTERNAL,
+    REFUSED,
+    LogEvent,
+    QueryLog,
+    was_logged,
+)
+from fedaudit.node.query.service import NodeService, utcnow
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from fedaudit.node.dedup_service import DedupService
+    from fedaudit.node.ring.service import DedupService
 
 log = structlog.get_logger(__name__)
 
@@ -281,8 +288,8 @@ def start_node_server(
     services = [SERVICE_NAME]
     if dedup is not None:
         # Imported here: the dedup servicer reuses this module's refusal mapping.
-        from fedaudit.node.dedup_server import SERVICE_NAME as DEDUP_SERVICE_NAME
-        from fedaudit.node.dedup_server import add_dedup_servicer
+        from fedaudit.node.ring.server import SERVICE_NAME as DEDUP_SERVICE_NAME
+        from fedaudit.node.ring.server import add_dedup_servicer
 
         add_dedup_servicer(server, dedup)
         services.append(DEDUP_SERVICE_NAME)

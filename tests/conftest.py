@@ -99,11 +99,11 @@ def _node_factory() -> Iterator[object]:
     Call it with a database URL (and optionally a policy and a bundle); it imports the
     bundle and returns the RunningNode.
     """
-    from fedaudit.node.bundle import import_bundle
-    from fedaudit.node.db import make_engine
-    from fedaudit.node.policy import example_policy
+    from fedaudit.node.ingest.bundle import import_bundle
+    from fedaudit.node.privacy.policy import example_policy
+    from fedaudit.node.query.service import NodeService
     from fedaudit.node.server import start_node_server
-    from fedaudit.node.service import NodeService
+    from fedaudit.node.store.db import make_engine
 
     started = []
     engines = []
@@ -114,7 +114,7 @@ def _node_factory() -> Iterator[object]:
         if bundle is not None:
             import_bundle(engine, bundle)
         else:
-            from fedaudit.node.db import create_schema
+            from fedaudit.node.store.db import create_schema
 
             create_schema(engine)
         policy = policy or example_policy({REQUESTER: 2.0, "other-auditor": 1.0})

@@ -13,10 +13,10 @@ from types import MappingProxyType
 
 import grpc
 
-from fedaudit.node.dedup_keys import PersonInput, key_value, merge_local
-from fedaudit.node.dedup_server import add_dedup_servicer
-from fedaudit.node.dedup_service import TEMPLATE, DedupService, load_persons
-from fedaudit.node.policy import Policy, example_policy
+from fedaudit.node.privacy.policy import Policy, example_policy
+from fedaudit.node.ring.keys import PersonInput, key_value, merge_local
+from fedaudit.node.ring.server import add_dedup_servicer
+from fedaudit.node.ring.service import TEMPLATE, DedupService, load_persons
 
 REQUESTER = "oversight-board"
 ISCO = "7212"
@@ -209,7 +209,7 @@ def oracle_duplicates(
 
 def febrl_recall(a, b, links, keys: Sequence[str]) -> float:
     """Share of FEBRL4's true A-B pairs that share at least one key value (in the clear)."""
-    from fedaudit.node.dedup_keys import Identity
+    from fedaudit.node.ring.keys import Identity
 
     def ident(r) -> Identity:
         def text(v):

@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, delete
 from sqlalchemy.orm import Session
 
-from fedaudit.node.db import create_schema, make_engine
-from fedaudit.node.models import (
+from fedaudit.node.store.db import create_schema, make_engine
+from fedaudit.node.store.models import (
     REGISTRY_TABLES,
     Appeal,
     Assessment,

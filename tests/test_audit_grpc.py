@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from fedaudit.audit_reports.render import validate_report
-from fedaudit.cli import main
-from fedaudit.coordinator.audit import run_audit
-from fedaudit.coordinator.checks import planned_queries
-from fedaudit.coordinator.plan import AuditPlan, load_plan
-from fedaudit.coordinator.transport import GrpcNodeTransport
-from fedaudit.demo import default_plan_path
-from fedaudit.node.policy import example_policy
-from fedaudit.synthetic import generate_federation
+from fedaudit.cli.demo import default_plan_path
+from fedaudit.cli.main import main
+from fedaudit.coordinator.planning.checks import planned_queries
+from fedaudit.coordinator.planning.plan import AuditPlan, load_plan
+from fedaudit.coordinator.running.audit import run_audit
+from fedaudit.coordinator.running.transport import GrpcNodeTransport
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.synthetic.federation import generate_federation
 
 REQUESTER = "oversight-board"
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.cli import main
-from fedaudit.node.budget_history import budget_history
-from fedaudit.node.db import create_schema, make_engine
+from fedaudit.cli.main import main
 from fedaudit.node.domain import Charge, Mechanism
-from fedaudit.node.ledger import Ledger
-from fedaudit.node.policy import example_policy
+from fedaudit.node.ops.budget_history import budget_history
+from fedaudit.node.privacy.ledger import Ledger
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.store.db import create_schema, make_engine
 
 Q1 = dt.datetime(2026, 2, 10, tzinfo=dt.UTC)
 Q2 = dt.datetime(2026, 5, 10, tzinfo=dt.UTC)

@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, func, select
 
-from fedaudit.node.bundle import (
+from fedaudit.node.errors import BundleError
+from fedaudit.node.ingest.bundle import (
     BundleLimits,
     ImportResult,
     import_bundle,
     validate_bundle,
 )
-from fedaudit.node.db import make_engine
-from fedaudit.node.errors import BundleError
-from fedaudit.node.models import (
+from fedaudit.node.store.db import make_engine
+from fedaudit.node.store.models import (
     REGISTRY_TABLES,
     Certificate,
     DataVersion,

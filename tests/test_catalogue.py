@@ -12,8 +12,10 @@ import pytest
 from factories import RegistryFactory, delete_person
 from sqlalchemy import Connection, Engine, inspect
 
-from fedaudit.node import catalogue
-from fedaudit.node.catalogue import (
+from fedaudit.node.domain import Mechanism, QuerySpec
+from fedaudit.node.errors import DataUnavailableError, InvalidParametersError, PolicyError
+from fedaudit.node.query import catalogue
+from fedaudit.node.query.catalogue import (
     TEMPLATES,
     ParamInfo,
     Template,
@@ -24,9 +26,7 @@ from fedaudit.node.catalogue import (
     true_counts,
     validate,
 )
-from fedaudit.node.db import create_schema, make_engine
-from fedaudit.node.domain import Mechanism, QuerySpec
-from fedaudit.node.errors import DataUnavailableError, InvalidParametersError, PolicyError
+from fedaudit.node.store.db import create_schema, make_engine
 
 PERIODS = ("2023", "2024")
 REF = dt.date(2024, 12, 31)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.cli import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, build_parser, main
-from fedaudit.commands import exit_code_for
+from fedaudit.cli.commands import exit_code_for
+from fedaudit.cli.main import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, build_parser, main
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 

@@ -2,7 +2,7 @@
 
 from sqlalchemy import inspect
 
-from fedaudit.node.db import create_schema, make_engine, normalise_url
+from fedaudit.node.store.db import create_schema, make_engine, normalise_url
 
 
 def test_schema_is_created(db_url: str) -> None:

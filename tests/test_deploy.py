@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from fedaudit.cli import build_parser
+from fedaudit.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -132,7 +132,7 @@ def test_node_deployment_probes_mounts_and_secrets() -> None:
 
 def test_node_policy_configmap_is_a_valid_policy(tmp_path: Path) -> None:
     """The policy in the ConfigMap loads with the node's own policy loader."""
-    from fedaudit.node.policy import load_policy
+    from fedaudit.node.privacy.policy import load_policy
 
     (configmap,) = [c for c in _by_kind("ConfigMap") if "policy.yaml" in c["data"]]
     path = tmp_path / "policy.yaml"
@@ -142,7 +142,7 @@ def test_node_policy_configmap_is_a_valid_policy(tmp_path: Path) -> None:
 
 def test_cronjob_runs_the_plan_once_into_the_archive_volume(tmp_path: Path) -> None:
     """The scheduled check runs `schedule run PLAN --once --archive` on the PVC with a loadable plan."""
-    from fedaudit.coordinator.plan import load_plan
+    from fedaudit.coordinator.planning.plan import load_plan
 
     (cronjob,) = _by_kind("CronJob")
     pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -248,7 +248,7 @@ def test_compose_keeps_each_database_on_its_own_network() -> None:
 
 def test_compose_plan_names_the_compose_nodes() -> None:
     """The coordinator's plan loads and asks exactly the three compose nodes."""
-    from fedaudit.coordinator.plan import load_plan
+    from fedaudit.coordinator.planning.plan import load_plan
 
     plan = load_plan(DEPLOY / "compose" / "plan.yaml")
     assert {n.address for n in plan.nodes} == {f"node-m0{i}:{50051}" for i in (1, 2, 3)}

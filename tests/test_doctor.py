@@ -15,10 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from sqlalchemy import Engine, text
 
-from fedaudit.cli import main
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import create_schema, make_engine, make_readonly_engine
-from fedaudit.node.doctor import (
+from fedaudit.cli.main import main
+from fedaudit.node.domain import Charge, Mechanism
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.ops.doctor import (
     DoctorOptions,
     Status,
     check_clock,
@@ -29,10 +29,10 @@ from fedaudit.node.doctor import (
     exit_code,
     run_doctor,
 )
-from fedaudit.node.domain import Charge, Mechanism
-from fedaudit.node.ledger import Ledger
-from fedaudit.node.policy import example_policy
-from fedaudit.node.schema import head_revision, revisions, upgrade
+from fedaudit.node.privacy.ledger import Ledger
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.store.db import create_schema, make_engine, make_readonly_engine
+from fedaudit.node.store.schema import head_revision, revisions, upgrade
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 NOW = dt.datetime(2026, 5, 4, 12, 0, tzinfo=dt.UTC)

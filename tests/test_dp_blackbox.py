@@ -42,11 +42,12 @@ import structlog
 from factories import RegistryFactory
 from sqlalchemy import Engine, insert
 
-from fedaudit.node import catalogue, mechanisms
+from fedaudit.common import mechanisms
 from fedaudit.node.domain import Answer, Mechanism, QuerySpec
-from fedaudit.node.models import DataVersion
-from fedaudit.node.policy import Policy, parse_policy
-from fedaudit.node.service import NodeService
+from fedaudit.node.privacy.policy import Policy, parse_policy
+from fedaudit.node.query import catalogue
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.store.models import DataVersion
 
 TEMPLATE = "appeal_outcomes"
 CELL = "dismissed"

@@ -8,7 +8,7 @@ import statistics
 import pytest
 
 from fedaudit.coordinator.errors import AnswerError
-from fedaudit.coordinator.estimates import (
+from fedaudit.coordinator.statistics.estimates import (
     Bin,
     Estimate,
     binned_quantile,

@@ -37,18 +37,18 @@ from sqlalchemy import Engine, func, select
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.coordinator.errors import PlanError
-from fedaudit.coordinator.plan import AuditPlan, load_plan, parse_plan
-from fedaudit.node import catalogue
-from fedaudit.node.bundle import import_bundle, validate_bundle
-from fedaudit.node.db import make_engine
+from fedaudit.coordinator.planning.plan import AuditPlan, load_plan, parse_plan
 from fedaudit.node.errors import BundleError, PolicyError
-from fedaudit.node.ledger import rho_to_units
-from fedaudit.node.limits import LimitSettings, RequestLimiter
-from fedaudit.node.models import REGISTRY_TABLES, DataVersion, LedgerEntry
-from fedaudit.node.policy import Policy, load_policy, parse_policy
+from fedaudit.node.ingest.bundle import import_bundle, validate_bundle
+from fedaudit.node.privacy.ledger import rho_to_units
+from fedaudit.node.privacy.policy import Policy, load_policy, parse_policy
+from fedaudit.node.query import catalogue
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.rpc.guard import MalformedRequestGuard
+from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
 from fedaudit.node.server import RunningNode, start_node_server
-from fedaudit.node.service import NodeService
-from fedaudit.node.wire_guard import MalformedRequestGuard
+from fedaudit.node.store.db import make_engine
+from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion, LedgerEntry
 from fedaudit.wire.v1 import node_pb2 as pb
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from fedaudit.coordinator.gaps import Evaluation, evaluate
-from fedaudit.coordinator.plan import AuditPlan, parse_plan
+from fedaudit.coordinator.planning.plan import AuditPlan, parse_plan
+from fedaudit.coordinator.statistics.gaps import Evaluation, evaluate
 from fedaudit.node.domain import Answer, Cell, Charge, Mechanism, NoiseSpec
 
 NOISE_SD = 3.0

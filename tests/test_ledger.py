@@ -12,14 +12,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from sqlalchemy import Engine, func, select
 
-from fedaudit.node.db import create_schema, make_engine
 from fedaudit.node.domain import Charge, Mechanism
 from fedaudit.node.errors import (
     BudgetExhaustedError,
     InvalidParametersError,
     RequesterNotAllowedError,
 )
-from fedaudit.node.ledger import (
+from fedaudit.node.privacy.ledger import (
     DuplicateRequestError,
     Ledger,
     LedgerStateError,
@@ -28,8 +27,9 @@ from fedaudit.node.ledger import (
     units_to_rho,
     units_to_text,
 )
-from fedaudit.node.models import BudgetLock, LedgerEntry
-from fedaudit.node.policy import Policy, example_policy
+from fedaudit.node.privacy.policy import Policy, example_policy
+from fedaudit.node.store.db import create_schema, make_engine
+from fedaudit.node.store.models import BudgetLock, LedgerEntry
 
 NOW = dt.datetime(2026, 11, 15, 12, 0, tzinfo=dt.UTC)
 THREADS = 16

@@ -27,16 +27,16 @@ from grpc_status import rpc_status
 from sqlalchemy import Engine, func, select
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
-from fedaudit.node import catalogue
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import make_engine
-from fedaudit.node.ledger import cap_to_units, rho_to_units
-from fedaudit.node.limits import LimitSettings, RequestLimiter
-from fedaudit.node.models import LedgerEntry
-from fedaudit.node.policy import Policy, parse_policy
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.privacy.ledger import cap_to_units, rho_to_units
+from fedaudit.node.privacy.policy import Policy, parse_policy
+from fedaudit.node.query import catalogue
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.rpc.guard import MalformedRequestGuard
+from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
 from fedaudit.node.server import RunningNode, start_node_server
-from fedaudit.node.service import NodeService
-from fedaudit.node.wire_guard import MalformedRequestGuard
+from fedaudit.node.store.db import make_engine
+from fedaudit.node.store.models import LedgerEntry
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 

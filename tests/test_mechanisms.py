@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 
-from fedaudit.node import mechanisms
+from fedaudit.common import mechanisms
 from fedaudit.node.domain import Mechanism
 from fedaudit.node.errors import InvalidParametersError
 

@@ -14,15 +14,16 @@ from sqlalchemy import Engine, MetaData, func, insert, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from fedaudit.cli import main
-from fedaudit.node.bundle import validate_bundle
-from fedaudit.node.db import create_schema, make_engine
+from fedaudit.cli.main import main
 from fedaudit.node.domain import Charge, Mechanism, QuerySpec
-from fedaudit.node.ledger import Ledger
-from fedaudit.node.models import REGISTRY_TABLES, Base
-from fedaudit.node.policy import example_policy
-from fedaudit.node.roles import QUERY_TABLES, query_role_grants
-from fedaudit.node.schema import (
+from fedaudit.node.ingest.bundle import validate_bundle
+from fedaudit.node.ops.roles import QUERY_TABLES, query_role_grants
+from fedaudit.node.privacy.ledger import Ledger
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.store.db import create_schema, make_engine
+from fedaudit.node.store.models import REGISTRY_TABLES, Base
+from fedaudit.node.store.schema import (
     SchemaError,
     SchemaTooNewError,
     current_revision,
@@ -32,7 +33,6 @@ from fedaudit.node.schema import (
     revisions,
     upgrade,
 )
-from fedaudit.node.service import NodeService
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 FIRST = "0001"
@@ -263,7 +263,7 @@ def _readonly_role(pg_url: str) -> Iterator[str]:
 
 def test_readonly_role_answers_queries_but_cannot_write(pg_url: str, readonly_role: str) -> None:
     """The query engine connected as the read-only role answers a query; its writes fail."""
-    from fedaudit.node.bundle import import_bundle
+    from fedaudit.node.ingest.bundle import import_bundle
 
     owner = make_engine(pg_url)
     import_bundle(owner, FIXTURE_BUNDLE)

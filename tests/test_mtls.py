@@ -18,19 +18,24 @@ from grpc_status import rpc_status
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.coordinator.errors import NodeUnavailableError
-from fedaudit.coordinator.transport import GrpcNodeTransport
+from fedaudit.coordinator.running.transport import GrpcNodeTransport
 from fedaudit.node.domain import QuerySpec
-from fedaudit.node.policy import example_policy
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.query.service import NodeService, utcnow
 from fedaudit.node.server import RunningNode, start_node_server
-from fedaudit.node.service import NodeService, utcnow
-from fedaudit.pki import (
+from fedaudit.pki.authority import (
     CertKeyPaths,
     PkiPaths,
     create_throwaway_pki,
     issue_auditor_certificate,
     issue_node_certificate,
 )
-from fedaudit.tls import TlsFiles, channel_credentials, pinned_channel_options, server_credentials
+from fedaudit.pki.tls import (
+    TlsFiles,
+    channel_credentials,
+    pinned_channel_options,
+    server_credentials,
+)
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -71,8 +76,8 @@ def bad_clients(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> dict
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """One imported node database shared by the module's servers (they only read and charge)."""
-    from fedaudit.node.bundle import import_bundle
-    from fedaudit.node.db import make_engine
+    from fedaudit.node.ingest.bundle import import_bundle
+    from fedaudit.node.store.db import make_engine
 
     eng = make_engine(str(tmp_path_factory.mktemp("db") / "node.db"))
     import_bundle(eng, FIXTURE_BUNDLE)

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.logs import REDACTED, redact_personal_fields
-from fedaudit.node import catalogue
+from fedaudit.node.query import catalogue
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 

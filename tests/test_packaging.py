@@ -25,6 +25,6 @@ def test_every_package_directory_is_listed_in_pyproject() -> None:
 
 
 def test_console_script_points_at_main() -> None:
-    """`fedaudit` runs fedaudit.cli:main."""
+    """`fedaudit` runs fedaudit.cli.main:main."""
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts == {"fedaudit": "fedaudit.cli:main"}
+    assert scripts == {"fedaudit": "fedaudit.cli.main:main"}

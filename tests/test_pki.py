@@ -12,9 +12,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedaudit import pki
-from fedaudit.cli import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, main
-from fedaudit.tls import TlsError, TlsFiles, check_tls_files
+from fedaudit.cli.main import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, main
+from fedaudit.pki import authority as pki
+from fedaudit.pki.tls import TlsError, TlsFiles, check_tls_files
 
 NOW = dt.datetime.now(dt.UTC)
 
@@ -140,7 +140,7 @@ def test_throwaway_pki_issues_everything_the_demo_needs(tmp_path) -> None:
     assert pki.days_until_expiry(ca) <= 3
 
 
-# --- fedaudit.tls: file checks before gRPC sees them -------------------------------------------
+# --- fedaudit.pki.tls: file checks before gRPC sees them -------------------------------------------
 
 
 @pytest.fixture

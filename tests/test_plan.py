@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from fedaudit.coordinator.checks import planned_queries
 from fedaudit.coordinator.errors import PlanError
-from fedaudit.coordinator.plan import (
+from fedaudit.coordinator.planning.checks import planned_queries
+from fedaudit.coordinator.planning.plan import (
     AuditPlan,
     NodeRef,
     load_plan,

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fedaudit.node.errors import PolicyError
-from fedaudit.node.policy import (
+from fedaudit.node.privacy.policy import (
     DEFAULT_BOUNDS,
     MAX_POLICY_BYTES,
     example_policy,

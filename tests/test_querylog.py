@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import Engine, text
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
-from fedaudit.cli import main
-from fedaudit.convert import answer_from_pb
-from fedaudit.node import catalogue
-from fedaudit.node.db import create_schema, make_engine
-from fedaudit.node.digest import answer_digest
-from fedaudit.node.ledger import rho_to_units
-from fedaudit.node.querylog import LogEvent, LogRow, QueryLog
-from fedaudit.node.service import utcnow
+from fedaudit.cli.main import main
+from fedaudit.common.digest import answer_digest
+from fedaudit.common.serde import answer_from_pb
+from fedaudit.node.evidence.querylog import LogEvent, LogRow, QueryLog
+from fedaudit.node.privacy.ledger import rho_to_units
+from fedaudit.node.query import catalogue
+from fedaudit.node.query.service import utcnow
+from fedaudit.node.store.db import create_schema, make_engine
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from fedaudit.cli import main
-from fedaudit.coordinator.audit import run_audit
-from fedaudit.coordinator.plan import load_plan
-from fedaudit.coordinator.record import AnswerRecord, RecordError, read_record
-from fedaudit.coordinator.transport import GrpcNodeTransport
-from fedaudit.demo import default_plan_path
-from fedaudit.node.db import make_engine
-from fedaudit.node.querylog import QueryLog, row_hash
-from fedaudit.node.service import utcnow
+from fedaudit.cli.demo import default_plan_path
+from fedaudit.cli.main import main
+from fedaudit.coordinator.planning.plan import load_plan
+from fedaudit.coordinator.running.audit import run_audit
+from fedaudit.coordinator.running.record import AnswerRecord, RecordError, read_record
+from fedaudit.coordinator.running.transport import GrpcNodeTransport
+from fedaudit.node.evidence.querylog import QueryLog, row_hash
+from fedaudit.node.query.service import utcnow
+from fedaudit.node.store.db import make_engine
 
 REQUESTER = "oversight-board"
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"

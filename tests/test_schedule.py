@@ -21,31 +21,31 @@ from typing import Any
 import pytest
 
 from fedaudit.audit_reports.render import validate_report
-from fedaudit.cli import main
-from fedaudit.coordinator.alerts import WebhookNotifier, evaluate_alert
-from fedaudit.coordinator.archive import Archive
-from fedaudit.coordinator.audit import run_audit
-from fedaudit.coordinator.budget_forecast import (
+from fedaudit.cli.main import main
+from fedaudit.coordinator.planning.plan import AuditPlan, parse_plan
+from fedaudit.coordinator.running.audit import run_audit
+from fedaudit.coordinator.running.transport import GrpcNodeTransport, InProcessNodeTransport
+from fedaudit.coordinator.scheduling.alerts import WebhookNotifier, evaluate_alert
+from fedaudit.coordinator.scheduling.archive import Archive
+from fedaudit.coordinator.scheduling.forecast import (
     ScheduledCost,
     forecast,
     forecast_plans,
     parse_period,
 )
-from fedaudit.coordinator.plan import AuditPlan, parse_plan
-from fedaudit.coordinator.schedule import (
+from fedaudit.coordinator.scheduling.schedule import (
     Scheduler,
     latest_slot,
     read_state,
     run_id_for,
     slots_between,
 )
-from fedaudit.coordinator.transport import GrpcNodeTransport, InProcessNodeTransport
-from fedaudit.node.bundle import import_bundle
-from fedaudit.node.db import make_engine
 from fedaudit.node.domain import BudgetStatus
-from fedaudit.node.policy import example_policy
-from fedaudit.node.service import NodeService
-from fedaudit.synthetic import generate_federation
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.privacy.policy import example_policy
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.store.db import make_engine
+from fedaudit.synthetic.federation import generate_federation
 
 REQUESTER = "oversight-board"
 UTC = dt.UTC

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.synthetic import SyntheticFederation, generate_federation
+from fedaudit.synthetic.federation import SyntheticFederation, generate_federation
 
 TODAY = dt.date(2026, 3, 1)
 CUTOFF = TODAY - dt.timedelta(days=30)
@@ -120,9 +120,9 @@ def test_bundles_pass_the_validator(fed: SyntheticFederation) -> None:
         for name, header in HEADERS.items():
             with (bundle / name).open(encoding="utf-8", newline="") as f:
                 assert next(csv.reader(f)) == header.split(), f"{bundle.name}/{name}"
-    if importlib.util.find_spec("fedaudit.node.bundle") is None:
-        pytest.skip("fedaudit.node.bundle (the validator) does not exist yet")
-    from fedaudit.node.bundle import validate_bundle
+    if importlib.util.find_spec("fedaudit.node.ingest.bundle") is None:
+        pytest.skip("fedaudit.node.ingest.bundle (the validator) does not exist yet")
+    from fedaudit.node.ingest.bundle import validate_bundle
 
     for bundle in fed.bundles:
         parsed = validate_bundle(bundle, today=TODAY)

@@ -50,7 +50,7 @@ class DedupParams(_message.Message):
     """set for discrete_laplace plans (rho = epsilon^2 / 2)"""
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """match keys, in row order (fedaudit.node.dedup_keys)"""
+        """match keys, in row order (fedaudit.node.ring.keys)"""
 
     def __init__(
         self,

@@ -1,0 +1,1 @@
+"""Audit plans and the queries they ask."""

@@ -1,0 +1,1 @@
+"""The coordinator's side of the blinding ring: relay, counting, release."""

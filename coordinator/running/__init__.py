@@ -1,0 +1,1 @@
+"""Running an audit: fan-out over node transports, the answer record."""

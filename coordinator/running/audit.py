@@ -1,0 +1,429 @@
+"""Running an audit plan: fan out to the nodes, collect answers, evaluate, build the report.
+
+Each node is handled in its own thread with the plan's deadline. Before spending
+anything at a node, the coordinator pre-flights every query there (free) and
+skips the node when the whole audit would not fit its remaining budget, so an
+audit never leaves a node half-charged for nothing. Request ids derive from the
+run id, node and query, so re-running the same run after a crash replays stored
+answers instead of charging again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from fedaudit import __version__
+from fedaudit.common.mechanisms import epsilon_equivalent
+from fedaudit.coordinator.errors import (
+    CoordinatorError,
+    NodeRefusedError,
+    NodeTimeoutError,
+    NodeUnavailableError,
+)
+from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
+from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.coordinator.ring.dedup import (
+    DedupOutcome,
+    DedupTransport,
+    config_from_plan,
+    run_dedup,
+)
+from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
+from fedaudit.coordinator.statistics.gaps import evaluate
+from fedaudit.node.domain import Answer, BudgetStatus
+
+log = structlog.get_logger(__name__)
+
+EQUIVALENCE_DELTA = 1e-7
+ProgressCallback = Callable[[str, str], None]
+"""Called with (node name, event) as queries finish; the CLI draws a progress bar from it."""
+
+AnswerCallback = Callable[[str, str, str, Answer], None]
+"""Called with (node name, request id, query key, answer) for every answer received, e.g. to
+keep the coordinator's own record of what each node released."""
+
+
+@dataclass
+class QueryOutcome:
+    check: str
+    key: str
+    template: str
+    status: str  # answered | refused | timed_out | unavailable | skipped
+    reason: str = ""
+    message: str = ""
+    answer: Answer | None = None
+    budget: BudgetStatus | None = None
+
+
+@dataclass
+class NodeOutcome:
+    name: str
+    address: str
+    info: NodeInfo | None = None
+    status: str = "unavailable"
+    reason: str = ""
+    message: str = ""
+    queries: list[QueryOutcome] = field(default_factory=list)
+
+    def answers(self) -> dict[str, Answer]:
+        return {q.key: q.answer for q in self.queries if q.answer is not None}
+
+
+def default_run_id(plan: AuditPlan, now: dt.datetime) -> str:
+    """One run per plan and day unless the caller names the run."""
+    return f"{plan.name}-{now:%Y-%m-%d}"
+
+
+def request_id_for(run_id: str, node: str, key: str) -> str:
+    digest = hashlib.sha256(f"{run_id}\x00{node}\x00{key}".encode()).hexdigest()[:32]
+    return f"fa-{digest}"
+
+
+def run_audit(
+    plan: AuditPlan,
+    transports: Mapping[str, NodeTransport],
+    *,
+    run_id: str | None = None,
+    progress: ProgressCallback | None = None,
+    on_answer: AnswerCallback | None = None,
+    dedup_transports: Mapping[str, DedupTransport] | None = None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> dict[str, Any]:
+    """Run `plan` against the given node transports and return the report as a dict.
+
+    With a `duplicates` check and `dedup_transports`, the blinding ring runs after the
+    quality queries. The audit's error budget is then split in two halves (Bonferroni
+    across the two families), so the stated confidence holds for the audit as a whole.
+    """
+    run_ring = config_from_plan(plan) is not None and bool(dedup_transports)
+    family_plan = replace(plan, confidence=1.0 - (1.0 - plan.confidence) / 2) if run_ring else plan
+    started = clock()
+    run_id = run_id or default_run_id(plan, started)
+    queries = planned_queries(plan)
+    deadline = time.monotonic() + plan.deadline_seconds
+    log.info(
+        "audit_started", plan=plan.name, run_id=run_id, nodes=len(transports), queries=len(queries)
+    )
+
+    with ThreadPoolExecutor(
+        max_workers=max(1, len(transports)), thread_name_prefix="fan-out"
+    ) as pool:
+        futures = {
+            name: pool.submit(
+                _run_node,
+                name,
+                transport=t,
+                queries=queries,
+                run_id=run_id,
+                deadline=deadline,
+                progress=progress,
+                on_answer=on_answer,
+            )
+            for name, t in transports.items()
+        }
+        outcomes = {name: f.result() for name, f in futures.items()}
+
+    answering = [o for o in outcomes.values() if o.status in ("answered", "partial")]
+    status, status_reason = "complete", ""
+    parts: dict[str, Any] = {"findings": [], "metrics": [], "error_control": None}
+    if len(answering) < plan.min_answering_nodes:
+        status = "failed"
+        status_reason = (
+            f"only {len(answering)} of {len(outcomes)} nodes answered; the plan needs at least "
+            f"{plan.min_answering_nodes}, so no regional comparison was made"
+        )
+    else:
+        evaluation = evaluate(family_plan, {o.name: o.answers() for o in answering})
+        parts = evaluation.to_report_parts()
+        if len(answering) < len(outcomes) or any(o.status == "partial" for o in answering):
+            status = "partial"
+            missing = sorted(o.name for o in outcomes.values() if o not in answering)
+            status_reason = (
+                f"{len(answering)} of {len(outcomes)} nodes answered"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + "; findings cover the answering nodes only"
+            )
+    duplicates = _not_run(
+        "the plan has no duplicates check"
+        if config_from_plan(plan) is None
+        else "no dedup connections to the nodes were given"
+    )
+    dedup = None
+    if run_ring and dedup_transports is not None:
+        dedup = run_dedup(family_plan, dedup_transports, run_id)
+        duplicates = dedup.duplicates_section
+        parts["findings"] = [*parts["findings"], *_renumber(dedup.findings, "F", parts["findings"])]
+        parts["metrics"] = [*parts["metrics"], *_renumber(dedup.metrics, "M", parts["metrics"])]
+        # Each half is tested at 1 - alpha/2; the sentences state the audit-wide level.
+        family = f"at {100 * family_plan.confidence:g}% confidence"
+        audit_wide = f"at {100 * plan.confidence:g}% confidence (audit-wide)"
+        parts["findings"] = [
+            {**f, "summary": f["summary"].replace(family, audit_wide)} for f in parts["findings"]
+        ]
+        if parts["error_control"] is not None:
+            ec = dict(parts["error_control"])
+            ec["family_confidence"] = plan.confidence
+            ec["description"] += (
+                f" The audit's error budget ({1 - plan.confidence:.0%}) is split evenly between "
+                f"these quality tests and the {dedup.tests} duplicate-detection tests, each half "
+                "Bonferroni-corrected within itself."
+            )
+            parts["error_control"] = ec
+    finished = clock()
+    log.info(
+        "audit_finished",
+        plan=plan.name,
+        run_id=run_id,
+        status=status,
+        findings=len(parts["findings"]),
+    )
+    return {
+        "schema_version": "1.0",
+        "audit": {
+            "plan": plan.name,
+            "run_id": run_id,
+            "requester": plan.requester,
+            "started_at": _iso(started),
+            "finished_at": _iso(finished),
+            "confidence": plan.confidence,
+            "mechanism": plan.mechanism.value,
+            "error_control": parts["error_control"] or _no_tests(plan),
+            "tolerances": plan.tolerances(),
+            "software_version": __version__,
+            "status": status,
+            "status_reason": status_reason,
+        },
+        "findings": parts["findings"],
+        "duplicates": duplicates,
+        "metrics": parts["metrics"],
+        "coverage": _coverage(plan, outcomes),
+        "privacy": _privacy(plan, outcomes, dedup),
+    }
+
+
+def _not_run(reason: str) -> dict[str, Any]:
+    return {
+        "status": "not_run",
+        "reason": reason,
+        "overall": None,
+        "per_occupation": [],
+        "overlap_histogram": [],
+        "pairwise": [],
+    }
+
+
+def _renumber(items: list[dict[str, Any]], prefix: str, after: list[dict[str, Any]]) -> list:
+    """Continue the report's F001.../M0001... numbering for items from another family."""
+    width = 3 if prefix == "F" else 4
+    start = len(after) + 1
+    return [{**item, "id": f"{prefix}{start + i:0{width}d}"} for i, item in enumerate(items)]
+
+
+def _run_node(
+    name: str,
+    *,
+    transport: NodeTransport,
+    queries: list[PlannedQuery],
+    run_id: str,
+    deadline: float,
+    progress: ProgressCallback | None,
+    on_answer: AnswerCallback | None = None,
+) -> NodeOutcome:
+    outcome = NodeOutcome(name=name, address=transport.address)
+
+    def remaining() -> float:
+        return deadline - time.monotonic()
+
+    def report(event: str) -> None:
+        if progress is not None:
+            progress(name, event)
+
+    try:
+        outcome.info = transport.info(timeout=max(0.001, remaining()))
+        # Pre-flight the whole audit at this node: free, and it keeps a node that cannot
+        # afford the audit from being charged for a part of it.
+        total = 0.0
+        for q in queries:
+            pre = transport.preflight(
+                q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+            )
+            total += pre.charge.rho
+        budget = outcome.info.budget
+        available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
+        if total > available + 1e-12:
+            raise NodeRefusedError(
+                name,
+                "BUDGET_EXHAUSTED",
+                f"this audit costs rho={total:.4g} at this node, but only rho={available:.4g} remains "
+                f"in period {budget.period}",
+                {"requested_rho": f"{total:.6g}", "remaining_rho": f"{available:.6g}"},
+            )
+    except CoordinatorError as exc:
+        _mark_all(outcome, queries, exc)
+        for _ in queries:
+            report("failed")
+        return outcome
+
+    for q in queries:
+        rid = request_id_for(run_id, name, q.key)
+        qo = QueryOutcome(check=q.check, key=q.key, template=q.spec.template, status="answered")
+        try:
+            if remaining() <= 0:
+                raise NodeTimeoutError(name, "the audit deadline passed before this query was sent")
+            qo.answer, qo.budget = transport.query(q.spec, rid, timeout=remaining())
+            if on_answer is not None:
+                on_answer(name, rid, q.key, qo.answer)
+        except CoordinatorError as exc:
+            qo.status, qo.reason, qo.message = _classify(exc)
+        outcome.queries.append(qo)
+        report(qo.status)
+
+    statuses = {q.status for q in outcome.queries}
+    if statuses == {"answered"}:
+        outcome.status = "answered"
+    elif "answered" in statuses:
+        outcome.status = "partial"
+        first = next(q for q in outcome.queries if q.status != "answered")
+        outcome.reason, outcome.message = first.reason, first.message
+    else:
+        first = outcome.queries[0]
+        outcome.status, outcome.reason, outcome.message = first.status, first.reason, first.message
+    return outcome
+
+
+def _classify(exc: CoordinatorError) -> tuple[str, str, str]:
+    if isinstance(exc, NodeRefusedError):
+        return "refused", exc.reason, exc.message
+    if isinstance(exc, NodeTimeoutError):
+        return "timed_out", "", str(exc)
+    if isinstance(exc, NodeUnavailableError):
+        return "unavailable", "", str(exc)
+    return "unavailable", "", str(exc)
+
+
+def _mark_all(outcome: NodeOutcome, queries: list[PlannedQuery], exc: CoordinatorError) -> None:
+    status, reason, message = _classify(exc)
+    outcome.status, outcome.reason, outcome.message = status, reason, message
+    outcome.queries = [
+        QueryOutcome(
+            check=q.check,
+            key=q.key,
+            template=q.spec.template,
+            status="skipped",
+            reason=reason,
+            message="not sent: " + (message or status),
+        )
+        for q in queries
+    ]
+
+
+def _coverage(plan: AuditPlan, outcomes: Mapping[str, NodeOutcome]) -> dict[str, Any]:
+    nodes = []
+    for o in outcomes.values():
+        nodes.append(
+            {
+                "node": o.name,
+                "address": o.address,
+                "status": o.status,
+                "reason": o.reason,
+                "message": o.message,
+                "data_version": o.info.data_version if o.info else "",
+                "catalogue_version": o.info.catalogue_version if o.info else "",
+                "queries": [
+                    {
+                        "check": q.check,
+                        "template": q.template,
+                        "status": q.status,
+                        "reason": q.reason,
+                        "message": q.message,
+                        "replayed": bool(q.answer and q.answer.replayed),
+                    }
+                    for q in o.queries
+                ],
+            }
+        )
+    answering = sum(1 for o in outcomes.values() if o.status in ("answered", "partial"))
+    return {
+        "required": plan.min_answering_nodes,
+        "answering": answering,
+        "complete": all(o.status == "answered" for o in outcomes.values()),
+        "nodes": nodes,
+    }
+
+
+def _privacy(
+    plan: AuditPlan, outcomes: Mapping[str, NodeOutcome], dedup: DedupOutcome | None
+) -> dict[str, Any]:
+    joined: set[str] = set()
+    ring_rho = 0.0
+    config = config_from_plan(plan)
+    if dedup is not None and dedup.ring is not None and config is not None:
+        # Each node that joined the ring charged the check's cost to its own ledger.
+        joined = set(dedup.ring.municipalities)
+        ring_rho = config.rho if config.rho else (config.epsilon or 0.0) ** 2 / 2
+    nodes = []
+    for o in outcomes.values():
+        charged = [q.answer for q in o.queries if q.answer is not None and not q.answer.replayed]
+        code = o.info.municipality_code if o.info else o.name
+        rho = math.fsum(a.charge.rho for a in charged) + (ring_rho if code in joined else 0.0)
+        epsilons = [a.charge.epsilon for a in charged if a.charge.epsilon]
+        budgets = [q.budget for q in o.queries if q.budget is not None]
+        last = budgets[-1] if budgets else (o.info.budget if o.info else None)
+        nodes.append(
+            {
+                "node": o.name,
+                "rho": rho,
+                # Pure-DP answers also state epsilon (basic composition over those answers).
+                "epsilon": math.fsum(epsilons) if epsilons else None,
+                "delta": 0.0,
+                "epsilon_equivalent": (
+                    epsilon_equivalent(rho, EQUIVALENCE_DELTA) if rho > 0 else None
+                ),
+                "equivalence_delta": EQUIVALENCE_DELTA,
+                "queries": len(charged),
+                "replayed": sum(1 for q in o.queries if q.answer is not None and q.answer.replayed),
+                "budget_period": last.period if last else "",
+                "requester_rho_remaining": last.requester_rho_remaining if last else None,
+                "node_rho_remaining": last.node_rho_remaining if last else None,
+            }
+        )
+    max_rho = max((n["rho"] for n in nodes), default=0.0)
+    extra = {"coordinator": dedup.privacy} if dedup is not None else {}
+    return {
+        **extra,
+        "unit": "person (candidate) within one municipality's registry",
+        "nodes": nodes,
+        "total_rho": math.fsum(n["rho"] for n in nodes),
+        "platform_bound": (
+            "Each node protects the people in its own registry. A person registered in k "
+            f"municipalities is covered by k node budgets: for this audit at most k x {max_rho:.4g} "
+            "rho (zCDP; losses add up across nodes and audits)."
+        ),
+        "mechanism_note": (
+            "Counts carry discrete Gaussian (zCDP) or discrete Laplace noise added by each node "
+            "with OpenDP; the coordinator only combines released values (post-processing, free)."
+        ),
+    }
+
+
+def _no_tests(plan: AuditPlan) -> dict[str, Any]:
+    return {
+        "method": "bonferroni",
+        "tests": 0,
+        "family_confidence": plan.confidence,
+        "per_test_confidence": plan.confidence,
+        "description": "No tests were performed because too few nodes answered.",
+    }
+
+
+def _iso(ts: dt.datetime) -> str:
+    return ts.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -1,0 +1,238 @@
+"""How the coordinator reaches a node: one small interface, a gRPC and an in-process version.
+
+Audit logic depends only on `NodeTransport`, so it runs against real gRPC nodes
+in production and integration tests, and against `NodeService` objects directly
+in unit tests (httpx's MockTransport idea). gRPC failures are translated into the
+coordinator's errors here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
+from fedaudit.common.serde import (
+    answer_from_pb,
+    budget_from_pb,
+    preflight_from_pb,
+    spec_to_pb,
+)
+from fedaudit.coordinator.errors import (
+    NodeRefusedError,
+    NodeTimeoutError,
+    NodeUnavailableError,
+)
+from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
+from fedaudit.node.errors import RefusedError
+from fedaudit.node.query.service import NodeService
+from fedaudit.wire.v1 import node_pb2 as pb
+from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """What the coordinator needs from a node's capabilities."""
+
+    municipality_code: str
+    municipality_name: str
+    data_version: str
+    catalogue_version: str
+    budget: BudgetStatus
+    templates: tuple[str, ...]
+
+
+class NodeTransport(Protocol):
+    """A connection to one node on behalf of one requester."""
+
+    name: str
+    address: str
+
+    def info(self, *, timeout: float) -> NodeInfo: ...
+
+    def preflight(self, spec: QuerySpec, request_id: str, *, timeout: float) -> Preflight: ...
+
+    def query(
+        self, spec: QuerySpec, request_id: str, *, timeout: float
+    ) -> tuple[Answer, BudgetStatus | None]: ...
+
+    def close(self) -> None: ...
+
+
+# --- gRPC -----------------------------------------------------------------------------------
+
+
+def open_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    channel_options: list[tuple[str, object]] | None = None,
+) -> grpc.Channel:
+    """A channel to a node: mTLS when credentials are given, the node's message cap."""
+    options = [("grpc.max_receive_message_length", 16 * 1024 * 1024), *(channel_options or [])]
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def call_metadata(requester: str) -> tuple[tuple[str, str], ...]:
+    """The metadata every call carries: protocol version and (without mTLS) the requester."""
+    return ((PROTOCOL_METADATA_KEY, PROTOCOL_VERSION), (REQUESTER_METADATA_KEY, requester))
+
+
+class GrpcNodeTransport:
+    """Talks to a node over gRPC; retries transient failures with the same request id.
+
+    Retrying a Query with the same request id is safe: the node returns the stored
+    answer at no cost if the first attempt got through.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        *,
+        requester: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        retries: int = 2,
+        retry_backoff: float = 0.2,
+        channel_options: list[tuple[str, object]] | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self._channel = open_channel(address, credentials, channel_options)
+        self._stub = pb_grpc.AuditNodeStub(self._channel)
+        self._metadata = call_metadata(requester)
+        self._retries = retries
+        self._backoff = retry_backoff
+
+    def info(self, *, timeout: float) -> NodeInfo:
+        caps = self._call(
+            lambda t: self._stub.GetCapabilities(
+                pb.CapabilitiesRequest(), timeout=t, metadata=self._metadata
+            ),
+            timeout,
+        )
+        return NodeInfo(
+            municipality_code=caps.municipality_code,
+            municipality_name=caps.municipality_name,
+            data_version=caps.data_version,
+            catalogue_version=caps.catalogue_version,
+            budget=budget_from_pb(caps.budget),
+            templates=tuple(t.name for t in caps.templates),
+        )
+
+    def preflight(self, spec: QuerySpec, request_id: str, *, timeout: float) -> Preflight:
+        msg = spec_to_pb(spec, request_id)
+        return preflight_from_pb(
+            self._call(
+                lambda t: self._stub.Preflight(msg, timeout=t, metadata=self._metadata), timeout
+            )
+        )
+
+    def query(
+        self, spec: QuerySpec, request_id: str, *, timeout: float
+    ) -> tuple[Answer, BudgetStatus | None]:
+        msg = spec_to_pb(spec, request_id)
+        resp = self._call(
+            lambda t: self._stub.Query(msg, timeout=t, metadata=self._metadata), timeout
+        )
+        budget = budget_from_pb(resp.budget) if resp.HasField("budget") else None
+        return answer_from_pb(resp), budget
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, fn: Callable[[float], T], timeout: float) -> T:
+        deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise NodeTimeoutError(self.name, f"no answer within {timeout:.1f} s")
+            try:
+                with _translate_rpc_errors(self.name):
+                    return fn(remaining)
+            except NodeUnavailableError:
+                attempt += 1
+                if attempt > self._retries or deadline - time.monotonic() < self._backoff:
+                    raise
+                time.sleep(self._backoff * attempt)
+
+
+@contextmanager
+def _translate_rpc_errors(node: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.RpcError as exc:
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise NodeTimeoutError(node, "deadline exceeded") from exc
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise NodeUnavailableError(node, details or "unavailable") from exc
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+        if status is not None:
+            for detail in status.details:
+                if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(info)
+                    raise NodeRefusedError(
+                        node, info.reason, status.message, dict(info.metadata)
+                    ) from exc
+        raise NodeUnavailableError(node, f"{code.name if code else 'error'}: {details}") from exc
+
+
+# --- in-process -------------------------------------------------------------------------------
+
+
+class InProcessNodeTransport:
+    """Calls a `NodeService` directly: the audit logic without sockets, for unit tests."""
+
+    def __init__(self, name: str, service: NodeService, *, requester: str) -> None:
+        self.name = name
+        self.address = f"in-process:{name}"
+        self._service = service
+        self._requester = requester
+
+    def info(self, *, timeout: float) -> NodeInfo:
+        with _translate_refusals(self.name):
+            caps = self._service.capabilities(self._requester)
+        return NodeInfo(
+            municipality_code=caps.municipality_code,
+            municipality_name=caps.municipality_name,
+            data_version=caps.data_version,
+            catalogue_version=caps.catalogue_version,
+            budget=caps.budget,
+            templates=tuple(t.name for t in caps.templates),
+        )
+
+    def preflight(self, spec: QuerySpec, request_id: str, *, timeout: float) -> Preflight:
+        with _translate_refusals(self.name):
+            return self._service.preflight(self._requester, spec, request_id)
+
+    def query(
+        self, spec: QuerySpec, request_id: str, *, timeout: float
+    ) -> tuple[Answer, BudgetStatus | None]:
+        with _translate_refusals(self.name):
+            answer = self._service.query(self._requester, request_id, spec)
+            return answer, self._service.ledger.status(self._requester, self._service.clock())
+
+    def close(self) -> None:
+        return None
+
+
+@contextmanager
+def _translate_refusals(node: str) -> Iterator[None]:
+    try:
+        yield
+    except RefusedError as exc:
+        raise NodeRefusedError(node, exc.reason.value, exc.message, exc.details) from exc

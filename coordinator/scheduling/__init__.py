@@ -1,0 +1,1 @@
+"""Scheduled checks: slots, budget forecast, archive, alerts."""

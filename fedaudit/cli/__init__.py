@@ -1,0 +1,1 @@
+"""The `fedaudit` command line."""

@@ -1,0 +1,1 @@
+"""The federation's PKI and the TLS credentials built from it."""

@@ -1,0 +1,1 @@
+"""A synthetic federation with planted anomalies, for the demo and tests."""

@@ -1,0 +1,1 @@
+"""Evidence of what the node answered: the hash-chained query log."""

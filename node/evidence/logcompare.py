@@ -1,0 +1,75 @@
+"""Compare a node's query log with the coordinator's record of what that node answered.
+
+Each side keeps its own evidence: the node its hash-chained log, the coordinator a
+record of every answer it received (`fedaudit.coordinator.running.record`). For every
+recorded answer from this node, the log must hold a query row with the same request
+id, template, data version and answer digest, the same outcome (answered or
+replayed) and the same charge. A difference means one side's evidence was altered,
+or the node released something it did not log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fedaudit.coordinator.running.record import RecordEntry
+from fedaudit.node.evidence.querylog import ANSWERED, REPLAYED, LogRow, QueryLog
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """One recorded answer the node's log does not confirm, and how it differs."""
+
+    request_id: str
+    node: str
+    problem: str
+
+
+def compare_with_record(log: QueryLog, entries: Iterable[RecordEntry]) -> list[Mismatch]:
+    """Every recorded answer the log does not confirm (an empty list: they agree)."""
+    mismatches = []
+    for entry in entries:
+        rows = [
+            r
+            for r in log.rows(request_id=entry.request_id)
+            if r.method == "query" and r.status in (ANSWERED, REPLAYED)
+        ]
+        problem = _problem(entry, rows)
+        if problem:
+            mismatches.append(Mismatch(entry.request_id, entry.node, problem))
+    return mismatches
+
+
+def _problem(entry: RecordEntry, rows: list[LogRow]) -> str:
+    if not rows:
+        return "the node's log has no released answer for this request id"
+    status = REPLAYED if entry.replayed else ANSWERED
+    candidates = [r for r in rows if r.status == status]
+    if not candidates:
+        received = "a replay" if entry.replayed else "a fresh answer"
+        logged = ", ".join(sorted({r.status for r in rows}))
+        return f"the coordinator received {received}, the node logged only: {logged}"
+    row = next((r for r in candidates if r.answer_digest == entry.answer_digest), None)
+    if row is None:
+        logged = ", ".join(sorted({r.answer_digest[:16] for r in candidates}))
+        return (
+            f"answer digest differs: the coordinator received {entry.answer_digest[:16]}..., "
+            f"the node logged {logged}..."
+        )
+    if row.rho_units != entry.charged_rho_units:
+        return (
+            f"charge differs: the node logged {row.rho_units} units of 1e-12 rho, "
+            f"the record says {entry.charged_rho_units}"
+        )
+    if (row.template, row.template_version, row.data_version) != (
+        entry.template,
+        entry.template_version,
+        entry.data_version,
+    ):
+        return (
+            f"query differs: the node logged {row.template} {row.template_version} on "
+            f"{row.data_version}, the record says {entry.template} {entry.template_version} "
+            f"on {entry.data_version}"
+        )
+    return ""

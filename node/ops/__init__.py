@@ -1,0 +1,1 @@
+"""Running a node: doctor, budget history, readiness, health port, metrics, roles."""

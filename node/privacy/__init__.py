@@ -1,0 +1,1 @@
+"""What the node allows and what it has spent: policy and the privacy ledger."""

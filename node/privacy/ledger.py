@@ -1,0 +1,439 @@
+"""The persistent privacy ledger: charge before release, two caps, checked atomically.
+
+Implements research/dp-libraries.md §4.4 on the `budget_locks` and `ledger_entries`
+tables. Spent budget is always the sum of ledger entries (no running totals to
+drift). A charge is written as `reserved` before any noise is drawn, in one
+transaction that
+
+1. makes sure the lock rows of its scopes exist (`node`, `requester:{name}:{period}`),
+2. locks them in a fixed order (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the
+   whole transaction already holds the writer lock from `BEGIN IMMEDIATE`),
+3. sums what was spent (reserved, released and failed entries all count),
+4. checks the per-request maximum, the requester's cap for the period and the node's
+   never-renewed cap, and only then inserts the entry.
+
+Because every charge locks the `node` row, charges are serialised node-wide across
+threads and processes; the sums are read after the lock is held, under READ
+COMMITTED, so they include every charge committed before. A refusal raises and
+rolls back: nothing is written.
+
+Amounts are integers of 1e-12 rho. Charges round up and caps round down, so integer
+comparisons are exact on every database and the ledger can only over-count.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any, NoReturn
+
+import structlog
+from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+
+from fedaudit.node.domain import BudgetStatus, Charge, Mechanism
+from fedaudit.node.errors import (
+    BudgetExhaustedError,
+    InvalidParametersError,
+    NodeError,
+    RequesterNotAllowedError,
+)
+from fedaudit.node.privacy.policy import Policy
+from fedaudit.node.store.db import is_sqlite
+from fedaudit.node.store.models import BudgetLock, LedgerEntry
+
+log = structlog.get_logger(__name__)
+
+RHO_UNIT = 1e-12
+_UNITS_PER_RHO = Decimal(10) ** 12
+MAX_REQUEST_ID_LENGTH = 128
+
+RESERVED = "reserved"
+RELEASED = "released"
+FAILED = "failed"
+
+
+class DuplicateRequestError(NodeError):
+    """A reservation for this request id exists already; nothing new was written.
+
+    The caller should look the request up (`Ledger.find_by_request_id`) and replay
+    the stored answer instead of charging again.
+    """
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request id {request_id!r} was already charged")
+        self.request_id = request_id
+
+
+class LedgerStateError(NodeError):
+    """A ledger entry is missing or not in the state an operation needs (a caller bug)."""
+
+
+def rho_to_units(rho: float) -> int:
+    """A charge in integer units of 1e-12 rho, rounded UP from the float's exact value.
+
+    Rounding up means the ledger never under-counts; e.g. 0.030000000000000002 (what
+    OpenDP's map returns for a requested 0.03) costs 30000000001 units.
+    """
+    return _to_units(rho, ROUND_CEILING)
+
+
+def cap_to_units(rho: float) -> int:
+    """A cap in integer units of 1e-12 rho, rounded DOWN so it is never exceeded."""
+    return _to_units(rho, ROUND_FLOOR)
+
+
+def _to_units(rho: float, rounding: str) -> int:
+    if isinstance(rho, bool) or not math.isfinite(rho) or rho < 0:
+        raise ValueError(f"rho must be a finite number >= 0, got {rho!r}")
+    return int((Decimal(rho) * _UNITS_PER_RHO).to_integral_value(rounding=rounding))
+
+
+def units_to_rho(units: int) -> float:
+    """Units back to rho, for display and status values (not for comparisons)."""
+    return units / 10**12
+
+
+def units_to_text(units: int) -> str:
+    """Units as an exact decimal string of rho ("0.25", "1.000000000001")."""
+    text = format(Decimal(units) / _UNITS_PER_RHO, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+@dataclass(frozen=True)
+class StoredEntry:
+    """A ledger entry as read back: the charge and, once released, the answer."""
+
+    id: int
+    request_id: str
+    requester: str
+    query_hash: str
+    data_version: str
+    state: str
+    rho: float
+    epsilon: float | None
+    answer_json: str | None
+
+
+def _requester_scope(requester: str, period: str) -> str:
+    return f"requester:{requester}:{period}"
+
+
+NODE_SCOPE = "node"
+_ENTRIES = LedgerEntry.__table__
+
+
+def _stored(row: Mapping[str, Any]) -> StoredEntry:
+    return StoredEntry(
+        id=int(row["id"]),
+        request_id=row["request_id"],
+        requester=row["requester"],
+        query_hash=row["query_hash"],
+        data_version=row["data_version"],
+        state=row["state"],
+        rho=units_to_rho(int(row["rho_units"])),
+        epsilon=row["epsilon"],
+        answer_json=row["answer"],
+    )
+
+
+class Ledger:
+    """The node's privacy ledger in its own database. Safe to share between threads."""
+
+    def __init__(self, engine: Engine, policy: Policy) -> None:
+        self._engine = engine
+        self._policy = policy
+
+    # --- charging --------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        *,
+        request_id: str,
+        requester: str,
+        template: str,
+        template_version: str,
+        query_hash: str,
+        data_version: str,
+        mechanism: Mechanism,
+        charge: Charge,
+        now: dt.datetime,
+    ) -> int:
+        """Charge `charge` to `requester` before anything is released; return the entry id.
+
+        The template's permission is the caller's check (`Policy.allows`); the ledger
+        only knows budgets. Raises `BudgetExhaustedError` (scope request, requester or
+        node, with what remains), `DuplicateRequestError`, `RequesterNotAllowedError` or
+        `InvalidParametersError`; in every such case nothing is written.
+        """
+        if not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
+            raise InvalidParametersError(
+                f"request id must have 1 to {MAX_REQUEST_ID_LENGTH} characters",
+                {"field": "request_id"},
+            )
+        entry = self._policy.requesters.get(requester)
+        if entry is None:
+            raise RequesterNotAllowedError(f"requester {requester!r} is not in the node policy")
+        if not math.isfinite(charge.rho) or charge.rho <= 0:
+            raise ValueError(f"a charge must have a finite rho > 0, got {charge.rho!r}")
+        period = self._policy.period_of(now)
+        cost = rho_to_units(charge.rho)
+        per_request = cap_to_units(self._policy.max_rho_per_request)
+        if cost > per_request:
+            self._refuse(
+                "request",
+                left=per_request,
+                cost=cost,
+                period=period,
+                requester=requester,
+                request_id=request_id,
+            )
+
+        try:
+            with self._connect() as conn, conn.begin():
+                self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
+                if self._entry_id(conn, request_id) is not None:
+                    raise DuplicateRequestError(request_id)
+                node_left = cap_to_units(self._policy.node_rho_total) - self._spent_node(conn)
+                requester_left = cap_to_units(entry.rho_per_period) - self._spent_requester(
+                    conn, requester, period
+                )
+                failing = [
+                    (left, scope)
+                    for scope, left in (("node", node_left), ("requester", requester_left))
+                    if cost > left
+                ]
+                if failing:
+                    # Report the binding scope: the one with least left (node on a tie,
+                    # since waiting for the next period will not help there).
+                    left, scope = min(failing, key=lambda item: (item[0], item[1] != "node"))
+                    self._refuse(
+                        scope,
+                        left=left,
+                        cost=cost,
+                        period=period,
+                        requester=requester,
+                        request_id=request_id,
+                    )
+                result = conn.execute(
+                    _ENTRIES.insert().values(
+                        request_id=request_id,
+                        requester=requester,
+                        period=period,
+                        template=template,
+                        template_version=template_version,
+                        query_hash=query_hash,
+                        data_version=data_version,
+                        mechanism=mechanism.value,
+                        rho_units=cost,
+                        epsilon=charge.epsilon,
+                        delta=charge.delta,
+                        state=RESERVED,
+                        answer=None,
+                        created_at=now,
+                    )
+                )
+                entry_id = int(result.inserted_primary_key[0])
+        except IntegrityError:
+            # Only the request id is unique among the columns we write; the explicit check
+            # above makes this a last line of defence.
+            if self.find_by_request_id(request_id) is not None:
+                raise DuplicateRequestError(request_id) from None
+            raise
+        log.info(
+            "ledger.reserved",
+            entry_id=entry_id,
+            request_id=request_id,
+            requester=requester,
+            template=template,
+            period=period,
+            rho=units_to_text(cost),
+        )
+        return entry_id
+
+    def complete(self, entry_id: int, answer_json: str) -> None:
+        """The answer was released: store it (replayed free of charge from now on)."""
+        self._transition(
+            entry_id,
+            update(LedgerEntry).values(state=RELEASED, answer=answer_json),
+            "released",
+        )
+
+    def fail(self, entry_id: int) -> None:
+        """Noise was drawn on real data but delivery failed: the charge stands."""
+        self._transition(entry_id, update(LedgerEntry).values(state=FAILED), "failed")
+
+    def cancel(self, entry_id: int) -> None:
+        """Failure before any data was touched: remove the reservation (a full refund)."""
+        self._transition(entry_id, delete(LedgerEntry), "cancelled")
+
+    def _transition(self, entry_id: int, statement: Any, event: str) -> None:
+        with self._connect() as conn, conn.begin():
+            result = conn.execute(
+                statement.where(LedgerEntry.id == entry_id, LedgerEntry.state == RESERVED)
+            )
+            if result.rowcount != 1:
+                state = conn.execute(
+                    select(LedgerEntry.state).where(LedgerEntry.id == entry_id)
+                ).scalar_one_or_none()
+                found = "does not exist" if state is None else f"is {state}, not reserved"
+                raise LedgerStateError(f"ledger entry {entry_id} {found}")
+        log.info(f"ledger.{event}", entry_id=entry_id)
+
+    # --- lookups ---------------------------------------------------------------------------
+
+    def find_by_request_id(self, request_id: str) -> StoredEntry | None:
+        """The entry charged for `request_id`, in whatever state, or None."""
+        with self._connect() as conn, conn.begin():
+            row = conn.execute(
+                select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
+            ).one_or_none()
+        return None if row is None else _stored(row._mapping)
+
+    def find_released(self, query_hash: str, data_version: str) -> StoredEntry | None:
+        """The newest released answer to the identical query on the same data version.
+
+        Replaying it costs nothing and gives a repeating requester nothing new to average.
+        """
+        with self._connect() as conn, conn.begin():
+            row = conn.execute(
+                select(_ENTRIES)
+                .where(
+                    LedgerEntry.query_hash == query_hash,
+                    LedgerEntry.data_version == data_version,
+                    LedgerEntry.state == RELEASED,
+                )
+                .order_by(LedgerEntry.id.desc())
+                .limit(1)
+            ).one_or_none()
+        return None if row is None else _stored(row._mapping)
+
+    def status(self, requester: str, now: dt.datetime) -> BudgetStatus:
+        """What `requester` has spent and may still spend now, and what the node has left."""
+        entry = self._policy.requesters.get(requester)
+        if entry is None:
+            raise RequesterNotAllowedError(f"requester {requester!r} is not in the node policy")
+        period = self._policy.period_of(now)
+        with self._connect() as conn, conn.begin():
+            spent = self._spent_requester(conn, requester, period)
+            node_spent = self._spent_node(conn)
+        requester_cap = cap_to_units(entry.rho_per_period)
+        node_cap = cap_to_units(self._policy.node_rho_total)
+        return BudgetStatus(
+            period=period,
+            requester_rho_cap=entry.rho_per_period,
+            requester_rho_spent=units_to_rho(spent),
+            requester_rho_remaining=units_to_rho(max(0, requester_cap - spent)),
+            node_rho_cap=self._policy.node_rho_total,
+            node_rho_remaining=units_to_rho(max(0, node_cap - node_spent)),
+            max_rho_per_request=self._policy.max_rho_per_request,
+        )
+
+    def spent_by_requester(self, now: dt.datetime) -> dict[str, float]:
+        """Rho spent in the current period per requester (every policy requester listed).
+
+        Requesters removed from the policy still appear while they have charges in the
+        period, so the data officer's view adds up.
+        """
+        period = self._policy.period_of(now)
+        with self._connect() as conn, conn.begin():
+            rows = conn.execute(
+                select(LedgerEntry.requester, func.coalesce(func.sum(LedgerEntry.rho_units), 0))
+                .where(LedgerEntry.period == period)
+                .group_by(LedgerEntry.requester)
+            ).all()
+        spent = dict.fromkeys(self._policy.requesters, 0.0)
+        for requester, units in rows:
+            spent[requester] = units_to_rho(int(units))
+        return spent
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _connect(self) -> Connection:
+        """A connection whose statements each see everything committed before them.
+
+        The cap check depends on it: the sums are read after the lock is taken, and must
+        include the charge of whoever held the lock before (true for READ COMMITTED, not
+        for REPEATABLE READ, so we pin it on PostgreSQL whatever the engine defaults to).
+        SQLite serialises whole transactions instead (BEGIN IMMEDIATE, see db.py).
+        """
+        conn = self._engine.connect()
+        if not is_sqlite(self._engine):
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        return conn
+
+    def _lock_scopes(self, conn: Connection, scopes: list[str]) -> None:
+        """Create missing lock rows and lock them, one scope at a time in sorted order.
+
+        Insert-if-missing uses ON CONFLICT DO NOTHING, which is race-free on both back
+        ends (on PostgreSQL a concurrent insert of the same scope waits for the other
+        transaction instead of failing). The fixed order prevents deadlocks.
+        """
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        for scope in sorted(set(scopes)):
+            conn.execute(dialect.insert(BudgetLock).values(scope=scope).on_conflict_do_nothing())
+            query = select(BudgetLock.scope).where(BudgetLock.scope == scope)
+            if not is_sqlite(self._engine):
+                query = query.with_for_update()
+            conn.execute(query).one()
+
+    @staticmethod
+    def _entry_id(conn: Connection, request_id: str) -> int | None:
+        return conn.execute(
+            select(LedgerEntry.id).where(LedgerEntry.request_id == request_id)
+        ).scalar_one_or_none()
+
+    @staticmethod
+    def _spent_node(conn: Connection) -> int:
+        total = conn.execute(select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))).scalar_one()
+        return int(total)
+
+    @staticmethod
+    def _spent_requester(conn: Connection, requester: str, period: str) -> int:
+        total = conn.execute(
+            select(func.coalesce(func.sum(LedgerEntry.rho_units), 0)).where(
+                LedgerEntry.requester == requester, LedgerEntry.period == period
+            )
+        ).scalar_one()
+        return int(total)
+
+    def _refuse(
+        self,
+        scope: str,
+        *,
+        left: int,
+        cost: int,
+        period: str,
+        requester: str,
+        request_id: str,
+    ) -> NoReturn:
+        remaining = max(0, left)
+        details = {
+            "scope": scope,
+            "remaining_rho": units_to_text(remaining),
+            "requested_rho": units_to_text(cost),
+            "period": period,
+        }
+        if scope == "request":
+            message = (
+                f"a single request may cost at most {details['remaining_rho']} rho; "
+                f"this one costs {details['requested_rho']}"
+            )
+        elif scope == "node":
+            message = (
+                f"the node's total privacy budget has {details['remaining_rho']} rho left "
+                f"(never renewed); this request costs {details['requested_rho']}"
+            )
+        else:
+            message = (
+                f"requester {requester!r} has {details['remaining_rho']} rho left in period "
+                f"{period}; this request costs {details['requested_rho']}"
+            )
+        log.info("ledger.refused", request_id=request_id, requester=requester, **details)
+        raise BudgetExhaustedError(message, details)

@@ -1,0 +1,497 @@
+"""The node's query handling: policy, catalogue, ledger and noise, with no transport in sight.
+
+The order of steps in `NodeService.query` is the node's privacy contract:
+validate everything from public information first (so a bad request costs
+nothing), replay stored answers (so retries and repeats cost nothing and averaging
+gains nothing), charge the ledger, and only then touch the data and draw noise.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+from sqlalchemy import Engine, select
+
+from fedaudit.common import mechanisms
+from fedaudit.common.digest import answer_digest
+from fedaudit.node.domain import (
+    Answer,
+    Capabilities,
+    Cell,
+    Charge,
+    Mechanism,
+    Preflight,
+    QuerySpec,
+    TemplateInfo,
+    answer_from_json,
+    answer_to_json,
+)
+from fedaudit.node.errors import (
+    BudgetExhaustedError,
+    DataUnavailableError,
+    InvalidParametersError,
+    RateLimitedError,
+    RefusedError,
+    RequesterNotAllowedError,
+    TemplateNotAllowedError,
+)
+from fedaudit.node.evidence import querylog
+from fedaudit.node.evidence.querylog import LogEvent, QueryLog
+from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger, rho_to_units
+from fedaudit.node.privacy.policy import Policy
+from fedaudit.node.query import catalogue
+from fedaudit.node.store.models import DataVersion, Municipality
+
+log = structlog.get_logger(__name__)
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class _DataState:
+    """What the node knows about its current data version (cached per version)."""
+
+    version: str
+    reference_date: dt.date
+    municipality_code: str
+    municipality_name: str
+    country: str
+    keys: dict[str, tuple[str, ...]]
+
+
+class NodeService:
+    """Answers capability, preflight and query requests for one municipality's database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        policy: Policy,
+        *,
+        query_engine: Engine | None = None,
+        clock: Callable[[], dt.datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        # Aggregations may run through a read-only role (production: a PostgreSQL user with
+        # SELECT only); the ledger always writes through `engine`.
+        self._query_engine = query_engine or engine
+        self._policy = policy
+        self._clock = clock
+        self._ledger = Ledger(engine, policy)
+        self._query_log = QueryLog(engine, clock=clock)
+        self._state: _DataState | None = None
+        self._state_lock = threading.Lock()
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @property
+    def engine(self) -> Engine:
+        """The writer engine (ledger, query log); other node services share it."""
+        return self._engine
+
+    @property
+    def clock(self) -> Callable[[], dt.datetime]:
+        """The clock budgets are periodised by (injected in tests to compress time)."""
+        return self._clock
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def query_log(self) -> QueryLog:
+        return self._query_log
+
+    # --- public operations -------------------------------------------------------------
+
+    def capabilities(self, requester: str) -> Capabilities:
+        with self._logged(LogEvent(requester=requester, method="capabilities")) as event:
+            return self._capabilities(requester, event)
+        raise AssertionError("unreachable")  # pragma: no cover - _logged re-raises
+
+    def preflight(self, requester: str, spec: QuerySpec, request_id: str = "") -> Preflight:
+        """Cost and accuracy from public parameters; a refusal is reported, not raised.
+
+        With the request id it would be sent under, the preflight also says whether the
+        query would replay a stored answer (and so cost nothing): a coordinator re-running
+        a crashed audit must not skip a node for lack of budget it no longer needs.
+        """
+        event = _event(requester, "preflight", spec, request_id=request_id)
+        with self._logged(event):
+            return self._preflight(requester, spec, event, request_id)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def query(self, requester: str, request_id: str, spec: QuerySpec) -> Answer:
+        """Release a DP answer, charging the ledger first; see the module docstring.
+
+        Every outcome is appended to the query log; an answer is returned only once its
+        log row is written (a failed append fails the call, and a retry replays for free).
+        """
+        event = _event(requester, "query", spec, request_id=request_id)
+        with self._logged(event):
+            return self._query(requester, request_id, spec, event)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _capabilities(self, requester: str, event: LogEvent) -> Capabilities:
+        self._check_requester(requester)
+        state = self._data_state()
+        event.data_version = state.version
+        templates = []
+        for template in catalogue.TEMPLATES.values():
+            if not self._policy.allows(requester, template.name):
+                continue
+            defaults = {p.name: p.default for p in template.params}
+            templates.append(
+                TemplateInfo(
+                    name=template.name,
+                    version=template.version,
+                    description=template.description,
+                    dimensions=tuple(template.dimensions),
+                    categories=tuple(template.categories(defaults)),
+                    params=tuple(
+                        (p.name, p.description, p.minimum, p.maximum, p.default)
+                        for p in template.params
+                    ),
+                    max_records_per_person=self._policy.bound(template.name),
+                )
+            )
+        return Capabilities(
+            municipality_code=state.municipality_code,
+            municipality_name=state.municipality_name,
+            country=state.country,
+            catalogue_version=catalogue.CATALOGUE_VERSION,
+            data_version=state.version,
+            dimensions=state.keys,
+            dimension_descriptions={
+                name: info.description for name, info in catalogue.DIMENSIONS.items()
+            },
+            templates=tuple(templates),
+            mechanisms=(Mechanism.DISCRETE_GAUSSIAN, Mechanism.DISCRETE_LAPLACE),
+            budget=self._ledger.status(requester, self._clock()),
+            suppression_threshold=self._policy.suppress_below,
+            requester=requester,
+        )
+
+    def _preflight(
+        self, requester: str, spec: QuerySpec, event: LogEvent, request_id: str = ""
+    ) -> Preflight:
+        self._check_requester(requester)
+        state = self._data_state()
+        event.data_version = state.version
+        template, params = self._validate(requester, spec, state)
+        event.template_version = template.version
+        noise, charge = mechanisms.plan_noise(
+            spec.mechanism,
+            rho=spec.rho,
+            epsilon=spec.epsilon,
+            sensitivity=self._policy.bound(template.name),
+            confidence=spec.confidence,
+        )
+        budget = self._ledger.status(requester, self._clock())
+        replay = self._would_replay(requester, request_id, spec.query_hash(), state.version)
+        if replay:
+            charge = Charge(rho=0.0)
+        reason, message = "", ""
+        limit = min(
+            budget.requester_rho_remaining, budget.node_rho_remaining, budget.max_rho_per_request
+        )
+        if charge.rho > limit:
+            reason = BudgetExhaustedError.reason.value
+            message = (
+                f"costs rho={charge.rho:.6g} but at most rho={limit:.6g} can be spent "
+                f"(requester remaining {budget.requester_rho_remaining:.6g}, node remaining "
+                f"{budget.node_rho_remaining:.6g}, per request {budget.max_rho_per_request:.6g})"
+            )
+            # The preflight itself was answered; the reason records what a query would meet.
+            event.reason, event.message = reason, message
+        return Preflight(
+            template=template.name,
+            template_version=template.version,
+            noise=noise,
+            charge=charge,
+            cell_count=catalogue.cell_count(template, spec, state.keys, params),
+            budget=budget,
+            fits_budget=not reason,
+            refusal_reason=reason,
+            refusal_message=message,
+            replay=replay,
+        )
+
+    def _would_replay(
+        self, requester: str, request_id: str, query_hash: str, data_version: str
+    ) -> bool:
+        if request_id:
+            entry = self._ledger.find_by_request_id(request_id)
+            if entry is not None:
+                return (
+                    entry.requester == requester
+                    and entry.query_hash == query_hash
+                    and entry.state == "released"
+                )
+        return self._ledger.find_released(query_hash, data_version) is not None
+
+    def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
+        self._check_requester(requester)
+        if not _REQUEST_ID.fullmatch(request_id or ""):
+            raise InvalidParametersError(
+                "request_id must be 1-128 characters of letters, digits and . _ : -"
+            )
+        state = self._data_state()
+        event.data_version = state.version
+        template, params = self._validate(requester, spec, state)
+        event.template_version = template.version
+        query_hash = spec.query_hash()
+
+        replay = self._replay(requester, request_id, query_hash, state.version)
+        if replay is not None:
+            return _replayed(event, replay)
+
+        bound = self._policy.bound(template.name)
+        noise, charge = mechanisms.plan_noise(
+            spec.mechanism,
+            rho=spec.rho,
+            epsilon=spec.epsilon,
+            sensitivity=bound,
+            confidence=spec.confidence,
+        )
+        now = self._clock()
+        try:
+            entry_id = self._ledger.reserve(
+                request_id=request_id,
+                requester=requester,
+                template=template.name,
+                template_version=template.version,
+                query_hash=query_hash,
+                data_version=state.version,
+                mechanism=spec.mechanism,
+                charge=charge,
+                now=now,
+            )
+        except DuplicateRequestError:
+            # A concurrent retry of the same request won the race; answer as a replay.
+            replay = self._replay(requester, request_id, query_hash, state.version)
+            if replay is None:
+                raise RateLimitedError(
+                    f"request {request_id} is being answered; retry shortly"
+                ) from None
+            return _replayed(event, replay)
+
+        try:
+            with self._query_engine.connect() as conn:
+                counts = catalogue.true_counts(
+                    conn,
+                    template,
+                    spec,
+                    state.keys,
+                    params,
+                    max_records_per_person=bound,
+                    reference_date=state.reference_date,
+                )
+        except Exception as exc:
+            self._ledger.cancel(entry_id)
+            event.status = querylog.FAILED  # refunded: nothing charged, nothing released
+            log.error(
+                "query_failed_before_release", template=template.name, error=type(exc).__name__
+            )
+            raise DataUnavailableError("the node could not compute this query") from exc
+
+        try:
+            noisy = mechanisms.add_noise(noise, [count for _, _, count in counts])
+            cells = _suppress(
+                [
+                    (keys, category, value)
+                    for (keys, category, _), value in zip(counts, noisy, strict=True)
+                ],
+                self._policy.suppress_below,
+            )
+            answer = Answer(
+                request_id=request_id,
+                template=template.name,
+                template_version=template.version,
+                catalogue_version=catalogue.CATALOGUE_VERSION,
+                data_version=state.version,
+                municipality_code=state.municipality_code,
+                group_by=spec.group_by,
+                categories=tuple(template.categories(params)),
+                cells=tuple(cells),
+                noise=noise,
+                charge=charge,
+                suppression_threshold=self._policy.suppress_below,
+            )
+            self._ledger.complete(entry_id, answer_to_json(answer))
+        except Exception:
+            self._ledger.fail(entry_id)  # noise was drawn on real data: the charge stands
+            event.status, event.rho_units, event.epsilon = (
+                querylog.FAILED,
+                rho_to_units(charge.rho),
+                charge.epsilon,
+            )
+            raise
+        event.rho_units, event.epsilon = rho_to_units(charge.rho), charge.epsilon
+        event.answer_digest = answer_digest(answer)
+        log.info(
+            "query_answered",
+            requester=requester,
+            request_id=request_id,
+            template=template.name,
+            cells=len(cells),
+            rho=charge.rho,
+            data_version=state.version,
+        )
+        return answer
+
+    def reload(self) -> None:
+        """Forget cached data state (after an import into a running node's database)."""
+        with self._state_lock:
+            self._state = None
+
+    def ready(self) -> bool:
+        """True when a data version is loaded and the database answers."""
+        try:
+            self._data_state()
+        except RefusedError:
+            return False
+        return True
+
+    # --- steps -----------------------------------------------------------------------------
+
+    @contextmanager
+    def _logged(self, event: LogEvent) -> Iterator[LogEvent]:
+        """Append the request's outcome to the query log, whatever it was.
+
+        A refusal or failure is logged and re-raised, marked so the gRPC boundary does
+        not log it again; if that append fails too, the original error still wins.
+        """
+        try:
+            yield event
+        except RefusedError as exc:
+            if event.status != querylog.FAILED:
+                event.status = querylog.REFUSED
+            event.reason, event.message = exc.reason.value, exc.message
+            self._append_for_error(event, exc)
+            raise
+        except Exception as exc:
+            event.status, event.reason = querylog.FAILED, querylog.INTERNAL
+            event.message = f"internal error ({type(exc).__name__})"
+            self._append_for_error(event, exc)
+            raise
+        self._query_log.append(event)
+
+    def _append_for_error(self, event: LogEvent, exc: BaseException) -> None:
+        try:
+            self._query_log.append(event)
+        except Exception as append_exc:
+            log.error(
+                "querylog.append_failed", method=event.method, error=type(append_exc).__name__
+            )
+            return
+        querylog.mark_logged(exc)
+
+    def _check_requester(self, requester: str) -> None:
+        if requester not in self._policy.requesters:
+            raise RequesterNotAllowedError(
+                f"requester '{requester[:100]}' is not named in this node's policy"
+            )
+
+    def _validate(
+        self, requester: str, spec: QuerySpec, state: _DataState
+    ) -> tuple[catalogue.Template, dict[str, int]]:
+        template, params = catalogue.validate(spec, state.keys)
+        if not self._policy.allows(requester, template.name):
+            raise TemplateNotAllowedError(
+                f"template '{template.name}' is not allowed for requester '{requester}' by this node's policy"
+            )
+        return template, params
+
+    def _replay(
+        self, requester: str, request_id: str, query_hash: str, data_version: str
+    ) -> Answer | None:
+        entry = self._ledger.find_by_request_id(request_id)
+        if entry is not None:
+            if entry.requester != requester or entry.query_hash != query_hash:
+                raise InvalidParametersError(
+                    f"request_id {request_id} was already used for a different query"
+                )
+            if entry.state == "released" and entry.answer_json:
+                return answer_from_json(entry.answer_json, request_id=request_id)
+            if entry.state == "reserved":
+                raise RateLimitedError(f"request {request_id} is being answered; retry shortly")
+            raise DataUnavailableError(
+                f"request {request_id} failed after its charge; send a new request id"
+            )
+        same = self._ledger.find_released(query_hash, data_version)
+        if same is not None and same.answer_json:
+            return answer_from_json(same.answer_json, request_id=request_id)
+        return None
+
+    def _data_state(self) -> _DataState:
+        with self._state_lock:
+            if self._state is not None:
+                return self._state
+            try:
+                with self._query_engine.connect() as conn:
+                    version = conn.execute(
+                        select(DataVersion).order_by(DataVersion.id.desc()).limit(1)
+                    ).first()
+                    muni = conn.execute(select(Municipality)).first()
+                    if version is None or muni is None:
+                        raise DataUnavailableError(
+                            "no data bundle has been imported into this node yet"
+                        )
+                    keys = catalogue.dimension_keys(conn, self._policy.periods)
+            except RefusedError:
+                raise
+            except Exception as exc:
+                raise DataUnavailableError("the node's database is not reachable") from exc
+            self._state = _DataState(
+                version=version.version,
+                reference_date=version.reference_date,
+                municipality_code=muni.municipality_code,
+                municipality_name=muni.name,
+                country=muni.country,
+                keys=keys,
+            )
+            return self._state
+
+
+def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = "") -> LogEvent:
+    """A log event with what the request named, before anything is validated."""
+    return LogEvent(
+        requester=requester,
+        method=method,
+        request_id=request_id,
+        template=spec.template,
+        parameters=spec.canonical_json(),
+    )
+
+
+def _replayed(event: LogEvent, answer: Answer) -> Answer:
+    event.status, event.answer_digest = querylog.REPLAYED, answer_digest(answer)
+    return answer
+
+
+def _suppress(cells: list[tuple[tuple[str, ...], str, int]], threshold: int) -> list[Cell]:
+    """Withhold groups whose noisy total is below the policy's reliability threshold.
+
+    Decided on noisy values only, so it is post-processing and costs no privacy.
+    """
+    if threshold <= 0:
+        return [Cell(k, c, v) for k, c, v in cells]
+    totals: dict[tuple[str, ...], int] = {}
+    for keys, _, value in cells:
+        totals[keys] = totals.get(keys, 0) + value
+    return [
+        Cell(k, c, 0, suppressed=True) if totals[k] < threshold else Cell(k, c, v)
+        for k, c, v in cells
+    ]

@@ -1,0 +1,179 @@
+"""The gRPC boundary of the blinding ring: DedupNode messages in, `DedupService` calls out.
+
+Like `fedaudit.node.server`, this is the only place where ring errors become gRPC
+status codes (refusals carry the same google.rpc.ErrorInfo detail). Register it on a
+node's server with `add_dedup_servicer(server, service)` before the server starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import structlog
+from grpc_status import rpc_status
+
+from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION
+from fedaudit.node.errors import RefusedError, VersionMismatchError
+from fedaudit.node.ring.service import (
+    BatchHeader,
+    BatchPart,
+    BatchTrailer,
+    DedupService,
+    RingParams,
+    RosterEntry,
+)
+from fedaudit.node.server import refusal_status, requester_identity
+from fedaudit.wire.v1 import dedup_pb2 as pb
+from fedaudit.wire.v1 import dedup_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DedupNode"].full_name
+
+
+def part_to_pb(part: BatchPart) -> pb.DedupBatchPart:
+    if isinstance(part, BatchHeader):
+        return pb.DedupBatchPart(
+            header=pb.DedupBatchHeader(
+                run_id=part.run_id,
+                origin=part.origin,
+                hop=part.hop,
+                rows=part.rows,
+                sender=part.sender,
+            )
+        )
+    if isinstance(part, BatchTrailer):
+        return pb.DedupBatchPart(
+            trailer=pb.DedupBatchTrailer(digest=part.digest, signature=part.signature)
+        )
+    return pb.DedupBatchPart(chunk=part)
+
+
+def part_from_pb(message: pb.DedupBatchPart) -> BatchPart:
+    which = message.WhichOneof("part")
+    if which == "header":
+        h = message.header
+        return BatchHeader(
+            run_id=h.run_id, origin=h.origin, hop=h.hop, rows=h.rows, sender=h.sender
+        )
+    if which == "trailer":
+        return BatchTrailer(digest=message.trailer.digest, signature=message.trailer.signature)
+    return bytes(message.chunk)
+
+
+def roster_from_pb(entries: list[pb.DedupRosterEntry]) -> list[RosterEntry]:
+    return [
+        RosterEntry(
+            municipality_code=e.municipality_code,
+            signing_key=bytes(e.signing_key),
+            box_key=bytes(e.box_key),
+            box_key_signature=bytes(e.box_key_signature),
+        )
+        for e in entries
+    ]
+
+
+def params_from_pb(p: pb.DedupParams) -> RingParams:
+    return RingParams(
+        keys=tuple(p.keys),
+        bound=p.bound,
+        shopping=p.shopping,
+        revoked=p.revoked,
+        rho=p.rho,
+        epsilon=p.epsilon or None,
+    )
+
+
+def params_to_pb(p: RingParams) -> pb.DedupParams:
+    return pb.DedupParams(
+        keys=list(p.keys),
+        bound=p.bound,
+        shopping=p.shopping,
+        revoked=p.revoked,
+        rho=p.rho,
+        epsilon=p.epsilon or 0.0,
+    )
+
+
+class DedupNodeServicer(pb_grpc.DedupNodeServicer):
+    """Translates DedupNode calls to `DedupService` calls."""
+
+    def __init__(self, service: DedupService) -> None:
+        self._service = service
+
+    def Join(
+        self, request: pb.DedupJoinRequest, context: grpc.ServicerContext
+    ) -> pb.DedupJoinResponse:
+        requester = _requester(context)
+        try:
+            info = self._service.join(requester, request.run_id, params_from_pb(request.params))
+        except Exception as exc:
+            _abort(context, "Join", exc)
+        return pb.DedupJoinResponse(
+            municipality_code=info.municipality_code,
+            signing_key=info.signing_key,
+            box_key=info.box_key,
+            box_key_signature=info.box_key_signature,
+            rows=info.rows,
+        )
+
+    def Start(
+        self, request: pb.DedupStartRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.DedupBatchPart]:
+        requester = _requester(context)
+        try:
+            parts = self._service.start(
+                requester, request.run_id, roster_from_pb(list(request.roster))
+            )
+        except Exception as exc:
+            _abort(context, "Start", exc)
+        for part in parts:
+            yield part_to_pb(part)
+
+    def Hop(
+        self, request_iterator: Iterator[pb.DedupBatchPart], context: grpc.ServicerContext
+    ) -> Iterator[pb.DedupBatchPart]:
+        requester = _requester(context)
+        try:
+            parts = self._service.hop(requester, (part_from_pb(m) for m in request_iterator))
+        except Exception as exc:
+            _abort(context, "Hop", exc)
+        for part in parts:
+            yield part_to_pb(part)
+
+    def Finish(
+        self, request: pb.DedupFinishRequest, context: grpc.ServicerContext
+    ) -> pb.DedupFinishResponse:
+        requester = _requester(context)
+        try:
+            dropped = self._service.finish(requester, request.run_id, request.completed)
+        except Exception as exc:
+            _abort(context, "Finish", exc)
+        return pb.DedupFinishResponse(dropped=dropped)
+
+
+def _requester(context: grpc.ServicerContext) -> str:
+    metadata = dict(context.invocation_metadata())
+    version = metadata.get(PROTOCOL_METADATA_KEY, "")
+    if version != PROTOCOL_VERSION:
+        error = VersionMismatchError(
+            f"protocol version mismatch: client sent '{version or '(none)'}', "
+            f"this node speaks '{PROTOCOL_VERSION}'",
+            {"client_version": version, "node_version": PROTOCOL_VERSION},
+        )
+        context.abort_with_status(rpc_status.to_status(refusal_status(error)))
+    return requester_identity(context, metadata)
+
+
+def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, RefusedError):
+        log.info("dedup.refused", method=method, reason=exc.reason.value)
+        context.abort_with_status(rpc_status.to_status(refusal_status(exc)))
+    log.error("dedup.failed", method=method, error=type(exc).__name__)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error in the node; see its log")
+
+
+def add_dedup_servicer(server: grpc.Server, service: DedupService) -> None:
+    """Register the DedupNode service on a node's gRPC server (before `server.start()`)."""
+    pb_grpc.add_DedupNodeServicer_to_server(DedupNodeServicer(service), server)

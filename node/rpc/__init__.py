@@ -1,0 +1,1 @@
+"""The node's gRPC edge helpers: refusal statuses, malformed-request guard, limits."""

@@ -1,0 +1,1 @@
+"""The node database: tables, engines and schema migrations."""
