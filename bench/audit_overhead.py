@@ -31,8 +31,8 @@ from pathlib import Path
 import yaml
 from sqlalchemy import Engine, insert
 
-from fedaudit.cli.demo import default_plan_path
 from fedaudit.coordinator.planning.checks import planned_queries
+from fedaudit.coordinator.planning.default_plan import default_plan_path
 from fedaudit.coordinator.planning.plan import AuditPlan, load_plan, parse_plan
 from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.transport import GrpcNodeTransport

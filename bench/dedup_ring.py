@@ -186,9 +186,11 @@ def main() -> None:
 
     from rich.progress import Progress
 
+    from fedaudit.common.ring_protocol import NAME_KEYS
     from fedaudit.coordinator.planning.plan import AuditPlan, Checks
-    from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
-    from fedaudit.node.ring.keys import NAME_KEYS
+    from fedaudit.coordinator.ring.config import DedupConfig
+    from fedaudit.coordinator.ring.relay import GrpcDedupTransport
+    from fedaudit.coordinator.ring.run import run_dedup
 
     ctx = multiprocessing.get_context("spawn")
     ports, stop = ctx.Queue(), ctx.Event()

@@ -18,13 +18,11 @@ from typing import TYPE_CHECKING
 
 import grpc
 import structlog
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
-from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY, __version__
+from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, __version__
 from fedaudit.common.serde import (
     WireFormatError,
     answer_to_pb,
@@ -36,7 +34,6 @@ from fedaudit.common.serde import (
 from fedaudit.node.domain import Capabilities, QuerySpec
 from fedaudit.node.errors import (
     InvalidParametersError,
-    RefusalReason,
     RefusedError,
     VersionMismatchError,
 )
@@ -49,6 +46,7 @@ from fedaudit.node.evidence.querylog import (
     was_logged,
 )
 from fedaudit.node.query.service import NodeService, utcnow
+from fedaudit.node.rpc.status import SERVICE_NAME, refusal_status, requester_identity
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -57,37 +55,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-ERROR_DOMAIN = "fedaudit.org"
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["AuditNode"].full_name
-
-_STATUS_FOR_REASON: dict[RefusalReason, grpc.StatusCode] = {
-    RefusalReason.REQUESTER_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.TEMPLATE_NOT_ALLOWED: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.BUDGET_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RefusalReason.INVALID_PARAMETERS: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalReason.VERSION_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
-    RefusalReason.DATA_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
-    RefusalReason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-}
-
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 class _Aborted(Exception):
     """Raised after context.abort in code paths typed as returning a value."""
-
-
-def refusal_status(error: RefusedError) -> status_pb2.Status:
-    """A google.rpc.Status carrying the refusal's reason and details."""
-    code = _STATUS_FOR_REASON[error.reason]
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason.value, domain=ERROR_DOMAIN, metadata=error.details
-    )
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    return status_pb2.Status(
-        code=getattr(code_pb2, code.name), message=error.message, details=[detail]
-    )
 
 
 class AuditNodeServicer(pb_grpc.AuditNodeServicer):
@@ -186,15 +158,6 @@ def _log_unlogged(
         query_log.append(event)
     except Exception as append_exc:
         log.error("querylog.append_failed", method=method, error=type(append_exc).__name__)
-
-
-def requester_identity(context: grpc.ServicerContext, metadata: dict[str, str]) -> str:
-    """Who is asking: the mTLS peer identity when there is one, else the metadata header."""
-    auth = context.auth_context()
-    names = auth.get("x509_common_name") if auth else None
-    if names:
-        return names[0].decode()
-    return metadata.get(REQUESTER_METADATA_KEY, "")
 
 
 def capabilities_to_pb(caps: Capabilities) -> pb.Capabilities:

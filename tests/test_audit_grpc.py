@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from fedaudit.audit_reports.render import validate_report
-from fedaudit.cli.demo import default_plan_path
 from fedaudit.cli.main import main
 from fedaudit.coordinator.planning.checks import planned_queries
+from fedaudit.coordinator.planning.default_plan import default_plan_path
 from fedaudit.coordinator.planning.plan import AuditPlan, load_plan
 from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.transport import GrpcNodeTransport

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.cli.commands import exit_code_for
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, build_parser, main
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK
+from fedaudit.cli.groups.audit import exit_code_for
+from fedaudit.cli.main import build_parser, main
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 

@@ -6,12 +6,14 @@ import datetime as dt
 
 import pytest
 
-from fedaudit.node.ring.keys import (
+from fedaudit.common.ring_protocol import (
     NAME_DOB,
     NATIONAL_ID,
     PREFIX3_DOB,
     SOUNDEX_DOB,
     SWAPPED_DOB,
+)
+from fedaudit.node.ring.keys import (
     Identity,
     PersonInput,
     cert_string,

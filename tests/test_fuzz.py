@@ -36,11 +36,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
+from fedaudit.common.budget_units import rho_to_units
 from fedaudit.coordinator.errors import PlanError
 from fedaudit.coordinator.planning.plan import AuditPlan, load_plan, parse_plan
 from fedaudit.node.errors import BundleError, PolicyError
 from fedaudit.node.ingest.bundle import import_bundle, validate_bundle
-from fedaudit.node.privacy.ledger import rho_to_units
 from fedaudit.node.privacy.policy import Policy, load_policy, parse_policy
 from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService

@@ -13,7 +13,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from fedaudit.coordinator.planning.plan import AuditPlan, parse_plan
-from fedaudit.coordinator.statistics.gaps import Evaluation, evaluate
+from fedaudit.coordinator.statistics.evaluation import Evaluation
+from fedaudit.coordinator.statistics.gaps import evaluate
 from fedaudit.node.domain import Answer, Cell, Charge, Mechanism, NoiseSpec
 
 NOISE_SD = 3.0

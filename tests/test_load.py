@@ -27,8 +27,8 @@ from grpc_status import rpc_status
 from sqlalchemy import Engine, func, select
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
+from fedaudit.common.budget_units import cap_to_units, rho_to_units
 from fedaudit.node.ingest.bundle import import_bundle
-from fedaudit.node.privacy.ledger import cap_to_units, rho_to_units
 from fedaudit.node.privacy.policy import Policy, parse_policy
 from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService

@@ -15,7 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_OK, main
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK
+from fedaudit.cli.main import main
 from fedaudit.coordinator.running.audit_metrics import AuditMetrics, export_audit_metrics
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.ops.health_port import check_health
@@ -24,7 +25,8 @@ from fedaudit.node.ops.observability import NodeObservability
 from fedaudit.node.ops.readiness import LIVENESS_SERVICE
 from fedaudit.node.privacy.policy import example_policy
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.server import SERVICE_NAME, RunningNode, start_node_server
+from fedaudit.node.rpc.status import SERVICE_NAME
+from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc

@@ -12,7 +12,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK, main
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK
+from fedaudit.cli.main import main
 from fedaudit.pki import authority as pki
 from fedaudit.pki.tls import TlsError, TlsFiles, check_tls_files
 

@@ -16,10 +16,10 @@ from sqlalchemy import Engine, text
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
 from fedaudit.cli.main import main
+from fedaudit.common.budget_units import rho_to_units
 from fedaudit.common.digest import answer_digest
 from fedaudit.common.serde import answer_from_pb
 from fedaudit.node.evidence.querylog import LogEvent, LogRow, QueryLog
-from fedaudit.node.privacy.ledger import rho_to_units
 from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import utcnow
 from fedaudit.node.store.db import create_schema, make_engine

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from fedaudit.cli.demo import default_plan_path
 from fedaudit.cli.main import main
+from fedaudit.coordinator.planning.default_plan import default_plan_path
 from fedaudit.coordinator.planning.plan import load_plan
 from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.record import AnswerRecord, RecordError, read_record

@@ -24,7 +24,7 @@ from fedaudit.audit_reports.render import validate_report
 from fedaudit.cli.main import main
 from fedaudit.coordinator.planning.plan import AuditPlan, parse_plan
 from fedaudit.coordinator.running.audit import run_audit
-from fedaudit.coordinator.running.transport import GrpcNodeTransport, InProcessNodeTransport
+from fedaudit.coordinator.running.transport import GrpcNodeTransport
 from fedaudit.coordinator.scheduling.alerts import WebhookNotifier, evaluate_alert
 from fedaudit.coordinator.scheduling.archive import Archive
 from fedaudit.coordinator.scheduling.forecast import (
@@ -40,6 +40,7 @@ from fedaudit.coordinator.scheduling.schedule import (
     run_id_for,
     slots_between,
 )
+from fedaudit.inprocess import InProcessNodeTransport
 from fedaudit.node.domain import BudgetStatus
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.policy import example_policy

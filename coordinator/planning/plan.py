@@ -160,7 +160,7 @@ DUPLICATE_KEYS: tuple[str, ...] = (
     "swapped_dob",
     "national_id",
 )
-"""Match keys the duplicates check may use (fedaudit.node.ring.keys.ALL_KEYS)."""
+"""Match keys the duplicates check may use (fedaudit.common.ring_protocol.ALL_KEYS)."""
 
 
 @dataclass(frozen=True)

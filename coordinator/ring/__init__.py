@@ -1,1 +1,1 @@
-"""The coordinator's side of the blinding ring: relay, counting, release."""
+"""The coordinator's side of the blinding ring: config, relay, counting, release, findings, run."""

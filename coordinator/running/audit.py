@@ -31,12 +31,9 @@ from fedaudit.coordinator.errors import (
 )
 from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
 from fedaudit.coordinator.planning.plan import AuditPlan
-from fedaudit.coordinator.ring.dedup import (
-    DedupOutcome,
-    DedupTransport,
-    config_from_plan,
-    run_dedup,
-)
+from fedaudit.coordinator.ring.config import config_from_plan
+from fedaudit.coordinator.ring.relay import DedupTransport
+from fedaudit.coordinator.ring.run import DedupOutcome, run_dedup
 from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
 from fedaudit.coordinator.statistics.gaps import evaluate
 from fedaudit.node.domain import Answer, BudgetStatus

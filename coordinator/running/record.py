@@ -27,9 +27,9 @@ from typing import Any
 
 import structlog
 
+from fedaudit.common.budget_units import rho_to_units
 from fedaudit.common.digest import answer_digest
 from fedaudit.node.domain import Answer
-from fedaudit.node.privacy.ledger import rho_to_units
 
 log = structlog.get_logger(__name__)
 

@@ -1,8 +1,8 @@
-"""How the coordinator reaches a node: one small interface, a gRPC and an in-process version.
+"""How the coordinator reaches a node: one small interface and its gRPC version.
 
 Audit logic depends only on `NodeTransport`, so it runs against real gRPC nodes
 in production and integration tests, and against `NodeService` objects directly
-in unit tests (httpx's MockTransport idea). gRPC failures are translated into the
+in unit tests (httpx's MockTransport idea; see `fedaudit.inprocess`). gRPC failures are translated into the
 coordinator's errors here and nowhere else.
 """
 
@@ -32,7 +32,6 @@ from fedaudit.coordinator.errors import (
 )
 from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
 from fedaudit.node.errors import RefusedError
-from fedaudit.node.query.service import NodeService
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
@@ -159,7 +158,7 @@ class GrpcNodeTransport:
             if remaining <= 0:
                 raise NodeTimeoutError(self.name, f"no answer within {timeout:.1f} s")
             try:
-                with _translate_rpc_errors(self.name):
+                with translate_rpc_errors(self.name):
                     return fn(remaining)
             except NodeUnavailableError:
                 attempt += 1
@@ -169,7 +168,8 @@ class GrpcNodeTransport:
 
 
 @contextmanager
-def _translate_rpc_errors(node: str) -> Iterator[None]:
+def translate_rpc_errors(node: str) -> Iterator[None]:
+    """Turn gRPC failures into the coordinator's errors; the only place that reads status codes."""
     try:
         yield
     except grpc.RpcError as exc:
@@ -191,47 +191,9 @@ def _translate_rpc_errors(node: str) -> Iterator[None]:
         raise NodeUnavailableError(node, f"{code.name if code else 'error'}: {details}") from exc
 
 
-# --- in-process -------------------------------------------------------------------------------
-
-
-class InProcessNodeTransport:
-    """Calls a `NodeService` directly: the audit logic without sockets, for unit tests."""
-
-    def __init__(self, name: str, service: NodeService, *, requester: str) -> None:
-        self.name = name
-        self.address = f"in-process:{name}"
-        self._service = service
-        self._requester = requester
-
-    def info(self, *, timeout: float) -> NodeInfo:
-        with _translate_refusals(self.name):
-            caps = self._service.capabilities(self._requester)
-        return NodeInfo(
-            municipality_code=caps.municipality_code,
-            municipality_name=caps.municipality_name,
-            data_version=caps.data_version,
-            catalogue_version=caps.catalogue_version,
-            budget=caps.budget,
-            templates=tuple(t.name for t in caps.templates),
-        )
-
-    def preflight(self, spec: QuerySpec, request_id: str, *, timeout: float) -> Preflight:
-        with _translate_refusals(self.name):
-            return self._service.preflight(self._requester, spec, request_id)
-
-    def query(
-        self, spec: QuerySpec, request_id: str, *, timeout: float
-    ) -> tuple[Answer, BudgetStatus | None]:
-        with _translate_refusals(self.name):
-            answer = self._service.query(self._requester, request_id, spec)
-            return answer, self._service.ledger.status(self._requester, self._service.clock())
-
-    def close(self) -> None:
-        return None
-
-
 @contextmanager
-def _translate_refusals(node: str) -> Iterator[None]:
+def translate_refusals(node: str) -> Iterator[None]:
+    """Turn a node's domain refusal into the coordinator's, for transports without gRPC."""
     try:
         yield
     except RefusedError as exc:

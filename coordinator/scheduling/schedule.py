@@ -32,7 +32,7 @@ import structlog
 from cronsim import CronSim
 
 from fedaudit.coordinator.planning.plan import AuditPlan
-from fedaudit.coordinator.ring.dedup import DedupTransport
+from fedaudit.coordinator.ring.relay import DedupTransport
 from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.transport import NodeTransport
 from fedaudit.coordinator.scheduling.alerts import Alert, Notifier, evaluate_alert

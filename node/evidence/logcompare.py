@@ -12,9 +12,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
-from fedaudit.coordinator.running.record import RecordEntry
 from fedaudit.node.evidence.querylog import ANSWERED, REPLAYED, LogRow, QueryLog
+
+
+class RecordEntry(Protocol):
+    """What the comparison reads of a recorded answer.
+
+    A protocol rather than the coordinator's own class, so the node never imports
+    coordinator code: `fedaudit.coordinator.running.record.RecordEntry` fits it.
+    """
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def replayed(self) -> bool: ...
+    @property
+    def answer_digest(self) -> str: ...
+    @property
+    def charged_rho_units(self) -> int: ...
+    @property
+    def template(self) -> str: ...
+    @property
+    def template_version(self) -> str: ...
+    @property
+    def data_version(self) -> str: ...
 
 
 @dataclass(frozen=True)

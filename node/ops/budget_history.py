@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, case, func, select
 
-from fedaudit.node.privacy.ledger import FAILED, RELEASED, RESERVED, cap_to_units, units_to_text
+from fedaudit.common.budget_units import cap_to_units, units_to_text
+from fedaudit.node.privacy.ledger import FAILED, RELEASED, RESERVED
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.store.models import LedgerEntry
 

@@ -478,7 +478,7 @@ def check_ledger(
     for longer than a query takes, i.e. a node that died mid-request (the charge
     stands; it is not refunded automatically, because noise may have been drawn).
     """
-    from fedaudit.node.privacy.ledger import cap_to_units, units_to_text
+    from fedaudit.common.budget_units import cap_to_units, units_to_text
 
     errors: list[str] = []
     warnings: list[str] = []

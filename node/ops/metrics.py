@@ -222,7 +222,7 @@ def _budget_of(response: Any) -> pb.Budget | None:
 
 
 def _requester_of(context: grpc.ServicerContext) -> str:
-    from fedaudit.node.server import requester_identity
+    from fedaudit.node.rpc.status import requester_identity
 
     return requester_identity(context, dict(context.invocation_metadata()))
 

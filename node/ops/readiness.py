@@ -28,7 +28,7 @@ from sqlalchemy.pool import NullPool
 
 from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.server import SERVICE_NAME
+from fedaudit.node.rpc.status import SERVICE_NAME
 from fedaudit.node.store.models import DataVersion, Municipality
 
 log = structlog.get_logger(__name__)

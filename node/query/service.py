@@ -19,6 +19,7 @@ import structlog
 from sqlalchemy import Engine, select
 
 from fedaudit.common import mechanisms
+from fedaudit.common.budget_units import rho_to_units
 from fedaudit.common.digest import answer_digest
 from fedaudit.node.domain import (
     Answer,
@@ -43,7 +44,7 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
-from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger, rho_to_units
+from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import catalogue
 from fedaudit.node.store.models import DataVersion, Municipality

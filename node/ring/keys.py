@@ -14,6 +14,9 @@ The local merge turns a registry into rows, one per person (candidate) and
 occupation: its identity keys, and for the shopping check the months in which a
 pass there, or a window of 12 months after a fail there, would match. Persons with
 more occupations than the per-person bound keep their most recent ones.
+
+The key names themselves are protocol values, shared with the coordinator, in
+`fedaudit.common.ring_protocol`.
 """
 
 from __future__ import annotations
@@ -23,21 +26,17 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from fedaudit.common.ring_protocol import (
+    NAME_DOB,
+    NATIONAL_ID,
+    PREFIX3_DOB,
+    SHOPPING_WINDOW_MONTHS,
+    SOUNDEX_DOB,
+    SWAPPED_DOB,
+)
+
 KEY_VERSION = "dedup/v1"
 
-NAME_DOB = "name_dob"
-PREFIX3_DOB = "prefix3_dob"
-SOUNDEX_DOB = "soundex_dob"
-SWAPPED_DOB = "swapped_dob"
-NATIONAL_ID = "national_id"
-
-NAME_KEYS: tuple[str, ...] = (NAME_DOB, PREFIX3_DOB, SOUNDEX_DOB, SWAPPED_DOB)
-ALL_KEYS: tuple[str, ...] = (*NAME_KEYS, NATIONAL_ID)
-"""Every key a plan may ask for. Coarse keys (given+DOB, surname+DOB, names+year) are
-deliberately absent: at a million persons they produce thousands of false duplicates
-(research/private-dedup.md §2.4)."""
-
-SHOPPING_WINDOW_MONTHS = 12
 SHOP_EVENT_KEY = PREFIX3_DOB
 """The key the shopping event tokens are built on: implied by exact name equality and
 robust to typos after the third letter, so a fail and a pass of the same person in two

@@ -14,86 +14,16 @@ import structlog
 from grpc_status import rpc_status
 
 from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION
+from fedaudit.common.ring_serde import params_from_pb, part_from_pb, part_to_pb, roster_from_pb
 from fedaudit.node.errors import RefusedError, VersionMismatchError
-from fedaudit.node.ring.service import (
-    BatchHeader,
-    BatchPart,
-    BatchTrailer,
-    DedupService,
-    RingParams,
-    RosterEntry,
-)
-from fedaudit.node.server import refusal_status, requester_identity
+from fedaudit.node.ring.service import DedupService
+from fedaudit.node.rpc.status import refusal_status, requester_identity
 from fedaudit.wire.v1 import dedup_pb2 as pb
 from fedaudit.wire.v1 import dedup_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DedupNode"].full_name
-
-
-def part_to_pb(part: BatchPart) -> pb.DedupBatchPart:
-    if isinstance(part, BatchHeader):
-        return pb.DedupBatchPart(
-            header=pb.DedupBatchHeader(
-                run_id=part.run_id,
-                origin=part.origin,
-                hop=part.hop,
-                rows=part.rows,
-                sender=part.sender,
-            )
-        )
-    if isinstance(part, BatchTrailer):
-        return pb.DedupBatchPart(
-            trailer=pb.DedupBatchTrailer(digest=part.digest, signature=part.signature)
-        )
-    return pb.DedupBatchPart(chunk=part)
-
-
-def part_from_pb(message: pb.DedupBatchPart) -> BatchPart:
-    which = message.WhichOneof("part")
-    if which == "header":
-        h = message.header
-        return BatchHeader(
-            run_id=h.run_id, origin=h.origin, hop=h.hop, rows=h.rows, sender=h.sender
-        )
-    if which == "trailer":
-        return BatchTrailer(digest=message.trailer.digest, signature=message.trailer.signature)
-    return bytes(message.chunk)
-
-
-def roster_from_pb(entries: list[pb.DedupRosterEntry]) -> list[RosterEntry]:
-    return [
-        RosterEntry(
-            municipality_code=e.municipality_code,
-            signing_key=bytes(e.signing_key),
-            box_key=bytes(e.box_key),
-            box_key_signature=bytes(e.box_key_signature),
-        )
-        for e in entries
-    ]
-
-
-def params_from_pb(p: pb.DedupParams) -> RingParams:
-    return RingParams(
-        keys=tuple(p.keys),
-        bound=p.bound,
-        shopping=p.shopping,
-        revoked=p.revoked,
-        rho=p.rho,
-        epsilon=p.epsilon or None,
-    )
-
-
-def params_to_pb(p: RingParams) -> pb.DedupParams:
-    return pb.DedupParams(
-        keys=list(p.keys),
-        bound=p.bound,
-        shopping=p.shopping,
-        revoked=p.revoked,
-        rho=p.rho,
-        epsilon=p.epsilon or 0.0,
-    )
 
 
 class DedupNodeServicer(pb_grpc.DedupNodeServicer):

@@ -16,6 +16,8 @@ A run has four steps, each a method here and an RPC in `fedaudit.node.ring.serve
    when nothing left the node, kept otherwise). Runs that are never finished expire.
 
 Nothing personal is logged: log lines carry the run, counts and municipality codes.
+The values exchanged (parameters, roster, batch parts) are shared with the coordinator
+and live in `fedaudit.common.ring_protocol`.
 """
 
 from __future__ import annotations
@@ -35,6 +37,16 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine, select
 
 from fedaudit.common import ring_crypto as rc
+from fedaudit.common.ring_protocol import (
+    ALL_KEYS,
+    BatchHeader,
+    BatchPart,
+    BatchTrailer,
+    JoinInfo,
+    RingParams,
+    RosterEntry,
+    roster_digest,
+)
 from fedaudit.node.domain import Charge, Mechanism
 from fedaudit.node.errors import (
     DataUnavailableError,
@@ -46,7 +58,6 @@ from fedaudit.node.errors import (
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.ring.keys import (
-    ALL_KEYS,
     CertRow,
     Identity,
     PersonInput,
@@ -81,54 +92,6 @@ class RingProtocolError(InvalidParametersError):
     """A ring message off the schedule, repeated, unauthenticated or malformed."""
 
 
-@dataclass(frozen=True)
-class RingParams:
-    """What a run asks of every node; the same for all nodes of a run."""
-
-    keys: tuple[str, ...]
-    bound: int
-    shopping: bool
-    revoked: bool
-    rho: float
-    epsilon: float | None = None
-
-
-@dataclass(frozen=True)
-class JoinInfo:
-    municipality_code: str
-    signing_key: bytes
-    box_key: bytes
-    box_key_signature: bytes
-    rows: int
-
-
-@dataclass(frozen=True)
-class RosterEntry:
-    municipality_code: str
-    signing_key: bytes
-    box_key: bytes
-    box_key_signature: bytes
-
-
-@dataclass(frozen=True)
-class BatchHeader:
-    run_id: str
-    origin: str
-    hop: int
-    rows: int
-    sender: str
-
-
-@dataclass(frozen=True)
-class BatchTrailer:
-    digest: bytes
-    signature: bytes
-
-
-BatchPart = BatchHeader | bytes | BatchTrailer
-"""A batch on the wire: one header, chunks (sealed or, on the last hop, plain), one trailer."""
-
-
 @dataclass
 class _Run:
     requester: str
@@ -141,15 +104,6 @@ class _Run:
     roster_digest: bytes = b""
     started: bool = False
     processed: set[str] = field(default_factory=set)
-
-
-def roster_digest(run_id: str, roster: Sequence[RosterEntry]) -> bytes:
-    """SHA-256 over the run and every roster entry in ring order."""
-    h = hashlib.sha256(b"fedaudit-dedup-roster/v1\x00" + run_id.encode())
-    for e in roster:
-        for part in (e.municipality_code.encode(), e.signing_key, e.box_key, e.box_key_signature):
-            h.update(len(part).to_bytes(4, "big") + part)
-    return h.digest()
 
 
 def request_id_for_run(run_id: str) -> str:

@@ -22,7 +22,7 @@ import structlog
 from grpc_status import rpc_status
 
 from fedaudit.node.errors import InvalidParametersError
-from fedaudit.node.server import refusal_status
+from fedaudit.node.rpc.status import refusal_status
 
 log = structlog.get_logger(__name__)
 

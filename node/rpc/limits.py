@@ -31,7 +31,7 @@ import structlog
 from grpc_status import rpc_status
 
 from fedaudit.node.errors import RateLimitedError
-from fedaudit.node.server import refusal_status, requester_identity
+from fedaudit.node.rpc.status import refusal_status, requester_identity
 
 log = structlog.get_logger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fedaudit.cli.groups import Parsers
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.parsers import Parsers
 
 
 def register(parsers: Parsers) -> None:

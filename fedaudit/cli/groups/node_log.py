@@ -16,8 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from fedaudit.cli.groups import Parsers
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.parsers import Parsers
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)

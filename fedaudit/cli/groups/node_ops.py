@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedaudit.cli.groups import Parsers
-from fedaudit.cli.main import EXIT_OK, CliError
+from fedaudit.cli.console import console
+from fedaudit.cli.errors import EXIT_OK, CliError
+from fedaudit.cli.parsers import Parsers
+from fedaudit.cli.shared import load_policy
 
 _STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red", "skipped": "dim"}
 
@@ -119,8 +121,6 @@ def node_doctor(args: argparse.Namespace) -> int:
     else:
         from rich.table import Table
 
-        from fedaudit.cli.commands import console
-
         table = Table(title="fedaudit node doctor", show_lines=False)
         table.add_column("check")
         table.add_column("status")
@@ -138,7 +138,6 @@ def node_doctor(args: argparse.Namespace) -> int:
 
 
 def node_migrate(args: argparse.Namespace) -> int:
-    from fedaudit.cli.commands import console
     from fedaudit.node.store.db import make_engine, make_readonly_engine, sqlite_path
     from fedaudit.node.store.schema import SchemaError, inspect_schema, upgrade, upgrade_sql
 
@@ -185,8 +184,7 @@ def node_migrate(args: argparse.Namespace) -> int:
 
 
 def _print_plan(state: Any) -> None:
-    from fedaudit.cli.commands import console
-
+    """Show what `migrate --dry-run` would do, so the officer can approve it before a backup."""
     where = (
         "empty database"
         if state.empty
@@ -201,30 +199,17 @@ def _print_plan(state: Any) -> None:
         console.print(f"  would apply {step.revision}: {step.message}")
 
 
-def _policy(path: Path) -> Any:
-    from fedaudit.node.errors import PolicyError
-    from fedaudit.node.privacy.policy import load_policy
-
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        raise CliError(str(exc)) from exc
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
-
-
 # --- budget history -----------------------------------------------------------------------------
 
 
 def node_budget_history(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from fedaudit.cli.commands import console
+    from fedaudit.common.budget_units import units_to_text
     from fedaudit.node.ops.budget_history import budget_history
-    from fedaudit.node.privacy.ledger import units_to_text
     from fedaudit.node.store.db import make_readonly_engine, sqlite_path
 
-    policy = _policy(args.policy)
+    policy = load_policy(args.policy)
     engine = make_readonly_engine(args.db)
     path = sqlite_path(engine)
     try:

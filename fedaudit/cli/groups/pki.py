@@ -19,8 +19,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from fedaudit.cli.groups import Parsers
-from fedaudit.cli.main import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, CliError
+from fedaudit.cli.parsers import Parsers
 from fedaudit.pki import authority as pki
 
 

@@ -21,8 +21,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fedaudit.cli.groups import Parsers
-from fedaudit.cli.main import EXIT_INPUT, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.console import console, err_console
+from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.parsers import Parsers
+from fedaudit.cli.shared import (
+    channel_credentials,
+    load_plan,
+    parse_node_args,
+    with_node_overrides,
+)
 
 
 def register(parsers: Parsers) -> None:
@@ -103,8 +110,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from fedaudit.cli.commands import console
-
     plans, factory, _ring = _setup(args)
     result = _forecast(plans, factory, due_now=None)
     _print_forecast(result)
@@ -115,7 +120,6 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fedaudit.cli.commands import console, err_console
     from fedaudit.coordinator.scheduling.alerts import WebhookNotifier
     from fedaudit.coordinator.scheduling.schedule import Scheduler
 
@@ -195,25 +199,17 @@ def _export_metrics(args: argparse.Namespace, record: Any) -> None:
 
 
 def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any]:
-    from fedaudit.cli.commands import _channel_credentials, _load_plan, _parse_node_arg
-    from fedaudit.coordinator.errors import PlanError
-    from fedaudit.coordinator.ring.dedup import GrpcDedupTransport
+    from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
     from fedaudit.pki.tls import pinned_channel_options
 
-    overrides = dict(_parse_node_arg(a) for a in args.node)
+    overrides = parse_node_args(args.node)
     plans = []
     for path in args.plans:
-        plan = _load_plan(path)
+        plan = load_plan(path)
         if not plan.schedule:
             raise CliError(f"{path}: the plan has no `schedule` (a 5-field cron expression, UTC)")
-        if overrides:
-            nodes = {n.name: n.address for n in plan.nodes}
-            nodes.update(overrides)
-            try:
-                plan = plan.with_nodes(nodes)
-            except PlanError as exc:
-                raise CliError(str(exc)) from exc
+        plan = with_node_overrides(plan, overrides)
         if not plan.nodes:
             raise CliError(
                 f"{path}: the plan names no nodes; add them or use --node NAME=HOST:PORT"
@@ -229,7 +225,7 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any]:
             "certificate is one requester, so run one scheduler per requester"
         )
     addresses = [n.address for p in plans for n in p.nodes]
-    credentials = _channel_credentials(args, addresses, requesters[0])
+    credentials = channel_credentials(args, addresses, requesters[0])
 
     def pinned(name: str) -> Any:
         # mTLS: each node must present a certificate for the name the plan gives it.
@@ -276,8 +272,6 @@ def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None
 
 def _print_forecast(result: Any) -> None:
     from rich.table import Table
-
-    from fedaudit.cli.commands import console, err_console
 
     table = Table(title="Budget forecast (rho; every run assumed charged in full)")
     for col in (
@@ -326,8 +320,6 @@ def _print_forecast(result: Any) -> None:
 
 
 def _print_record(record: Any) -> None:
-    from fedaudit.cli.commands import console
-
     missed = f" (stands in for {len(record.missed)} missed slot(s))" if record.missed else ""
     alert = f"; ALERT: {', '.join(record.alert.reasons)}" if record.alert else ""
     console.print(

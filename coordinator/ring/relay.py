@@ -1,0 +1,349 @@
+"""The coordinator's relay of the blinding ring: join, roster, batches around the ring.
+
+The coordinator holds no secret of the matching. It asks every node to join a run,
+hands out the roster (the ring order with every node's signed per-run box key), and
+relays each origin's batch around the ring: origin b's batch is blinded first by b,
+then by the next node, and so on, each hop sealed to the next node; after N hops the
+coordinator receives fully blinded tokens `H(k)^(a1...aN)`, labelled by origin only,
+and checks the last hop's signature before it accepts them.
+
+This module moves and verifies batches and nothing else: it sees no count and draws
+no noise (`counting` and `release` do), so the transport to the nodes is the one
+thing to read here.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+import structlog
+
+from fedaudit.common import ring_crypto as rc
+from fedaudit.common.ring_protocol import (
+    BatchHeader,
+    BatchPart,
+    BatchTrailer,
+    JoinInfo,
+    RingParams,
+    RosterEntry,
+    roster_digest,
+)
+from fedaudit.common.ring_serde import params_to_pb, part_from_pb, part_to_pb
+from fedaudit.coordinator.errors import CoordinatorError, NodeCallError, NodeRefusedError
+from fedaudit.coordinator.running.transport import (
+    call_metadata,
+    open_channel,
+    translate_rpc_errors,
+)
+from fedaudit.wire.v1 import dedup_pb2 as pb
+from fedaudit.wire.v1 import dedup_pb2_grpc as pb_grpc
+
+log = structlog.get_logger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with (hops done, hops in total) as batches move around the ring."""
+
+
+# --- transports ------------------------------------------------------------------------------
+
+
+class DedupTransport(Protocol):
+    """One node's DedupNode service on behalf of one requester."""
+
+    name: str
+
+    def join(self, run_id: str, params: RingParams, *, timeout: float) -> JoinInfo: ...
+
+    def start(
+        self, run_id: str, roster: Sequence[RosterEntry], *, timeout: float
+    ) -> Iterator[BatchPart]: ...
+
+    def hop(self, parts: Iterator[BatchPart], *, timeout: float) -> Iterator[BatchPart]: ...
+
+    def finish(self, run_id: str, completed: bool, *, timeout: float) -> bool: ...
+
+
+class GrpcDedupTransport:
+    """DedupNode over gRPC; batches stream through the coordinator without being buffered."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str,
+        *,
+        requester: str,
+        credentials: grpc.ChannelCredentials | None = None,
+        channel_options: list[tuple[str, object]] | None = None,
+    ) -> None:
+        self.name = name
+        self.address = address
+        self._channel = open_channel(address, credentials, channel_options)
+        self._stub = pb_grpc.DedupNodeStub(self._channel)
+        self._metadata = call_metadata(requester)
+
+    def join(self, run_id: str, params: RingParams, *, timeout: float) -> JoinInfo:
+        with translate_rpc_errors(self.name):
+            r = self._stub.Join(
+                pb.DedupJoinRequest(run_id=run_id, params=params_to_pb(params)),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        return JoinInfo(
+            municipality_code=r.municipality_code,
+            signing_key=bytes(r.signing_key),
+            box_key=bytes(r.box_key),
+            box_key_signature=bytes(r.box_key_signature),
+            rows=r.rows,
+        )
+
+    def start(
+        self, run_id: str, roster: Sequence[RosterEntry], *, timeout: float
+    ) -> Iterator[BatchPart]:
+        request = pb.DedupStartRequest(
+            run_id=run_id,
+            roster=[
+                pb.DedupRosterEntry(
+                    municipality_code=e.municipality_code,
+                    signing_key=e.signing_key,
+                    box_key=e.box_key,
+                    box_key_signature=e.box_key_signature,
+                )
+                for e in roster
+            ],
+        )
+        with translate_rpc_errors(self.name):
+            stream = self._stub.Start(request, timeout=timeout, metadata=self._metadata)
+        return self._parts(stream)
+
+    def hop(self, parts: Iterator[BatchPart], *, timeout: float) -> Iterator[BatchPart]:
+        with translate_rpc_errors(self.name):
+            stream = self._stub.Hop(
+                (part_to_pb(p) for p in parts), timeout=timeout, metadata=self._metadata
+            )
+        return self._parts(stream)
+
+    def finish(self, run_id: str, completed: bool, *, timeout: float) -> bool:
+        with translate_rpc_errors(self.name):
+            r = self._stub.Finish(
+                pb.DedupFinishRequest(run_id=run_id, completed=completed),
+                timeout=timeout,
+                metadata=self._metadata,
+            )
+        return r.dropped
+
+    def _parts(self, stream: Any) -> Iterator[BatchPart]:
+        with translate_rpc_errors(self.name):
+            for message in stream:
+                yield part_from_pb(message)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+# --- the ring --------------------------------------------------------------------------------
+
+
+class RingFailedError(CoordinatorError):
+    """The ring could not be completed; `reason` is the sentence for the report."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class LabelledRow:
+    origin: str
+    row: rc.Row
+
+
+@dataclass
+class RingResult:
+    """What the relay ends with: every origin's fully blinded rows, and who took part."""
+
+    municipalities: tuple[str, ...]
+    rows: list[LabelledRow]
+    refused: dict[str, str]
+    scalar_mults: int
+    seconds: float
+
+
+def run_ring(
+    transports: Mapping[str, DedupTransport],
+    run_id: str,
+    params: RingParams,
+    *,
+    deadline_seconds: float = 600.0,
+    min_nodes: int = 2,
+    progress: ProgressCallback | None = None,
+) -> RingResult:
+    """Join, start and relay one run; always tells every joined node to finish.
+
+    Nodes that refuse to join are left out (listed in `refused`); a node failing
+    after the ring started fails the whole run (RingFailedError), because its batch
+    and its blinding are both needed for any token to compare.
+    """
+    deadline = time.monotonic() + deadline_seconds
+
+    def left() -> float:
+        return max(0.001, deadline - time.monotonic())
+
+    joined: dict[str, JoinInfo] = {}
+    refused: dict[str, str] = {}
+    with ThreadPoolExecutor(max_workers=max(1, len(transports))) as pool:
+        futures = {
+            name: pool.submit(t.join, run_id, params, timeout=left())
+            for name, t in transports.items()
+        }
+        for name, fut in futures.items():
+            try:
+                joined[name] = fut.result()
+            except NodeCallError as exc:
+                refused[name] = _why(exc)
+    completed = False
+    try:
+        if len(joined) < min_nodes:
+            raise RingFailedError(
+                f"only {len(joined)} node(s) joined the ring; at least {min_nodes} are needed"
+                + _listing(refused)
+            )
+        order = sorted(joined)
+        roster = [
+            RosterEntry(
+                municipality_code=joined[name].municipality_code,
+                signing_key=joined[name].signing_key,
+                box_key=joined[name].box_key,
+                box_key_signature=joined[name].box_key_signature,
+            )
+            for name in order
+        ]
+        digest = roster_digest(run_id, roster)
+        n = len(order)
+        total_hops = n * n
+        done = [0]
+        done_lock = threading.Lock()
+        started = time.monotonic()
+
+        def tick() -> None:
+            with done_lock:
+                done[0] += 1
+                if progress is not None:
+                    progress(done[0], total_hops)
+
+        def relay(b: int) -> list[LabelledRow]:
+            origin_name = order[b]
+            # An error inside an upstream stream surfaces at the downstream call as
+            # "exception iterating requests"; the first one recorded names the culprit.
+            upstream: list[NodeCallError] = []
+            try:
+                stream = transports[origin_name].start(run_id, roster, timeout=left())
+                stream = _counted(stream, tick, upstream)
+                for h in range(1, n):
+                    name = order[(b + h) % n]
+                    stream = _counted(transports[name].hop(stream, timeout=left()), tick, upstream)
+                return _receive(stream, run_id, digest, roster, b)
+            except NodeCallError as exc:
+                culprit = upstream[0] if upstream else exc
+                raise RingFailedError(
+                    f"node {culprit.node} dropped out of the ring while relaying the batch of "
+                    f"{origin_name}: {_why(culprit)}"
+                ) from exc
+
+        rows: list[LabelledRow] = []
+        with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ring") as pool:
+            results = [pool.submit(relay, b) for b in range(n)]
+            errors = []
+            for fut in results:
+                try:
+                    rows.extend(fut.result())
+                except RingFailedError as exc:
+                    errors.append(exc)
+            if errors:
+                raise errors[0]
+        seconds = time.monotonic() - started
+        completed = True
+        mults = sum(len(r.row.tokens) for r in rows) * n
+        log.info("dedup.ring_done", run_id=run_id, nodes=n, rows=len(rows), seconds=seconds)
+        return RingResult(
+            municipalities=tuple(joined[name].municipality_code for name in order),
+            rows=rows,
+            refused=refused,
+            scalar_mults=mults,
+            seconds=seconds,
+        )
+    finally:
+        for name in joined:
+            try:
+                transports[name].finish(run_id, completed, timeout=min(5.0, left()))
+            except NodeCallError:
+                log.warning("dedup.finish_failed", node=name)
+
+
+def _counted(
+    stream: Iterator[BatchPart], tick: Callable[[], None], errors: list[NodeCallError]
+) -> Iterator[BatchPart]:
+    try:
+        for part in stream:
+            yield part
+            if isinstance(part, BatchTrailer):
+                tick()
+    except NodeCallError as exc:
+        errors.append(exc)
+        raise
+
+
+def _receive(
+    stream: Iterator[BatchPart],
+    run_id: str,
+    digest: bytes,
+    roster: Sequence[RosterEntry],
+    b: int,
+) -> list[LabelledRow]:
+    """Check the last hop's header and signature and parse the fully blinded rows."""
+    n = len(roster)
+    parts = list(stream)
+    header, trailer = parts[0] if parts else None, parts[-1] if parts else None
+    origin = roster[b].municipality_code
+    last = roster[(b + n - 1) % n]
+    if (
+        not isinstance(header, BatchHeader)
+        or not isinstance(trailer, BatchTrailer)
+        or header.origin != origin
+        or header.hop != n
+        or header.sender != last.municipality_code
+    ):
+        raise RingFailedError(f"the batch of {origin} came back off schedule")
+    chunks = [p for p in parts[1:-1] if isinstance(p, bytes)]
+    content = rc.digest_of(chunks)
+    try:
+        if content != trailer.digest:
+            raise rc.RingCryptoError("digest mismatch")
+        rc.verify(
+            last.signing_key,
+            rc.hop_statement(
+                run_id, digest, origin=origin, hop=n, rows=header.rows, digest=content
+            ),
+            trailer.signature,
+        )
+        rows = rc.decode_rows(b"".join(chunks), header.rows)
+    except rc.RingCryptoError as exc:
+        raise RingFailedError(f"the batch of {origin} failed verification: {exc}") from exc
+    return [LabelledRow(origin, r) for r in rows]
+
+
+def _why(exc: NodeCallError) -> str:
+    if isinstance(exc, NodeRefusedError):
+        return f"refused ({exc.reason}): {exc.message}"
+    return exc.message
+
+
+def _listing(refused: Mapping[str, str]) -> str:
+    if not refused:
+        return ""
+    return "; " + "; ".join(f"{k}: {v}" for k, v in sorted(refused.items()))

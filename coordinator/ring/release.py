@@ -1,0 +1,224 @@
+"""The DP releases of the ring's counts: sensitivities, the coordinator's budget, noise.
+
+Exact counts (`fedaudit.coordinator.ring.counting`) become noisy vectors here and
+nowhere else (OpenDP, via `fedaudit.common.mechanisms`), with sensitivities derived
+from the number of keys m and the per-person bound R (see `sensitivities`), each
+release charged to the run's budget before anything is drawn. What was charged is
+summarised for the report's privacy section by `privacy_summary`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedaudit.common.mechanisms import add_noise, plan_noise
+from fedaudit.coordinator.errors import CoordinatorError
+from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.coordinator.ring.config import DedupConfig
+from fedaudit.coordinator.ring.counting import DedupCounts
+from fedaudit.node.domain import Mechanism
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    l1: int
+    l2: int
+
+
+def sensitivities(keys: int, bound: int, nodes: int) -> dict[str, Sensitivity]:
+    """Sensitivity of each release to adding or removing one person at one node.
+
+    A person has at most R = `bound` person rows (distinct occupations, hence distinct
+    components) and R certificate rows of each side. Removing one person row splits
+    its component into at most m pieces (one per identity token), so a component
+    count moves by at most max(1, m-1) per row; a histogram cell loses one and up to m
+    pieces land in others (L1 <= m+1). Pairwise counts and per-municipality counts
+    move by max(1, m-1) in each of the cells one component touches.
+    """
+    m, r, n = keys, bound, nodes
+    c = max(1, m - 1)
+    pairs = n * (n - 1) // 2
+    return {
+        "dup_overall": Sensitivity(r * c, r * c),
+        "dup_per_occupation": Sensitivity(r * c, math.ceil(math.sqrt(r) * c)),
+        "overlap": Sensitivity(r * (m + 1), math.ceil(r * math.sqrt(1 + m * m))),
+        "pairwise": Sensitivity(r * c * pairs, math.ceil(r * c * math.sqrt(pairs))),
+        "shopping_overall": Sensitivity(r * c, r * c),
+        "shopping_by_passing": Sensitivity(r * c * n, math.ceil(r * c * math.sqrt(n))),
+        "revoked_overall": Sensitivity(2 * r, 2 * r),
+        "revoked_by_pair": Sensitivity(r * n, math.ceil(r * (math.sqrt(n - 1) + 1))),
+    }
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    values: list[int]
+    half_width: float
+    scale: float
+    rho: float
+    epsilon: float | None
+    sensitivity: int
+
+
+class CoordinatorBudget:
+    """The privacy budget the coordinator keeps for its own releases (a cap, charged in rho)."""
+
+    def __init__(self, rho_cap: float) -> None:
+        self.rho_cap = rho_cap
+        self.charged: list[tuple[str, float, float | None]] = []
+
+    @property
+    def rho_spent(self) -> float:
+        return math.fsum(r for _, r, _ in self.charged)
+
+    def charge(self, name: str, rho: float, epsilon: float | None) -> None:
+        if self.rho_spent + rho > self.rho_cap * (1 + 1e-9):
+            raise CoordinatorError(
+                f"release {name!r} (rho={rho:.4g}) exceeds the coordinator's budget "
+                f"({self.rho_cap - self.rho_spent:.4g} of {self.rho_cap:.4g} left)"
+            )
+        self.charged.append((name, rho, epsilon))
+
+
+def release(
+    name: str,
+    values: Sequence[int],
+    sens: Sensitivity,
+    mechanism: Mechanism,
+    *,
+    rho: float | None,
+    epsilon: float | None,
+    confidence: float,
+    budget: CoordinatorBudget,
+) -> Release:
+    """Noisy `values` (OpenDP), charged to `budget` before anything is drawn."""
+    gaussian = mechanism is Mechanism.DISCRETE_GAUSSIAN
+    noise, charge = plan_noise(
+        mechanism,
+        rho=rho,
+        epsilon=epsilon,
+        sensitivity=sens.l2 if gaussian else sens.l1,
+        confidence=confidence,
+    )
+    budget.charge(name, charge.rho, charge.epsilon)
+    return Release(
+        name=name,
+        values=add_noise(noise, list(values)),
+        half_width=noise.ci_half_width,
+        scale=noise.scale,
+        rho=charge.rho,
+        epsilon=charge.epsilon,
+        sensitivity=sens.l2 if gaussian else sens.l1,
+    )
+
+
+@dataclass(frozen=True)
+class Releases:
+    """Every noisy vector of one run, the budget they were charged to, and the tests."""
+
+    values: dict[str, Release]
+    budget: CoordinatorBudget
+    confidence: float
+    """The per-test confidence of the tested (overall) releases."""
+    tests: int
+
+
+def unordered_pairs(municipalities: Sequence[str]) -> list[tuple[str, str]]:
+    """Each pair of municipalities once, in ring order (the `pairwise` cells)."""
+    n = len(municipalities)
+    return [(municipalities[i], municipalities[j]) for i in range(n) for j in range(i + 1, n)]
+
+
+def ordered_pairs(municipalities: Sequence[str]) -> list[tuple[str, str]]:
+    """(recognising, revoking) pairs of distinct municipalities (the `revoked_by_pair` cells)."""
+    return [(b, a) for b in municipalities for a in municipalities if a != b]
+
+
+def release_counts(
+    plan: AuditPlan,
+    config: DedupConfig,
+    municipalities: Sequence[str],
+    counts: DedupCounts,
+    per_test_confidence: float | None,
+) -> Releases:
+    """Release every count of the run with DP, splitting the check's budget between them."""
+    munis = municipalities
+    n = len(munis)
+    occs = counts.occupations
+    # Findings are tested on the overall counts only; the breakdowns (per occupation,
+    # per municipality, per pair) are reported with plain intervals to locate them. Fewer
+    # tests keep the Bonferroni correction from eating the signal of small counts.
+    tests = 1 + int(config.shopping) + int(config.revoked)
+    confidence = per_test_confidence or 1.0 - (1.0 - plan.confidence) / tests
+    sens = sensitivities(len(config.keys), config.bound, n)
+    vectors: dict[str, list[int]] = {
+        "dup_overall": [counts.duplicated],
+        "dup_per_occupation": [counts.per_occupation[o] for o in occs],
+        "overlap": [counts.overlap.get(k, 0) for k in range(2, n + 1)],
+        "pairwise": [counts.pairwise.get(p, 0) for p in unordered_pairs(munis)],
+    }
+    if config.shopping:
+        vectors["shopping_overall"] = [counts.shopping]
+        vectors["shopping_by_passing"] = [counts.shopping_by_passing.get(m, 0) for m in munis]
+    if config.revoked:
+        vectors["revoked_overall"] = [counts.revoked]
+        vectors["revoked_by_pair"] = [
+            counts.revoked_by_pair.get(p, 0) for p in ordered_pairs(munis)
+        ]
+    gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
+    budget = CoordinatorBudget(
+        config.rho if gaussian and config.rho else (config.epsilon or 0.0) ** 2 / 2
+    )
+    # The tested overall counts get three shares of the budget each, the breakdowns one.
+    weights = {name: 3.0 if name.endswith("_overall") else 1.0 for name in vectors}
+    total_weight = math.fsum(weights.values())
+    if not gaussian:
+        # Pure-DP releases compose linearly in epsilon; the cap is on their rho images.
+        budget.rho_cap = math.fsum(
+            ((config.epsilon or 0.0) * w / total_weight) ** 2 / 2 for w in weights.values()
+        )
+    released: dict[str, Release] = {}
+    for name, values in vectors.items():
+        share = weights[name] / total_weight
+        released[name] = release(
+            name,
+            values,
+            sens[name],
+            plan.mechanism,
+            rho=config.rho * share if gaussian and config.rho else None,
+            epsilon=None if gaussian else (config.epsilon or 0.0) * share,
+            confidence=confidence if name.endswith("_overall") else plan.confidence,
+            budget=budget,
+        )
+    return Releases(values=released, budget=budget, confidence=confidence, tests=tests)
+
+
+def privacy_summary(releases: Releases, mechanism: Mechanism) -> dict[str, Any]:
+    """The coordinator's charges for the report's privacy section."""
+    budget = releases.budget
+    gaussian = mechanism is Mechanism.DISCRETE_GAUSSIAN
+    return {
+        "rho": budget.rho_spent,
+        "epsilon": (math.fsum(e for _, _, e in budget.charged if e) if not gaussian else None),
+        "rho_cap": budget.rho_cap,
+        "mechanism": mechanism.value,
+        "releases": [
+            {
+                "name": r.name,
+                "cells": len(r.values),
+                "sensitivity": r.sensitivity,
+                "scale": r.scale,
+                "rho": r.rho,
+                "epsilon": r.epsilon,
+            }
+            for r in releases.values.values()
+        ],
+        "note": (
+            "Charged by the coordinator for its own releases of the ring's counts; every "
+            "node that joined charged the same amount to its ledger for its registry's persons."
+        ),
+    }

@@ -1,0 +1,87 @@
+"""Terminal output shared by the commands: the consoles, the audit progress bar and summary.
+
+Results go to stdout (`console`) so they can be piped; progress, warnings and problems
+go to stderr (`err_console`). `audit run` and `demo` show the same progress bar and
+summary, which is why those live here rather than with either command.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from rich.console import Console
+from rich.padding import Padding
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+ProgressCallback = Callable[[str, str], None]
+"""What `run_audit` calls after each node event: (node name, event)."""
+
+
+@contextmanager
+def progress_reporter(total: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
+    """A rich progress bar fed by the audit's per-query callback (None with `quiet`).
+
+    The audit answers nodes from several threads, so updates are serialised with a lock.
+    """
+    if quiet:
+        yield None
+        return
+    with Progress(
+        TextColumn("[bold]audit[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("querying nodes", total=total)
+        lock = threading.Lock()
+
+        def on_event(node: str, event: str) -> None:
+            with lock:
+                progress.update(task, advance=1, description=f"{node}: {event}")
+
+        yield on_event
+
+
+def print_summary(report: Mapping[str, Any]) -> None:
+    """Print the audit's status, coverage and findings: what the officer reads before the HTML."""
+    audit = report["audit"]
+    console.print(
+        f"\n[bold]{audit['plan']}[/] ({audit['run_id']}): status {audit['status']}"
+        + (f" — {audit['status_reason']}" if audit.get("status_reason") else "")
+    )
+    cov = Table(title="Coverage", show_lines=False)
+    for col in ("node", "status", "reason"):
+        cov.add_column(col)
+    for n in report["coverage"]["nodes"]:
+        cov.add_row(n["node"], n["status"], n["reason"] or "")
+    console.print(cov)
+    findings = report["findings"]
+    ec = audit.get("error_control") or {}
+    if not findings:
+        console.print(
+            f"No findings at {audit['confidence']:.0%} confidence "
+            f"({ec.get('tests', 0)} tests, {ec.get('method', 'bonferroni')} correction)."
+        )
+        return
+    console.print(
+        f"\n[bold]Findings[/] ({len(findings)}; {ec.get('tests', 0)} tests, "
+        f"{ec.get('method', '')} correction, {audit['confidence']:.0%} confidence)"
+    )
+    styles = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
+    for f in findings:
+        subject = ", ".join(str(v) for v in f["subject"].values() if v) or "whole region"
+        console.print(
+            f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
+        )
+        console.print(Padding(Text(f["summary"]), (0, 0, 0, 9)))

@@ -1,0 +1,155 @@
+"""`fedaudit audit run`: run an audit plan against running nodes and write the report.
+
+    fedaudit audit run PLAN [--node NAME=HOST:PORT ...] (--tls-* | --insecure) [--fail-on SEV]
+
+Exit 0 when the audit ran (whatever it found), 1 when a finding reached `--fail-on`,
+2 on a usage or input problem. Re-using `--run-id` replays the answers the nodes stored,
+so a rerun costs no budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fedaudit.cli.console import console, print_summary, progress_reporter
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.parsers import Parsers
+from fedaudit.cli.shared import (
+    channel_credentials,
+    load_plan,
+    parse_node_args,
+    with_node_overrides,
+)
+
+ORDER = 30
+"""After `demo` and `node` in `fedaudit --help`."""
+
+
+def register(parsers: Parsers) -> None:
+    """Add `audit run`."""
+    run = parsers.audit.add_parser(
+        "run",
+        help="run an audit plan and write the report",
+        description="Run an audit plan against running nodes and write report.json and report.html.",
+    )
+    run.add_argument("plan", type=Path, metavar="PLAN")
+    run.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="add or override a node (repeatable)",
+    )
+    run.add_argument("--out", type=Path, default=Path("audit-report"), help="report directory")
+    run.add_argument(
+        "--run-id",
+        help="name of this run (default: plan name and date); re-using it replays stored answers",
+    )
+    run.add_argument(
+        "--fail-on", choices=SEVERITIES, help="exit 1 when a finding has this severity or higher"
+    )
+    run.add_argument("--tls-cert", type=Path, help="auditor certificate (PEM)")
+    run.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
+    run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
+    run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    from fedaudit.coordinator.running.audit_metrics import add_metrics_arguments
+
+    add_metrics_arguments(run)
+    run.add_argument(
+        "--record",
+        type=Path,
+        help="append what each node answered to this JSON-lines file (compare with a node's log)",
+    )
+    run.set_defaults(handler=audit_run)
+
+
+def audit_run(args: argparse.Namespace) -> int:
+    """Run the plan over gRPC, write report.json and report.html, print the summary."""
+    from fedaudit.audit_reports.render import write_report
+    from fedaudit.coordinator.planning.checks import planned_queries
+    from fedaudit.coordinator.ring.relay import GrpcDedupTransport
+    from fedaudit.coordinator.running.audit import default_run_id, run_audit
+    from fedaudit.coordinator.running.audit_metrics import export_audit_metrics
+    from fedaudit.coordinator.running.record import AnswerRecord, RecordError
+    from fedaudit.coordinator.running.transport import GrpcNodeTransport
+    from fedaudit.pki.tls import pinned_channel_options
+
+    plan = load_plan(args.plan)
+    plan = with_node_overrides(plan, parse_node_args(args.node))
+    if not plan.nodes:
+        raise CliError(
+            f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"
+        )
+    credentials = channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
+    transports = {
+        n.name: GrpcNodeTransport(
+            n.name,
+            n.address,
+            requester=plan.requester,
+            credentials=credentials,
+            # mTLS: the node must present a certificate for the name the plan gives it.
+            channel_options=pinned_channel_options(n.name) if credentials is not None else None,
+        )
+        for n in plan.nodes
+    }
+    dedup_transports = (
+        {
+            n.name: GrpcDedupTransport(
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned_channel_options(n.name) if credentials is not None else None,
+            )
+            for n in plan.nodes
+        }
+        if plan.checks.duplicates is not None
+        else {}
+    )
+    run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
+    try:
+        record = AnswerRecord(args.record, run_id=run_id) if args.record else None
+    except RecordError as exc:
+        raise CliError(str(exc)) from exc
+    started = time.monotonic()
+    try:
+        total = len(plan.nodes) * len(planned_queries(plan))
+        with progress_reporter(total, quiet=args.quiet) as progress:
+            report = run_audit(
+                plan,
+                transports,
+                run_id=run_id,
+                progress=progress,
+                on_answer=record,
+                dedup_transports=dedup_transports,
+            )
+    finally:
+        for t in [*transports.values(), *dedup_transports.values()]:
+            t.close()
+        if record is not None:
+            record.close()
+    export_audit_metrics(
+        report,
+        time.monotonic() - started,
+        textfile_dir=args.metrics_textfile,
+        pushgateway=args.pushgateway,
+    )
+    json_path, html_path = write_report(report, args.out)
+    print_summary(report)
+    console.print(f"\nreport: {json_path}\n        {html_path}")
+    return exit_code_for(report, args.fail_on)
+
+
+def exit_code_for(report: Mapping[str, Any], fail_on: str | None) -> int:
+    """EXIT_FINDINGS when a finding is at or above `fail_on`, so CI can gate on the audit."""
+    if fail_on is None:
+        return EXIT_OK
+    threshold = SEVERITIES.index(fail_on)
+    hit = any(SEVERITIES.index(f["severity"]) >= threshold for f in report["findings"])
+    return EXIT_FINDINGS if hit else EXIT_OK

@@ -1,0 +1,255 @@
+"""`fedaudit node import|validate|serve|budget`: a municipality's node, from data to service.
+
+    fedaudit node validate BUNDLE_DIR
+    fedaudit node import BUNDLE_DIR --db URL [--allow-municipality-change]
+    fedaudit node serve --db URL --policy FILE (--tls-cert/--tls-key/--tls-ca | --insecure)
+    fedaudit node budget --db URL --policy FILE
+
+A bundle with problems exits 2 listing every problem and imports nothing. Day-to-day
+operation (doctor, migrate, budget history, health, the query log) is in `node_ops`,
+`health` and `node_log`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from fedaudit.cli.console import console, err_console
+from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, CliError
+from fedaudit.cli.parsers import Parsers
+from fedaudit.cli.shared import (
+    ensure_schema,
+    load_policy,
+    require_dir,
+    server_credentials,
+)
+
+ORDER = 20
+"""After `demo`, before `audit` in `fedaudit --help`; first in `fedaudit node --help`."""
+
+
+def register(parsers: Parsers) -> None:
+    """Add `node import`, `node validate`, `node serve` and `node budget`."""
+    imp = parsers.node.add_parser(
+        "import",
+        help="validate and import a data bundle",
+        description="Validate a data bundle and import it as a new data version (all or nothing).",
+    )
+    imp.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    imp.add_argument("--db", required=True, help="database URL or SQLite file path")
+    imp.add_argument(
+        "--allow-municipality-change",
+        action="store_true",
+        help="replace data of another municipality (normally refused as a likely mistake)",
+    )
+    imp.set_defaults(handler=node_import)
+
+    val = parsers.node.add_parser(
+        "validate",
+        help="check a data bundle without importing it",
+        description="Check a data bundle against the data contract; writes nothing.",
+    )
+    val.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    val.set_defaults(handler=node_validate)
+
+    serve = parsers.node.add_parser(
+        "serve",
+        help="run a node",
+        description=(
+            "Serve DP queries over gRPC. Use mTLS (--tls-cert/--tls-key/--tls-ca) for anything but "
+            "local development; --insecure is allowed on loopback addresses only."
+        ),
+    )
+    serve.add_argument("--db", required=True, help="database URL or SQLite file path")
+    serve.add_argument("--policy", required=True, type=Path, help="the node policy YAML")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--tls-cert", type=Path, help="node certificate (PEM)")
+    serve.add_argument("--tls-key", type=Path, help="node private key (PEM)")
+    serve.add_argument(
+        "--tls-ca", type=Path, help="federation CA: clients must present a certificate it signed"
+    )
+    serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
+    serve.add_argument("--max-workers", type=int, default=8)
+    serve.add_argument(
+        "--max-concurrent-per-requester",
+        type=int,
+        default=4,
+        help="requests one requester may have in flight (0: no limit)",
+    )
+    serve.add_argument(
+        "--rate-per-requester",
+        type=float,
+        default=50.0,
+        help="sustained requests per second per requester (0: no limit)",
+    )
+    serve.add_argument(
+        "--burst-per-requester",
+        type=int,
+        default=100,
+        help="requests a requester may send at once above that rate",
+    )
+    serve.add_argument(
+        "--query-db",
+        help="database URL of a read-only role used for aggregations (default: --db)",
+    )
+    from fedaudit.node.ops.observability import add_observability_arguments
+
+    add_observability_arguments(serve)
+    serve.set_defaults(handler=node_serve)
+
+    budget = parsers.node.add_parser(
+        "budget",
+        help="show privacy budget spent per requester",
+        description="Show the privacy budget spent and remaining per requester.",
+    )
+    budget.add_argument("--db", required=True)
+    budget.add_argument("--policy", required=True, type=Path)
+    budget.set_defaults(handler=node_budget)
+
+
+def node_import(args: argparse.Namespace) -> int:
+    """Import a bundle as a new data version; on any problem list them all and import nothing."""
+    from fedaudit.node.errors import BundleError
+    from fedaudit.node.ingest.bundle import import_bundle
+    from fedaudit.node.store.db import make_engine
+
+    require_dir(args.bundle)
+    engine = make_engine(args.db)
+    ensure_schema(engine)
+    try:
+        result = import_bundle(
+            engine, args.bundle, allow_municipality_change=args.allow_municipality_change
+        )
+    except BundleError as exc:
+        err_console.print(
+            f"[bold red]{args.bundle}: {exc.total} problem(s); nothing was imported[/]"
+        )
+        for line in exc.problems:
+            err_console.print(line, markup=False, highlight=False)
+        if any(
+            "--allow-municipality-change" in p or "explicit municipality change" in p
+            for p in exc.problems
+        ):
+            err_console.print(
+                "(use --allow-municipality-change if this node really changes municipality)"
+            )
+        return EXIT_INPUT
+    finally:
+        engine.dispose()
+    rows = ", ".join(f"{name} {count}" for name, count in result.row_counts.items())
+    console.print(f"imported data version {result.data_version} ({rows})")
+    return EXIT_OK
+
+
+def node_validate(args: argparse.Namespace) -> int:
+    """Check a bundle against the data contract without a database, so it can run anywhere."""
+    from fedaudit.node.errors import BundleError
+    from fedaudit.node.ingest.bundle import validate_bundle
+
+    require_dir(args.bundle)
+    try:
+        parsed = validate_bundle(args.bundle)
+    except BundleError as exc:
+        err_console.print(f"[bold red]{args.bundle}: {exc.total} problem(s)[/]")
+        for line in exc.problems:
+            err_console.print(line, markup=False, highlight=False)
+        return EXIT_INPUT
+    rows = ", ".join(f"{name} {count}" for name, count in parsed.row_counts.items())
+    console.print(f"{args.bundle}: valid ({rows})")
+    return EXIT_OK
+
+
+def node_serve(args: argparse.Namespace) -> int:
+    """Serve queries and the ring until SIGINT/SIGTERM, then drain and stop cleanly."""
+    from fedaudit.node.ops.observability import NodeObservability
+    from fedaudit.node.query.service import NodeService
+    from fedaudit.node.ring.service import DedupService
+    from fedaudit.node.rpc.guard import MalformedRequestGuard
+    from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
+    from fedaudit.node.server import start_node_server
+    from fedaudit.node.store.db import make_engine
+
+    policy = load_policy(args.policy)
+    credentials = server_credentials(args)
+    engine = make_engine(args.db)
+    ensure_schema(engine)
+    # Aggregations through a read-only role when one is given (docs/operations.md).
+    query_engine = make_engine(args.query_db) if args.query_db else None
+    service = NodeService(engine, policy, query_engine=query_engine)
+    # The blinding ring for duplicate detection, on the same port and the same ledger.
+    dedup = DedupService(engine, policy, ledger=service.ledger)
+    obs = NodeObservability.from_args(args)
+    try:
+        limits = LimitSettings(
+            max_concurrent=args.max_concurrent_per_requester,
+            rate_per_second=args.rate_per_requester,
+            burst=args.burst_per_requester,
+        )
+    except ValueError as exc:
+        raise CliError(f"limits: {exc}") from exc
+    try:
+        node = start_node_server(
+            service,
+            host=args.host,
+            port=args.port,
+            max_workers=args.max_workers,
+            server_credentials=credentials,
+            # Metrics first, so they also count what later interceptors refuse.
+            # The limiter before the guard: malformed requests still count against the sender.
+            interceptors=[*obs.interceptors, RequestLimiter(limits), MalformedRequestGuard()],
+            dedup=dedup,
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        obs.attach(node, engine)
+    except (OSError, RuntimeError) as exc:
+        node.stop(grace=None)
+        raise CliError(f"cannot start the metrics or health endpoint: {exc}") from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    err_console.print(
+        f"node for {'(no data yet)' if not service.ready() else 'municipality ready'} serving on "
+        f"{args.host}:{node.port} ({'mTLS' if credentials else 'insecure, loopback only'}); Ctrl-C stops"
+    )
+    stop.wait()
+    node.stop(grace=5.0)  # the health port keeps answering NOT_SERVING meanwhile
+    obs.close()
+    engine.dispose()
+    if query_engine is not None:
+        query_engine.dispose()
+    return EXIT_OK
+
+
+def node_budget(args: argparse.Namespace) -> int:
+    """Show each requester's cap, spending and what is left this period, read-only."""
+    from rich.table import Table
+
+    from fedaudit.node.privacy.ledger import Ledger
+    from fedaudit.node.query.service import utcnow
+    from fedaudit.node.store.db import make_readonly_engine
+
+    policy = load_policy(args.policy)
+    engine = make_readonly_engine(args.db)
+    ledger = Ledger(engine, policy)
+    now = utcnow()
+    table = Table(title=f"Privacy budget, period {policy.period_of(now)}")
+    for col in ("requester", "cap (rho)", "spent", "remaining", "node remaining"):
+        table.add_column(col, justify="left" if col == "requester" else "right")
+    for name in sorted(policy.requesters):
+        s = ledger.status(name, now)
+        table.add_row(
+            name,
+            f"{s.requester_rho_cap:.4g}",
+            f"{s.requester_rho_spent:.4g}",
+            f"{s.requester_rho_remaining:.4g}",
+            f"{s.node_rho_remaining:.4g}",
+        )
+    console.print(table)
+    engine.dispose()
+    return EXIT_OK

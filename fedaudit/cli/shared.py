@@ -1,0 +1,167 @@
+"""Turning command-line arguments into domain objects, shared by several command groups.
+
+Each helper reads one kind of input (a plan, a policy, a `--node` override, TLS files)
+and turns the domain's own error into a `CliError`, so every command reports the same
+problem with the same message and exit code 2. The domain modules are imported inside
+the functions: this module is loaded to build the parser, and `fedaudit --help` should
+not pay for SQLAlchemy models, gRPC channels or plan parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fedaudit.cli.console import err_console
+from fedaudit.cli.errors import CliError
+
+if TYPE_CHECKING:
+    import grpc
+
+
+def require_dir(path: Path) -> None:
+    """Refuse a bundle path that is not a directory before anything touches the database."""
+    if not path.is_dir():
+        raise CliError(f"{path}: not a directory (a data bundle is a directory of CSV files)")
+
+
+def ensure_schema(engine: Any) -> None:
+    """Create an empty database; refuse an older one (migrating is the officer's decision)."""
+    from fedaudit.node.store import schema
+
+    try:
+        schema.ensure_schema(engine)
+    except schema.SchemaError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def load_policy(path: Path) -> Any:
+    """The node policy at `path`; an invalid or unreadable file is a usage error."""
+    from fedaudit.node.errors import PolicyError
+    from fedaudit.node.privacy import policy
+
+    try:
+        return policy.load_policy(path)
+    except PolicyError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the policy file: {exc.strerror}") from exc
+
+
+def load_plan(path: Path) -> Any:
+    """The audit plan at `path`; an invalid or unreadable plan is a usage error."""
+    from fedaudit.coordinator.errors import PlanError
+    from fedaudit.coordinator.planning import plan
+
+    try:
+        return plan.load_plan(path)
+    except PlanError as exc:
+        raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the plan: {exc.strerror}") from exc
+
+
+def parse_node_arg(text: str) -> tuple[str, str]:
+    """Split a `--node NAME=HOST:PORT` option into (name, address)."""
+    name, sep, address = text.partition("=")
+    host, colon, port = address.rpartition(":")
+    if not sep or not name or not colon or not host or not port.isdigit():
+        raise CliError(f"--node {text!r}: expected NAME=HOST:PORT, e.g. M01=127.0.0.1:50051")
+    return name, address
+
+
+def parse_node_args(texts: Iterable[str]) -> dict[str, str]:
+    """All `--node` options as {name: address}; a later option for a name wins."""
+    return dict(parse_node_arg(text) for text in texts)
+
+
+def with_node_overrides(plan: Any, overrides: Mapping[str, str]) -> Any:
+    """The plan with `--node` options added to or replacing its nodes (unchanged if none)."""
+    if not overrides:
+        return plan
+    from fedaudit.coordinator.errors import PlanError
+
+    nodes = {n.name: n.address for n in plan.nodes}
+    nodes.update(overrides)
+    try:
+        return plan.with_nodes(nodes)
+    except PlanError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def warn_expiry(paths: list[Path]) -> None:
+    """Warn at start: once expired, a certificate only shows up as 'unavailable' at the peer."""
+    from fedaudit.pki.authority import PkiError, expiry_warnings
+
+    try:
+        warnings = expiry_warnings(paths)
+    except PkiError as exc:
+        raise CliError(str(exc)) from exc
+    for w in warnings:
+        err_console.print(
+            f"warning: {w.message}", markup=False, highlight=False, style="bold yellow"
+        )
+
+
+def server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    """A node's mTLS credentials from `--tls-*`, or None with `--insecure` (never both)."""
+    from fedaudit.pki import tls
+
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if args.insecure:
+        if any(files):
+            raise CliError("--insecure and --tls-* exclude each other")
+        return None
+    if not all(files):
+        raise CliError(
+            "a node needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure on a loopback address"
+        )
+    try:
+        credentials = tls.server_credentials(tls.TlsFiles(*files))
+    except tls.TlsError as exc:
+        raise CliError(str(exc)) from exc
+    warn_expiry([args.tls_cert, args.tls_ca])
+    return credentials
+
+
+def channel_credentials(
+    args: argparse.Namespace, addresses: list[str], requester: str
+) -> grpc.ChannelCredentials | None:
+    """An auditor's mTLS credentials from `--tls-*`, or None with `--insecure`.
+
+    `--insecure` is refused for any non-loopback node, and the certificate must name the
+    plan's requester: nodes take the requester from the certificate, so a mismatch would
+    only surface later as refusals at every node.
+    """
+    from fedaudit.node.server import is_loopback
+    from fedaudit.pki import tls
+    from fedaudit.pki.authority import describe_certificate, load_certificate
+
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if args.insecure:
+        if any(files):
+            raise CliError("--insecure and --tls-* exclude each other")
+        remote = [a for a in addresses if not is_loopback(a.rpartition(":")[0])]
+        if remote:
+            raise CliError(
+                f"--insecure is for loopback nodes only; not allowed for {', '.join(remote)}"
+            )
+        return None
+    if not all(files):
+        raise CliError(
+            "an audit needs --tls-cert, --tls-key and --tls-ca (mTLS), or --insecure for loopback nodes"
+        )
+    try:
+        credentials = tls.channel_credentials(tls.TlsFiles(*files))
+    except tls.TlsError as exc:
+        raise CliError(str(exc)) from exc
+    name = describe_certificate(load_certificate(args.tls_cert)).common_name
+    if name != requester:
+        raise CliError(
+            f"{args.tls_cert}: the auditor certificate is '{name}' but the plan asks as "
+            f"'{requester}'; nodes take the requester from the certificate"
+        )
+    warn_expiry([args.tls_cert, args.tls_ca])
+    return credentials

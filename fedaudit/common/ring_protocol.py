@@ -1,0 +1,87 @@
+"""The blinding ring's protocol values, shared by the node and the coordinator.
+
+Both sides of a ring run speak in these terms: the run's parameters, a node's join
+answer, the roster (ring order with every node's signed per-run box key), the parts
+of a batch on the wire, and the names of the match keys a plan may ask for. They
+live here, not in the node, so the coordinator can relay and verify batches
+without importing node internals; how a node derives key values from a registry
+stays in `fedaudit.node.ring.keys`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+NAME_DOB = "name_dob"
+PREFIX3_DOB = "prefix3_dob"
+SOUNDEX_DOB = "soundex_dob"
+SWAPPED_DOB = "swapped_dob"
+NATIONAL_ID = "national_id"
+
+NAME_KEYS: tuple[str, ...] = (NAME_DOB, PREFIX3_DOB, SOUNDEX_DOB, SWAPPED_DOB)
+ALL_KEYS: tuple[str, ...] = (*NAME_KEYS, NATIONAL_ID)
+"""Every key a plan may ask for. Coarse keys (given+DOB, surname+DOB, names+year) are
+deliberately absent: at a million persons they produce thousands of false duplicates
+(research/private-dedup.md §2.4)."""
+
+SHOPPING_WINDOW_MONTHS = 12
+"""A pass this many months or fewer after a fail elsewhere counts as assessment shopping."""
+
+
+@dataclass(frozen=True)
+class RingParams:
+    """What a run asks of every node; the same for all nodes of a run."""
+
+    keys: tuple[str, ...]
+    bound: int
+    shopping: bool
+    revoked: bool
+    rho: float
+    epsilon: float | None = None
+
+
+@dataclass(frozen=True)
+class JoinInfo:
+    municipality_code: str
+    signing_key: bytes
+    box_key: bytes
+    box_key_signature: bytes
+    rows: int
+
+
+@dataclass(frozen=True)
+class RosterEntry:
+    municipality_code: str
+    signing_key: bytes
+    box_key: bytes
+    box_key_signature: bytes
+
+
+@dataclass(frozen=True)
+class BatchHeader:
+    run_id: str
+    origin: str
+    hop: int
+    rows: int
+    sender: str
+
+
+@dataclass(frozen=True)
+class BatchTrailer:
+    digest: bytes
+    signature: bytes
+
+
+BatchPart = BatchHeader | bytes | BatchTrailer
+"""A batch on the wire: one header, chunks (sealed or, on the last hop, plain), one trailer."""
+
+
+def roster_digest(run_id: str, roster: Sequence[RosterEntry]) -> bytes:
+    """SHA-256 over the run and every roster entry in ring order."""
+    h = hashlib.sha256(b"fedaudit-dedup-roster/v1\x00" + run_id.encode())
+    for e in roster:
+        for part in (e.municipality_code.encode(), e.signing_key, e.box_key, e.box_key_signature):
+            h.update(len(part).to_bytes(4, "big") + part)
+    return h.digest()

@@ -1,0 +1,81 @@
+"""Conversions between DedupNode wire messages (fedaudit.wire.v1.dedup) and ring values.
+
+The node's servicer reads requests and writes batches with these; the coordinator's
+gRPC transport writes requests and relays batches with the same functions, so a
+field added to the ring protocol is handled in one place.
+"""
+
+from __future__ import annotations
+
+from fedaudit.common.ring_protocol import (
+    BatchHeader,
+    BatchPart,
+    BatchTrailer,
+    RingParams,
+    RosterEntry,
+)
+from fedaudit.wire.v1 import dedup_pb2 as pb
+
+
+def part_to_pb(part: BatchPart) -> pb.DedupBatchPart:
+    if isinstance(part, BatchHeader):
+        return pb.DedupBatchPart(
+            header=pb.DedupBatchHeader(
+                run_id=part.run_id,
+                origin=part.origin,
+                hop=part.hop,
+                rows=part.rows,
+                sender=part.sender,
+            )
+        )
+    if isinstance(part, BatchTrailer):
+        return pb.DedupBatchPart(
+            trailer=pb.DedupBatchTrailer(digest=part.digest, signature=part.signature)
+        )
+    return pb.DedupBatchPart(chunk=part)
+
+
+def part_from_pb(message: pb.DedupBatchPart) -> BatchPart:
+    which = message.WhichOneof("part")
+    if which == "header":
+        h = message.header
+        return BatchHeader(
+            run_id=h.run_id, origin=h.origin, hop=h.hop, rows=h.rows, sender=h.sender
+        )
+    if which == "trailer":
+        return BatchTrailer(digest=message.trailer.digest, signature=message.trailer.signature)
+    return bytes(message.chunk)
+
+
+def roster_from_pb(entries: list[pb.DedupRosterEntry]) -> list[RosterEntry]:
+    return [
+        RosterEntry(
+            municipality_code=e.municipality_code,
+            signing_key=bytes(e.signing_key),
+            box_key=bytes(e.box_key),
+            box_key_signature=bytes(e.box_key_signature),
+        )
+        for e in entries
+    ]
+
+
+def params_from_pb(p: pb.DedupParams) -> RingParams:
+    return RingParams(
+        keys=tuple(p.keys),
+        bound=p.bound,
+        shopping=p.shopping,
+        revoked=p.revoked,
+        rho=p.rho,
+        epsilon=p.epsilon or None,
+    )
+
+
+def params_to_pb(p: RingParams) -> pb.DedupParams:
+    return pb.DedupParams(
+        keys=list(p.keys),
+        bound=p.bound,
+        shopping=p.shopping,
+        revoked=p.revoked,
+        rho=p.rho,
+        epsilon=p.epsilon or 0.0,
+    )
