@@ -18,31 +18,38 @@ import functools
 import math
 from collections.abc import Sequence
 
-import opendp.prelude as dp
+# Submodules, not `opendp.prelude`: the prelude also loads OpenDP's scikit-learn extras,
+# which cost about 4 s at every process start (every `fedaudit` command, every node).
+import opendp.accuracy as dp_accuracy
+import opendp.combinators as dp_c
+import opendp.domains as dp_domains
+import opendp.measurements as dp_m
+import opendp.metrics as dp_metrics
+from opendp.mod import Domain, Measurement, Metric, enable_features
 
 from fedaudit.node.domain import Charge, Mechanism, NoiseSpec
 from fedaudit.node.errors import InvalidParametersError
 
-dp.enable_features("contrib")
+enable_features("contrib")
 
 _MAX_NUDGES = 128
 """Steps of the scale search; steps start at one ULP and double, so 128 cover any gap."""
 
 
-def _vector_space(mechanism: Mechanism) -> tuple[dp.Domain, dp.Metric]:
-    domain = dp.vector_domain(dp.atom_domain(T="i64"))
+def _vector_space(mechanism: Mechanism) -> tuple[Domain, Metric]:
+    domain = dp_domains.vector_domain(dp_domains.atom_domain(T="i64"))
     if mechanism is Mechanism.DISCRETE_GAUSSIAN:
-        return domain, dp.l2_distance(T="i64")
-    return domain, dp.l1_distance(T="i64")
+        return domain, dp_metrics.l2_distance(T="i64")
+    return domain, dp_metrics.l1_distance(T="i64")
 
 
 @functools.lru_cache(maxsize=256)
-def measurement(mechanism: Mechanism, scale: float) -> dp.Measurement:
+def measurement(mechanism: Mechanism, scale: float) -> Measurement:
     """OpenDP's vector mechanism for `mechanism` at `scale` (cached: building costs ~0.1 ms)."""
     domain, metric = _vector_space(mechanism)
     if mechanism is Mechanism.DISCRETE_GAUSSIAN:
-        return dp.m.make_gaussian(domain, metric, scale=scale)
-    return dp.m.make_laplace(domain, metric, scale=scale)
+        return dp_m.make_gaussian(domain, metric, scale=scale)
+    return dp_m.make_laplace(domain, metric, scale=scale)
 
 
 def _check_positive(name: str, value: float | None) -> float:
@@ -142,17 +149,17 @@ def plan_noise(
         meas = measurement(mechanism, scale)
         charge = Charge(rho=float(meas.map(sensitivity)))
         variance = discrete_gaussian_variance(scale)
-        half_width = float(dp.discrete_gaussian_scale_to_accuracy(scale, alpha))
+        half_width = float(dp_accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha))
     elif mechanism is Mechanism.DISCRETE_LAPLACE:
         requested = _check_positive("epsilon", epsilon)
         scale = _scale_within(mechanism, sensitivity / requested, sensitivity, requested)
         meas = measurement(mechanism, scale)
         charge = Charge(
-            rho=float(dp.c.make_pureDP_to_zCDP(meas).map(sensitivity)),
+            rho=float(dp_c.make_pureDP_to_zCDP(meas).map(sensitivity)),
             epsilon=float(meas.map(sensitivity)),
         )
         variance = discrete_laplace_variance(scale)
-        half_width = float(dp.discrete_laplacian_scale_to_accuracy(scale, alpha))
+        half_width = float(dp_accuracy.discrete_laplacian_scale_to_accuracy(scale, alpha))
     else:
         raise InvalidParametersError(f"unknown mechanism {mechanism!r}")
     noise = NoiseSpec(
@@ -186,14 +193,14 @@ def epsilon_equivalent(rho: float, delta: float = 1e-7) -> float:
     rho = _check_positive("rho", rho)
     if not 0.0 < delta < 1.0:
         raise InvalidParametersError(f"delta must be in (0, 1), got {delta!r}")
-    space = dp.atom_domain(T=float, nan=False), dp.absolute_distance(T=float)
+    space = dp_domains.atom_domain(T=float, nan=False), dp_metrics.absolute_distance(T=float)
     scale = 1.0 / math.sqrt(2.0 * rho)
     step = math.ulp(scale)
     for _ in range(_MAX_NUDGES):
-        gaussian = dp.m.make_gaussian(*space, scale=scale)
+        gaussian = dp_m.make_gaussian(*space, scale=scale)
         if gaussian.map(1.0) >= rho:
             break
         scale -= step
         step *= 2.0
-    converted = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(gaussian), delta)
+    converted = dp_c.make_fix_delta(dp_c.make_zCDP_to_approxDP(gaussian), delta)
     return float(converted.map(1.0)[0])
