@@ -51,6 +51,8 @@ DEFAULT_BOUNDS: Mapping[str, int] = MappingProxyType(
         "appeal_outcomes": 2,
         # The blinding ring: occupations per person a node puts into one dedup run.
         "dedup_ring": 1,
+        # Revocation reconciliation: its one release counts persons, each once.
+        "revocation_reconciliation": 1,
     }
 )
 """Records per person kept per query, per template, when the policy does not say.
@@ -66,7 +68,17 @@ DEFAULT_PERIOD_SPAN_YEARS = 7
 _REQUESTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
 """Requester names become ledger scopes and (later) match mTLS certificate names."""
 
-_TOP_KEYS = ("version", "requesters", "budget", "reliability", "bounds", "periods", "templates")
+_TOP_KEYS = (
+    "version",
+    "requesters",
+    "budget",
+    "reliability",
+    "bounds",
+    "periods",
+    "templates",
+    "revocation_reconciliation",
+)
+_RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
 _REQUESTER_KEYS = ("rho_per_period", "templates")
 _BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
@@ -87,6 +99,22 @@ class RequesterPolicy:
 
 
 @dataclass(frozen=True)
+class Reconciliation:
+    """Whether this node takes part in revocation reconciliation, and with whom.
+
+    Off by default at both ends: sharing revocations and learning about one's own
+    recognitions are separate legal decisions of the municipality.
+    """
+
+    share_revocations: bool = False
+    receive: bool = False
+    peers: frozenset[str] | None = None  # None: any node of the federation
+
+    def allows_peer(self, name: str) -> bool:
+        return self.peers is None or name in self.peers
+
+
+@dataclass(frozen=True)
 class Policy:
     """The validated policy of one node. Build it with `parse_policy` or `load_policy`."""
 
@@ -98,6 +126,7 @@ class Policy:
     bounds: Mapping[str, int]
     periods: tuple[str, ...]
     templates: frozenset[str] | None
+    reconciliation: Reconciliation = Reconciliation()
 
     def period_of(self, now: dt.datetime) -> str:
         """The budget period key `now` falls in: "2026-11", "2026-Q4" or "2026".
@@ -273,6 +302,29 @@ def _periods(value: object, today: dt.date) -> tuple[str, ...]:
     return tuple(str(year) for year in range(first, last + 1))
 
 
+def _flag(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Problem(path, f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _reconciliation(value: object) -> Reconciliation:
+    fields = _mapping(value, "revocation_reconciliation", _RECONCILIATION_KEYS)
+    peers = fields.get("peers")
+    if peers is not None:
+        path = "revocation_reconciliation.peers"
+        if not isinstance(peers, list) or not all(isinstance(p, str) and p for p in peers):
+            raise _Problem(path, f"must be a list of municipality codes, got {_show(peers)}")
+        peers = frozenset(peers)
+    return Reconciliation(
+        share_revocations=_flag(
+            fields.get("share_revocations", False), "revocation_reconciliation.share_revocations"
+        ),
+        receive=_flag(fields.get("receive", False), "revocation_reconciliation.receive"),
+        peers=peers,
+    )
+
+
 def _parse(data: object, today: dt.date) -> Policy:
     if data is None:
         raise _Problem(
@@ -303,6 +355,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         bounds=MappingProxyType(_bounds(top.get("bounds", {}))),
         periods=_periods(top.get("periods"), today),
         templates=_templates(top.get("templates", "all"), "templates"),
+        reconciliation=_reconciliation(top.get("revocation_reconciliation", {})),
     )
 
 
@@ -390,6 +443,7 @@ def example_policy(
     node_rho_total: float | None = None,
     max_rho_per_request: float = 0.5,
     period: str = "quarter",
+    reconciliation: bool = False,
 ) -> Policy:
     """A permissive but valid policy for demos and tests: all templates, default bounds.
 
@@ -412,4 +466,6 @@ def example_policy(
             "max_rho_per_request": max_rho_per_request,
         },
     }
+    if reconciliation:
+        document["revocation_reconciliation"] = {"share_revocations": True, "receive": True}
     return parse_policy(document, source="<example policy>")

@@ -271,3 +271,42 @@ class QueryLogHead(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)  # always 1
     seq: Mapped[int] = mapped_column(BigInteger)
     row_hash: Mapped[str] = mapped_column(String(64))
+
+
+# --- revocation reconciliation ----------------------------------------------------------------
+
+
+class ReconciliationCheck(Base):
+    """One origin checked in one reconciliation run: how many references were asked about.
+
+    Kept even when nothing matched, so the data officer can tell "checked, clean" from
+    "never checked".
+    """
+
+    __tablename__ = "reconciliation_checks"
+    __table_args__ = (UniqueConstraint("run_id", "origin_municipality", name="uq_reconcile_check"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(128))
+    origin_municipality: Mapped[str] = mapped_column(String(32))
+    references: Mapped[int] = mapped_column(Integer)
+    matches: Mapped[int] = mapped_column(Integer)
+    data_version: Mapped[str] = mapped_column(String(64))
+    checked_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReconciliationMatch(Base):
+    """A recognition made here that rests on a certificate its origin has revoked.
+
+    Personal (a certificate of ours and the origin's number): it never leaves the node.
+    """
+
+    __tablename__ = "reconciliation_matches"
+    __table_args__ = (UniqueConstraint("run_id", "certificate_id", name="uq_reconcile_match"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(128), index=True)
+    certificate_id: Mapped[str] = mapped_column(String(64))
+    origin_municipality: Mapped[str] = mapped_column(String(32))
+    origin_certificate_no: Mapped[str] = mapped_column(String(64))
+    revoked_on: Mapped[dt.date] = mapped_column(Date)
