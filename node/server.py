@@ -51,6 +51,7 @@ from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
+    from fedaudit.node.ring.reconcile import ReconcileService
     from fedaudit.node.ring.service import DedupService
 
 log = structlog.get_logger(__name__)
@@ -231,6 +232,7 @@ def start_node_server(
     server_credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
     dedup: DedupService | None = None,
+    reconcile: ReconcileService | None = None,
 ) -> RunningNode:
     """Start serving `service`. Without credentials only a loopback address is allowed."""
     if server_credentials is None and not is_loopback(host):
@@ -256,6 +258,12 @@ def start_node_server(
 
         add_dedup_servicer(server, dedup)
         services.append(DEDUP_SERVICE_NAME)
+    if reconcile is not None:
+        from fedaudit.node.ring.reconcile_server import SERVICE_NAME as RECONCILE_SERVICE_NAME
+        from fedaudit.node.ring.reconcile_server import add_reconcile_servicer
+
+        add_reconcile_servicer(server, reconcile)
+        services.append(RECONCILE_SERVICE_NAME)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

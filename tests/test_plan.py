@@ -86,6 +86,7 @@ def test_default_plan_loads_with_every_check():
         "certificates",
         "earnings",
         "duplicates",
+        "revocation",
     )
     assert not plan.periods  # no window: every period each node publishes
     # 0.1 + 0.1 + 0.1 (two queries) + 0.05 + 0.02 + 0.02, plus the ring's 1.0

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +192,34 @@ def test_normalised_numbers_match_across_spellings() -> None:
     assert a == psi.reference_point("r", "M01", "M0120210 0001")
     assert a != psi.reference_point("r", "M02", "M01-2021-00001")
     assert a != psi.reference_point("s", "M01", "M01-2021-00001")
+
+
+def test_data_officer_sees_the_list(
+    services: dict[str, ReconcileService],
+    federation: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    """`fedaudit node reconcile show`, run as a user would: table, CSV, and wrong input."""
+    _run(services, "cli-run")
+    db = str(services["M02"]._engine.url.database)
+    cli = [sys.executable, "-m", "fedaudit.cli.main", "node", "reconcile", "show", "--db"]
+    shown = subprocess.run([*cli, db], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "run cli-run: checked M01" in shown.stdout
+    as_csv = subprocess.run([*cli, db, "--csv"], capture_output=True, text=True, check=False)
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    expected = expected_matches(federation)["M02"]
+    assert {
+        (r["certificate_id"], r["origin_municipality"], r["revoked_on"]) for r in rows
+    } == expected
+    missing = subprocess.run(
+        [*cli, str(tmp_path / "typo.db")], capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2
+    assert "no such node database" in missing.stderr
+    assert not (tmp_path / "typo.db").exists()
+    unknown = subprocess.run(
+        [*cli, db, "--run", "nope"], capture_output=True, text=True, check=False
+    )
+    assert unknown.returncode == 2
+    assert "no reconciliation run 'nope'" in unknown.stderr

@@ -37,6 +37,7 @@ CHECK_NAMES: tuple[str, ...] = (
     "certificates",
     "earnings",
     "duplicates",
+    "revocation",
 )
 """Every check the product has, in the order reports list them."""
 
@@ -177,6 +178,15 @@ class DuplicatesCheck:
 
 
 @dataclass(frozen=True)
+class RevocationCheck:
+    """Revocation reconciliation (docs/reconciliation.md): every pair of nodes runs a PSI;
+    each recognising node keeps its own matches and releases one DP count of persons,
+    charging `budget` to its own ledger."""
+
+    budget: Budget
+
+
+@dataclass(frozen=True)
 class Checks:
     """The checks a plan runs; an absent check is None."""
 
@@ -189,6 +199,7 @@ class Checks:
     certificates: CertificatesCheck | None = None
     earnings: EarningsCheck | None = None
     duplicates: DuplicatesCheck | None = None
+    revocation: RevocationCheck | None = None
 
     def enabled(self) -> tuple[str, ...]:
         """Names of the configured checks, in report order."""
@@ -253,6 +264,9 @@ class AuditPlan:
         if self.checks.duplicates is not None:
             # Every node that joins the blinding ring charges the check's cost once.
             total += self.checks.duplicates.budget.rho_charged()
+        if self.checks.revocation is not None:
+            # Every recognising node charges its one release.
+            total += self.checks.revocation.budget.rho_charged()
         return total
 
     def tolerances(self) -> dict[str, float]:
@@ -777,6 +791,11 @@ def _read_duplicates(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mecha
     )
 
 
+def _read_revocation(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mechanism) -> Any:
+    m = r.mapping_keys(spec, path, required=("rho",), optional=())
+    return RevocationCheck(budget=r.budget(m, Mechanism.DISCRETE_GAUSSIAN))
+
+
 _CHECK_READERS: Mapping[str, Callable[[_Reader, Mapping[str, Any], str, Mechanism], Any]] = {
     "pass_rates": _read_pass_rates,
     "employment": _read_employment,
@@ -787,4 +806,5 @@ _CHECK_READERS: Mapping[str, Callable[[_Reader, Mapping[str, Any], str, Mechanis
     "certificates": _read_certificates,
     "earnings": _read_earnings,
     "duplicates": _read_duplicates,
+    "revocation": _read_revocation,
 }

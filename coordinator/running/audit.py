@@ -32,6 +32,7 @@ from fedaudit.coordinator.errors import (
 from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.config import config_from_plan
+from fedaudit.coordinator.ring.reconcile import ReconcileTransport, run_reconciliation
 from fedaudit.coordinator.ring.relay import DedupTransport
 from fedaudit.coordinator.ring.run import DedupOutcome, run_dedup
 from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
@@ -93,6 +94,7 @@ def run_audit(
     progress: ProgressCallback | None = None,
     on_answer: AnswerCallback | None = None,
     dedup_transports: Mapping[str, DedupTransport] | None = None,
+    reconcile_transports: Mapping[str, ReconcileTransport] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> dict[str, Any]:
     """Run `plan` against the given node transports and return the report as a dict.
@@ -175,6 +177,12 @@ def run_audit(
                 "Bonferroni-corrected within itself."
             )
             parts["error_control"] = ec
+    reconciliation = None
+    if plan.checks.revocation is not None and reconcile_transports:
+        rho = plan.checks.revocation.budget.rho_charged()
+        reconciliation = run_reconciliation(
+            reconcile_transports, run_id, rho=rho, confidence=plan.confidence
+        ).to_report()
     finished = clock()
     log.info(
         "audit_finished",
@@ -183,7 +191,7 @@ def run_audit(
         status=status,
         findings=len(parts["findings"]),
     )
-    return {
+    report = {
         "schema_version": "1.0",
         "audit": {
             "plan": plan.name,
@@ -205,6 +213,9 @@ def run_audit(
         "coverage": _coverage(plan, outcomes),
         "privacy": _privacy(plan, outcomes, dedup),
     }
+    if reconciliation is not None:
+        report["reconciliation"] = reconciliation
+    return report
 
 
 def _not_run(reason: str) -> dict[str, Any]:

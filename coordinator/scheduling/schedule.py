@@ -32,6 +32,7 @@ import structlog
 from cronsim import CronSim
 
 from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.coordinator.ring.reconcile import ReconcileTransport
 from fedaudit.coordinator.ring.relay import DedupTransport
 from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.transport import NodeTransport
@@ -51,6 +52,7 @@ TransportFactory = Callable[[AuditPlan], Mapping[str, NodeTransport]]
 """Opens the transports for one run of a plan; the scheduler closes them after the run."""
 
 DedupTransportFactory = Callable[[AuditPlan], Mapping[str, DedupTransport]]
+ReconcileTransportFactory = Callable[[AuditPlan], Mapping[str, ReconcileTransport]]
 """Opens the blinding-ring connections for a plan with a duplicates check."""
 
 
@@ -195,6 +197,7 @@ class Scheduler:
         fail_on_incomplete: bool = False,
         notifier: Notifier | None = None,
         dedup_transports: DedupTransportFactory | None = None,
+        reconcile_transports: ReconcileTransportFactory | None = None,
     ) -> None:
         unscheduled = [p.name for p in plans if not p.schedule]
         if unscheduled:
@@ -205,6 +208,7 @@ class Scheduler:
         self.plans = tuple(plans)
         self._transports = transports
         self._dedup_transports = dedup_transports
+        self._reconcile_transports = reconcile_transports
         self.archive = archive if isinstance(archive, Archive) else Archive(Path(archive))
         self._clock = clock
         self._sleep = sleep or threading.Event().wait
@@ -260,12 +264,22 @@ class Scheduler:
             if self._dedup_transports is not None and plan.checks.duplicates is not None
             else {}
         )
+        psi = (
+            self._reconcile_transports(plan)
+            if self._reconcile_transports is not None and plan.checks.revocation is not None
+            else {}
+        )
         try:
             report = run_audit(
-                plan, transports, run_id=due.run_id, clock=self._clock, dedup_transports=ring
+                plan,
+                transports,
+                run_id=due.run_id,
+                clock=self._clock,
+                dedup_transports=ring,
+                reconcile_transports=psi,
             )
         finally:
-            for t in [*transports.values(), *ring.values()]:
+            for t in [*transports.values(), *ring.values(), *psi.values()]:
                 try:
                     t.close()
                 except Exception as exc:  # closing must not lose a finished report

@@ -165,3 +165,31 @@ def channel_credentials(
         )
     warn_expiry([args.tls_cert, args.tls_ca])
     return credentials
+
+
+def open_node_database(url: str, *, table: str, missing: str) -> Any:
+    """An engine on an existing node database holding `table`; else a usage error.
+
+    Read-only commands must not create an empty database at a mistyped path, and
+    must say in one line what is wrong instead of a driver traceback.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
+    from fedaudit.node.store.db import make_engine, normalise_url
+
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database in ("", ":memory:") or not Path(database).is_file():
+            raise CliError(f"{url}: no such node database")
+    engine = make_engine(url)
+    try:
+        present = inspect(engine).has_table(table)
+    except Exception as exc:
+        engine.dispose()
+        raise CliError(f"{url}: cannot open the database ({type(exc).__name__})") from exc
+    if not present:
+        engine.dispose()
+        raise CliError(f"{url}: {missing}")
+    return engine

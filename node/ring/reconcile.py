@@ -19,6 +19,7 @@ Calls, in order, for a run with recogniser R and origins O1..Ok (any relay drive
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import hashlib
 import json
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from sqlalchemy import Engine, delete, func, insert, select
@@ -513,3 +515,72 @@ def _count(points: bytes) -> int:
 def _check_run_id(run_id: str) -> None:
     if not run_id or len(run_id) > 100 or not run_id.isprintable():
         raise InvalidParametersError("run_id must be 1 to 100 printable characters")
+
+
+# --- the data officer's view --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredMatch:
+    """One row of `fedaudit node reconcile show`."""
+
+    run_id: str
+    certificate_id: str
+    origin_municipality: str
+    origin_certificate_no: str
+    revoked_on: dt.date
+
+
+def latest_run(engine: Engine) -> str | None:
+    """The run id of the newest reconciliation this node took part in as recogniser."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(ReconciliationCheck.run_id)
+            .order_by(ReconciliationCheck.checked_at.desc(), ReconciliationCheck.id.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+
+
+def stored_matches(engine: Engine, run_id: str) -> list[StoredMatch]:
+    """This node's recognitions resting on a revoked certificate, as found in `run_id`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                ReconciliationMatch.run_id,
+                ReconciliationMatch.certificate_id,
+                ReconciliationMatch.origin_municipality,
+                ReconciliationMatch.origin_certificate_no,
+                ReconciliationMatch.revoked_on,
+            )
+            .where(ReconciliationMatch.run_id == run_id)
+            .order_by(ReconciliationMatch.origin_municipality, ReconciliationMatch.certificate_id)
+        ).all()
+    return [StoredMatch(*row) for row in rows]
+
+
+def checked_origins(engine: Engine, run_id: str) -> list[tuple[str, int, int]]:
+    """(origin, references asked about, matches) for every origin checked in `run_id`."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                ReconciliationCheck.origin_municipality,
+                ReconciliationCheck.references,
+                ReconciliationCheck.matches,
+            )
+            .where(ReconciliationCheck.run_id == run_id)
+            .order_by(ReconciliationCheck.origin_municipality)
+        ).all()
+    return [(o, int(r), int(m)) for o, r, m in rows]
+
+
+MATCH_COLUMNS = ("certificate_id", "origin_municipality", "origin_certificate_no", "revoked_on")
+
+
+def write_matches_csv(matches: list[StoredMatch], out: Any) -> None:
+    """The list as CSV (for the data officer's case handling), one row per recognition."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(MATCH_COLUMNS)
+    for m in matches:
+        writer.writerow(
+            [m.certificate_id, m.origin_municipality, m.origin_certificate_no, m.revoked_on]
+        )

@@ -11,13 +11,10 @@ from collections.abc import Iterator
 
 import grpc
 import structlog
-from grpc_status import rpc_status
 
-from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION
 from fedaudit.common.ring_serde import params_from_pb, part_from_pb, part_to_pb, roster_from_pb
-from fedaudit.node.errors import RefusedError, VersionMismatchError
 from fedaudit.node.ring.service import DedupService
-from fedaudit.node.rpc.status import refusal_status, requester_identity
+from fedaudit.node.rpc.status import abort_with, checked_requester
 from fedaudit.wire.v1 import dedup_pb2 as pb
 from fedaudit.wire.v1 import dedup_pb2_grpc as pb_grpc
 
@@ -84,24 +81,11 @@ class DedupNodeServicer(pb_grpc.DedupNodeServicer):
 
 
 def _requester(context: grpc.ServicerContext) -> str:
-    metadata = dict(context.invocation_metadata())
-    version = metadata.get(PROTOCOL_METADATA_KEY, "")
-    if version != PROTOCOL_VERSION:
-        error = VersionMismatchError(
-            f"protocol version mismatch: client sent '{version or '(none)'}', "
-            f"this node speaks '{PROTOCOL_VERSION}'",
-            {"client_version": version, "node_version": PROTOCOL_VERSION},
-        )
-        context.abort_with_status(rpc_status.to_status(refusal_status(error)))
-    return requester_identity(context, metadata)
+    return checked_requester(context)
 
 
 def _abort(context: grpc.ServicerContext, method: str, exc: Exception) -> None:
-    if isinstance(exc, RefusedError):
-        log.info("dedup.refused", method=method, reason=exc.reason.value)
-        context.abort_with_status(rpc_status.to_status(refusal_status(exc)))
-    log.error("dedup.failed", method=method, error=type(exc).__name__)
-    context.abort(grpc.StatusCode.INTERNAL, "internal error in the node; see its log")
+    abort_with(context, "dedup", method, exc)
 
 
 def add_dedup_servicer(server: grpc.Server, service: DedupService) -> None:

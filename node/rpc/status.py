@@ -8,11 +8,13 @@ mapping from domain refusals to gRPC status codes lives here and only here.
 from __future__ import annotations
 
 import grpc
+import structlog
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from fedaudit import REQUESTER_METADATA_KEY
-from fedaudit.node.errors import RefusalReason, RefusedError
+from fedaudit import PROTOCOL_METADATA_KEY, PROTOCOL_VERSION, REQUESTER_METADATA_KEY
+from fedaudit.node.errors import RefusalReason, RefusedError, VersionMismatchError
 from fedaudit.wire.v1 import node_pb2 as pb
 
 ERROR_DOMAIN = "fedaudit.org"
@@ -49,3 +51,31 @@ def requester_identity(context: grpc.ServicerContext, metadata: dict[str, str]) 
     if names:
         return names[0].decode()
     return metadata.get(REQUESTER_METADATA_KEY, "")
+
+
+def checked_requester(context: grpc.ServicerContext) -> str:
+    """The caller's identity, after refusing a client that speaks another protocol version."""
+    metadata = dict(context.invocation_metadata())
+    version = metadata.get(PROTOCOL_METADATA_KEY, "")
+    if version != PROTOCOL_VERSION:
+        error = VersionMismatchError(
+            f"protocol version mismatch: client sent '{version or '(none)'}', "
+            f"this node speaks '{PROTOCOL_VERSION}'",
+            {"client_version": version, "node_version": PROTOCOL_VERSION},
+        )
+        context.abort_with_status(rpc_status.to_status(refusal_status(error)))
+    return requester_identity(context, metadata)
+
+
+def abort_with(context: grpc.ServicerContext, event: str, method: str, exc: Exception) -> None:
+    """End a call on `exc`: a refusal with its structured reason, anything else INTERNAL.
+
+    The exception's text is never sent for an internal error (it could carry data);
+    the node's own log names its type.
+    """
+    log = structlog.get_logger(__name__)
+    if isinstance(exc, RefusedError):
+        log.info(f"{event}.refused", method=method, reason=exc.reason.value)
+        context.abort_with_status(rpc_status.to_status(refusal_status(exc)))
+    log.error(f"{event}.failed", method=method, error=type(exc).__name__)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error in the node; see its log")

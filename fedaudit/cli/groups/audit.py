@@ -73,6 +73,7 @@ def audit_run(args: argparse.Namespace) -> int:
     """Run the plan over gRPC, write report.json and report.html, print the summary."""
     from fedaudit.audit_reports.render import write_report
     from fedaudit.coordinator.planning.checks import planned_queries
+    from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport
     from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.audit import default_run_id, run_audit
     from fedaudit.coordinator.running.audit_metrics import export_audit_metrics
@@ -112,6 +113,20 @@ def audit_run(args: argparse.Namespace) -> int:
         if plan.checks.duplicates is not None
         else {}
     )
+    reconcile_transports = (
+        {
+            n.name: GrpcReconcileTransport(
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned_channel_options(n.name) if credentials is not None else None,
+            )
+            for n in plan.nodes
+        }
+        if plan.checks.revocation is not None
+        else {}
+    )
     run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
     try:
         record = AnswerRecord(args.record, run_id=run_id) if args.record else None
@@ -128,9 +143,10 @@ def audit_run(args: argparse.Namespace) -> int:
                 progress=progress,
                 on_answer=record,
                 dedup_transports=dedup_transports,
+                reconcile_transports=reconcile_transports,
             )
     finally:
-        for t in [*transports.values(), *dedup_transports.values()]:
+        for t in [*transports.values(), *dedup_transports.values(), *reconcile_transports.values()]:
             t.close()
         if record is not None:
             record.close()

@@ -79,6 +79,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedaudit.audit_reports.render import write_report
     from fedaudit.coordinator.planning.checks import planned_queries
     from fedaudit.coordinator.planning.default_plan import default_plan_path
+    from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport
     from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.audit import run_audit
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
@@ -86,10 +87,12 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedaudit.node.ingest.bundle import import_bundle
     from fedaudit.node.privacy.policy import example_policy
     from fedaudit.node.query.service import NodeService
+    from fedaudit.node.ring.reconcile import ReconcileService
     from fedaudit.node.ring.service import DedupService
     from fedaudit.node.server import start_node_server
     from fedaudit.node.store.db import make_engine
     from fedaudit.pki.authority import PkiError, create_throwaway_pki
+    from fedaudit.pki.identity import NodeIdentity
     from fedaudit.pki.tls import (
         TlsFiles,
         channel_credentials,
@@ -122,7 +125,10 @@ def run_demo(args: argparse.Namespace) -> int:
     if node_dir.exists():
         shutil.rmtree(node_dir)
     node_dir.mkdir(parents=True)
-    policy = example_policy({DEMO_REQUESTER: DEMO_RHO_PER_PERIOD}, max_rho_per_request=1.0)
+    # Every demo node opts in to revocation reconciliation at both ends (off by default).
+    policy = example_policy(
+        {DEMO_REQUESTER: DEMO_RHO_PER_PERIOD}, max_rho_per_request=1.0, reconciliation=True
+    )
 
     engines, services, running = [], {}, []
     try:
@@ -154,12 +160,19 @@ def run_demo(args: argparse.Namespace) -> int:
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
             dedup = DedupService(service.engine, policy, ledger=service.ledger)
+            reconcile = ReconcileService(
+                service.engine,
+                policy,
+                identity=NodeIdentity.load(files.cert, files.key, files.ca),
+                ledger=service.ledger,
+            )
             node = start_node_server(
                 service,
                 host="127.0.0.1",
                 port=0,
                 server_credentials=server_credentials(files),
                 dedup=dedup,
+                reconcile=reconcile,
             )
             running.append(node)
             nodes[code] = f"127.0.0.1:{node.port}"
@@ -192,14 +205,33 @@ def run_demo(args: argparse.Namespace) -> int:
             )
             for name, address in nodes.items()
         }
+        reconcile_transports = {
+            name: GrpcReconcileTransport(
+                name,
+                address,
+                requester=plan.requester,
+                credentials=client,
+                channel_options=pinned_channel_options(name),
+            )
+            for name, address in nodes.items()
+        }
         total = len(nodes) * len(planned_queries(plan))
         try:
             with progress_reporter(total, quiet=args.quiet) as progress:
                 report = run_audit(
-                    plan, transports, progress=progress, dedup_transports=dedup_transports
+                    plan,
+                    transports,
+                    progress=progress,
+                    dedup_transports=dedup_transports,
+                    reconcile_transports=reconcile_transports,
                 )
+            write_reconciliation_lists(services, out / "reconciliation", report)
         finally:
-            for t in [*transports.values(), *dedup_transports.values()]:
+            for t in [
+                *transports.values(),
+                *dedup_transports.values(),
+                *reconcile_transports.values(),
+            ]:
                 t.close()
     finally:
         for node in running:
@@ -212,6 +244,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if federation is not None:
         checks = check_planted(report, federation)
         _print_planted(checks, report, federation.clean_municipalities)
+        _print_reconciliation(federation, out / "reconciliation")
     console.print(f"\nreport: {json_path}\n        {html_path}")
     return EXIT_OK
 
@@ -297,3 +330,41 @@ def _print_planted(
             f"clean municipalities ({', '.join(clean)}): "
             + ("[green]nothing flagged[/]" if not wrong else f"[red]{len(wrong)} finding(s)[/]")
         )
+
+
+def write_reconciliation_lists(
+    services: dict[str, Any], directory: Path, report: dict[str, Any]
+) -> None:
+    """Each node's own list (what its data officer would see), as `<node>.csv`."""
+    from fedaudit.node.ring.reconcile import stored_matches, write_matches_csv
+
+    if "reconciliation" not in report:
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    run_id = report["audit"]["run_id"]
+    for code, service in services.items():
+        with (directory / f"{code}.csv").open("w", encoding="utf-8") as f:
+            write_matches_csv(stored_matches(service.engine, run_id), f)
+
+
+def _print_reconciliation(federation: Any, directory: Path) -> None:
+    """Planted revoked-but-recognised certificates against the lists the nodes kept."""
+    import csv
+
+    if not directory.is_dir():
+        return
+    found = set()
+    for path in sorted(directory.glob("*.csv")):
+        with path.open(encoding="utf-8") as f:
+            found |= {(path.stem, row["origin_certificate_no"]) for row in csv.DictReader(f)}
+    planted = [p for p in federation.planted if p.kind == "revoked_still_recognised"]
+    hits = sum(
+        1
+        for p in planted
+        if any(code == p.municipality and number in p.description for code, number in found)
+    )
+    console.print(
+        f"revocation reconciliation: {hits} of {len(planted)} planted revoked-but-recognised "
+        f"certificates on the recognising nodes' own lists ({len(found)} listed in all); "
+        f"lists in {directory}"
+    )

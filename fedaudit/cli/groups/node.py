@@ -16,6 +16,7 @@ import argparse
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 from fedaudit.cli.console import console, err_console
 from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, CliError
@@ -167,6 +168,7 @@ def node_serve(args: argparse.Namespace) -> int:
     """Serve queries and the ring until SIGINT/SIGTERM, then drain and stop cleanly."""
     from fedaudit.node.ops.observability import NodeObservability
     from fedaudit.node.query.service import NodeService
+    from fedaudit.node.ring.reconcile import ReconcileService
     from fedaudit.node.ring.service import DedupService
     from fedaudit.node.rpc.guard import MalformedRequestGuard
     from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
@@ -182,6 +184,13 @@ def node_serve(args: argparse.Namespace) -> int:
     service = NodeService(engine, policy, query_engine=query_engine)
     # The blinding ring for duplicate detection, on the same port and the same ledger.
     dedup = DedupService(engine, policy, ledger=service.ledger)
+    # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
+    reconcile = ReconcileService(
+        engine,
+        policy,
+        identity=_node_identity(args) if credentials else None,
+        ledger=service.ledger,
+    )
     obs = NodeObservability.from_args(args)
     try:
         limits = LimitSettings(
@@ -202,6 +211,7 @@ def node_serve(args: argparse.Namespace) -> int:
             # The limiter before the guard: malformed requests still count against the sender.
             interceptors=[*obs.interceptors, RequestLimiter(limits), MalformedRequestGuard()],
             dedup=dedup,
+            reconcile=reconcile,
         )
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
@@ -253,3 +263,13 @@ def node_budget(args: argparse.Namespace) -> int:
     console.print(table)
     engine.dispose()
     return EXIT_OK
+
+
+def _node_identity(args: argparse.Namespace) -> Any:
+    """The node's federation identity from its TLS files (checked already by the server)."""
+    from fedaudit.pki.identity import IdentityError, NodeIdentity
+
+    try:
+        return NodeIdentity.load(args.tls_cert, args.tls_key, args.tls_ca)
+    except (OSError, ValueError, IdentityError) as exc:
+        raise CliError(f"cannot load the node's federation identity: {exc}") from exc

@@ -110,7 +110,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    plans, factory, _ring = _setup(args)
+    plans, factory, _ring, _psi = _setup(args)
     result = _forecast(plans, factory, due_now=None)
     _print_forecast(result)
     if not result.ok:
@@ -123,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.scheduling.alerts import WebhookNotifier
     from fedaudit.coordinator.scheduling.schedule import Scheduler
 
-    plans, factory, ring_factory = _setup(args)
+    plans, factory, ring_factory, reconcile_factory = _setup(args)
     notifier = None
     if args.webhook:
         try:
@@ -140,6 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         fail_on_incomplete=args.fail_on_incomplete,
         notifier=notifier,
         dedup_transports=ring_factory,
+        reconcile_transports=reconcile_factory,
     )
     due = {d.plan.name: True for d in scheduler.due()}
     result = _forecast(plans, factory, due_now=due)
@@ -198,7 +199,8 @@ def _export_metrics(args: argparse.Namespace, record: Any) -> None:
     )
 
 
-def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any]:
+def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
+    from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport
     from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
     from fedaudit.pki.tls import pinned_channel_options
@@ -255,7 +257,19 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any]:
             for n in plan.nodes
         }
 
-    return plans, factory, ring_factory
+    def reconcile_factory(plan: Any) -> dict[str, GrpcReconcileTransport]:
+        return {
+            n.name: GrpcReconcileTransport(
+                n.name,
+                n.address,
+                requester=plan.requester,
+                credentials=credentials,
+                channel_options=pinned(n.name),
+            )
+            for n in plan.nodes
+        }
+
+    return plans, factory, ring_factory, reconcile_factory
 
 
 def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None) -> Any:
