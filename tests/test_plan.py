@@ -89,8 +89,8 @@ def test_default_plan_loads_with_every_check():
         "revocation",
     )
     assert not plan.periods  # no window: every period each node publishes
-    # 0.1 + 0.1 + 0.1 (two queries) + 0.05 + 0.02 + 0.02, plus the ring's 1.0
-    assert plan.total_rho_per_node() == pytest.approx(1.39)
+    # 0.1 + 0.1 + 0.1 (two queries) + 0.05 + 0.02 + 0.02, the ring's 1.0, reconciliation's 0.05
+    assert plan.total_rho_per_node() == pytest.approx(1.44)
 
 
 def test_parse_plan_reads_every_field():
