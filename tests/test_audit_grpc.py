@@ -161,7 +161,12 @@ def test_demo_finds_the_planted_anomalies_and_spares_the_clean_town(tmp_path, ca
     assert ("recognition_delay", "M04", None) in found
     assert any(k == "outcome_disparity" and m == "M05" for k, m, _ in found)
     assert not [f for f in report["findings"] if f["subject"]["municipality"] == "M01"]
-    assert "nothing flagged" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing flagged" in out
+    # Revocation reconciliation: every planted case is on its recogniser's own list, exactly.
+    assert report["reconciliation"]["status"] == "complete"
+    assert "5 of 5 planted revoked-but-recognised" in " ".join(out.split())
+    assert "(5 listed in all)" in " ".join(out.split())
 
 
 def test_rerun_after_the_budget_is_spent_replays_instead_of_skipping(
