@@ -17,7 +17,8 @@ from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport, run_reco
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.policy import example_policy
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.ring.reconcile import ReconcileService, query_statement, stored_matches
+from fedaudit.node.ring.reconcile import ReconcileService, query_statement
+from fedaudit.node.ring.reconcile_store import stored_matches
 from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
 from fedaudit.pki.authority import create_throwaway_pki

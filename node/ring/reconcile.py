@@ -19,7 +19,6 @@ Calls, in order, for a run with recogniser R and origins O1..Ok (any relay drive
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import hashlib
 import json
@@ -28,10 +27,9 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, select
 
 from fedaudit.common import psi
 from fedaudit.common.mechanisms import add_noise, plan_noise
@@ -44,12 +42,16 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import Policy
+from fedaudit.node.ring.reconcile_store import (
+    Reference,
+    persons_matched,
+    store_matches,
+    was_checked,
+)
 from fedaudit.node.store.models import (
     Certificate,
     DataVersion,
     Municipality,
-    ReconciliationCheck,
-    ReconciliationMatch,
 )
 from fedaudit.pki.identity import IdentityError, NodeIdentity
 
@@ -123,16 +125,9 @@ def answer_statement(
 
 
 @dataclass
-class _Reference:
-    number: str  # as recorded here (shown to the data officer)
-    certificate_ids: list[str]
-    candidate_ids: list[str]
-
-
-@dataclass
 class _Asked:
     blinded: psi.Blinded
-    references: list[_Reference]
+    references: list[Reference]
     created: float = field(default_factory=time.monotonic)
 
 
@@ -181,7 +176,7 @@ class ReconcileService:
         with self._lock:
             self._expire()
             key = (run_id, origin)
-            if key in self._asked or self._checked(run_id, origin):
+            if key in self._asked or was_checked(self._engine, run_id, origin):
                 raise ReconcileRefusedError(f"this run already asked {origin}; runs are once only")
             self._asked[key] = _Asked(blinded=blinded, references=references)
         statement = query_statement(run_id, identity.name, origin, blinded.points)
@@ -218,7 +213,15 @@ class ReconcileService:
             raise ReconcileRefusedError(
                 f"the answer of {answer.sender} is malformed: {exc}"
             ) from exc
-        self._store(answer.run_id, answer.sender, asked.references, days)
+        store_matches(
+            self._engine,
+            answer.run_id,
+            answer.sender,
+            asked.references,
+            days,
+            data_version=self._data_version(),
+            checked_at=self._clock(),
+        )
         with self._lock:
             self._asked.pop((answer.run_id, answer.sender), None)
 
@@ -263,7 +266,7 @@ class ReconcileService:
             now=self._clock(),
         )
         try:
-            persons = self._persons_matched(run_id)
+            persons = persons_matched(self._engine, run_id)
         except Exception:
             self._ledger.cancel(entry_id)  # nothing was read: a full refund
             raise
@@ -384,7 +387,7 @@ class ReconcileService:
         for key in [k for k, a in self._asked.items() if now - a.created > self._ttl]:
             del self._asked[key]
 
-    def _references(self, origin: str) -> list[_Reference]:
+    def _references(self, origin: str) -> list[Reference]:
         """This node's live recognitions of `origin`'s certificates, one per origin number."""
         try:
             with self._engine.connect() as conn:
@@ -403,12 +406,12 @@ class ReconcileService:
                 ).all()
         except Exception as exc:
             raise DataUnavailableError("the node's database is not reachable") from exc
-        by_number: dict[str, _Reference] = {}
+        by_number: dict[str, Reference] = {}
         for certificate_id, candidate_id, number in rows:
             key = psi.normalise_certificate_no(number or "")
             if not key:
                 continue
-            ref = by_number.setdefault(key, _Reference(number, [], []))
+            ref = by_number.setdefault(key, Reference(number, [], []))
             ref.certificate_ids.append(certificate_id)
             ref.candidate_ids.append(candidate_id)
         return list(by_number.values())
@@ -438,75 +441,6 @@ class ReconcileService:
             raise DataUnavailableError("no data bundle has been imported into this node yet")
         return version
 
-    def _checked(self, run_id: str, origin: str) -> bool:
-        with self._engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(func.count())
-                    .select_from(ReconciliationCheck)
-                    .where(
-                        ReconciliationCheck.run_id == run_id,
-                        ReconciliationCheck.origin_municipality == origin,
-                    )
-                ).scalar_one()
-                > 0
-            )
-
-    def _store(
-        self,
-        run_id: str,
-        origin: str,
-        references: list[_Reference],
-        days: list[dt.date | None],
-    ) -> None:
-        version = self._data_version()
-        matches = [
-            {
-                "run_id": run_id,
-                "certificate_id": certificate_id,
-                "origin_municipality": origin,
-                "origin_certificate_no": ref.number,
-                "revoked_on": day,
-            }
-            for ref, day in zip(references, days, strict=True)
-            if day is not None
-            for certificate_id in ref.certificate_ids
-        ]
-        with self._engine.begin() as conn:
-            conn.execute(
-                delete(ReconciliationMatch).where(
-                    ReconciliationMatch.run_id == run_id,
-                    ReconciliationMatch.origin_municipality == origin,
-                )
-            )
-            if matches:
-                conn.execute(insert(ReconciliationMatch), matches)
-            conn.execute(
-                insert(ReconciliationCheck).values(
-                    run_id=run_id,
-                    origin_municipality=origin,
-                    references=sum(len(r.certificate_ids) for r in references),
-                    matches=len(matches),
-                    data_version=version,
-                    checked_at=self._clock(),
-                )
-            )
-        log.info("reconcile.resolved", run_id=run_id, origin=origin)
-
-    def _persons_matched(self, run_id: str) -> int:
-        with self._engine.connect() as conn:
-            return int(
-                conn.execute(
-                    select(func.count(func.distinct(Certificate.candidate_id)))
-                    .select_from(ReconciliationMatch)
-                    .join(
-                        Certificate,
-                        Certificate.certificate_id == ReconciliationMatch.certificate_id,
-                    )
-                    .where(ReconciliationMatch.run_id == run_id)
-                ).scalar_one()
-            )
-
 
 def _count(points: bytes) -> int:
     return len(points) // psi.POINT_BYTES
@@ -515,72 +449,3 @@ def _count(points: bytes) -> int:
 def _check_run_id(run_id: str) -> None:
     if not run_id or len(run_id) > 100 or not run_id.isprintable():
         raise InvalidParametersError("run_id must be 1 to 100 printable characters")
-
-
-# --- the data officer's view --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoredMatch:
-    """One row of `fedaudit node reconcile show`."""
-
-    run_id: str
-    certificate_id: str
-    origin_municipality: str
-    origin_certificate_no: str
-    revoked_on: dt.date
-
-
-def latest_run(engine: Engine) -> str | None:
-    """The run id of the newest reconciliation this node took part in as recogniser."""
-    with engine.connect() as conn:
-        return conn.execute(
-            select(ReconciliationCheck.run_id)
-            .order_by(ReconciliationCheck.checked_at.desc(), ReconciliationCheck.id.desc())
-            .limit(1)
-        ).scalar_one_or_none()
-
-
-def stored_matches(engine: Engine, run_id: str) -> list[StoredMatch]:
-    """This node's recognitions resting on a revoked certificate, as found in `run_id`."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                ReconciliationMatch.run_id,
-                ReconciliationMatch.certificate_id,
-                ReconciliationMatch.origin_municipality,
-                ReconciliationMatch.origin_certificate_no,
-                ReconciliationMatch.revoked_on,
-            )
-            .where(ReconciliationMatch.run_id == run_id)
-            .order_by(ReconciliationMatch.origin_municipality, ReconciliationMatch.certificate_id)
-        ).all()
-    return [StoredMatch(*row) for row in rows]
-
-
-def checked_origins(engine: Engine, run_id: str) -> list[tuple[str, int, int]]:
-    """(origin, references asked about, matches) for every origin checked in `run_id`."""
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                ReconciliationCheck.origin_municipality,
-                ReconciliationCheck.references,
-                ReconciliationCheck.matches,
-            )
-            .where(ReconciliationCheck.run_id == run_id)
-            .order_by(ReconciliationCheck.origin_municipality)
-        ).all()
-    return [(o, int(r), int(m)) for o, r, m in rows]
-
-
-MATCH_COLUMNS = ("certificate_id", "origin_municipality", "origin_certificate_no", "revoked_on")
-
-
-def write_matches_csv(matches: list[StoredMatch], out: Any) -> None:
-    """The list as CSV (for the data officer's case handling), one row per recognition."""
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(MATCH_COLUMNS)
-    for m in matches:
-        writer.writerow(
-            [m.certificate_id, m.origin_municipality, m.origin_certificate_no, m.revoked_on]
-        )

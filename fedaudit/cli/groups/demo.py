@@ -336,7 +336,7 @@ def write_reconciliation_lists(
     services: dict[str, Any], directory: Path, report: dict[str, Any]
 ) -> None:
     """Each node's own list (what its data officer would see), as `<node>.csv`."""
-    from fedaudit.node.ring.reconcile import stored_matches, write_matches_csv
+    from fedaudit.node.ring.reconcile_store import stored_matches, write_matches_csv
 
     if "reconciliation" not in report:
         return

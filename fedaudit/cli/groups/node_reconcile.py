@@ -45,7 +45,7 @@ def register(parsers: Parsers) -> None:
 
 
 def reconcile_show(args: argparse.Namespace) -> int:
-    from fedaudit.node.ring.reconcile import (
+    from fedaudit.node.ring.reconcile_store import (
         checked_origins,
         latest_run,
         stored_matches,
