@@ -445,6 +445,28 @@ def test_forecast_prices_runs_with_the_nodes_own_preflight(
     assert result.problems() == [by_node["M02"].message]
 
 
+def test_forecast_adds_the_ring_and_reconciliation_to_the_preflight_price(
+    bundles: list[Path], tmp_path: Path
+) -> None:
+    """No preflight prices the cross-node protocols; the plan does, and the forecast counts it."""
+    clock = FakeTime(dt.datetime(2027, 1, 10, tzinfo=UTC), dt.datetime(2027, 1, 11, tzinfo=UTC))
+    fed = Federation(bundles, tmp_path, clock, caps={})
+    checks = {**PLAN_DOC["checks"], "duplicates": {"rho": 0.4}, "revocation": {"rho": 0.05}}
+    plan = _plan(checks=checks)
+    try:
+        transports = {
+            plan.name: {
+                n: InProcessNodeTransport(n, s, requester=REQUESTER)
+                for n, s in fed.services.items()
+            }
+        }
+        result = forecast_plans([plan], transports, clock())
+    finally:
+        fed.close()
+    by_node = {n.node: n for n in result.nodes}
+    assert by_node["M01"].rho_current == pytest.approx(RUN_COST + 0.4 + 0.05)
+
+
 def test_alert_without_threshold_fires_only_for_incomplete_audits() -> None:
     """Findings alert only at/above the threshold; an incomplete audit always alerts."""
     report = json.loads((Path(__file__).parent / "fixtures" / "sample_report.json").read_text())

@@ -261,6 +261,14 @@ class AuditPlan:
         for check, parts in QUERY_CHECKS.items():
             if getattr(self.checks, check) is not None:
                 total += parts * self.query_budget(check).rho_charged()
+        return total + self.protocol_rho_per_node()
+
+    def protocol_rho_per_node(self) -> float:
+        """What the cross-node protocols charge at each node: the ring and reconciliation.
+
+        They are not catalogue queries, so a node's preflight cannot price them.
+        """
+        total = 0.0
         if self.checks.duplicates is not None:
             # Every node that joins the blinding ring charges the check's cost once.
             total += self.checks.duplicates.budget.rho_charged()

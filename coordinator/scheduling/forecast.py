@@ -295,8 +295,9 @@ def measure_costs(
     """Each node's budget and the rho one run of `plan` costs there (free preflights).
 
     Returns (costs per reachable node, error message per unreachable node). The node's
-    own preflight prices each query (its sensitivity, its mechanism conversion); a node
-    that cannot price one falls back to `plan.total_rho_per_node()`.
+    own preflight prices each query (its sensitivity, its mechanism conversion); the
+    ring and reconciliation are added at the plan's price; a node that cannot price a
+    query falls back to `plan.total_rho_per_node()`.
     """
     queries = planned_queries(plan)
     costs: dict[str, NodeCost] = {}
@@ -314,7 +315,9 @@ def measure_costs(
             errors[name] = str(exc)
             log.warning("forecast_node_unreachable", node=name, error=str(exc))
             continue
-        costs[name] = NodeCost(info=info, cost_rho=total or plan.total_rho_per_node())
+        # The ring and reconciliation are priced by the plan: no preflight covers them.
+        cost = total + plan.protocol_rho_per_node() if total else plan.total_rho_per_node()
+        costs[name] = NodeCost(info=info, cost_rho=cost)
     return costs, errors
 
 
