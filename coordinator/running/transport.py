@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import NoReturn, Protocol, TypeVar
 
 import grpc
 from google.rpc import error_details_pb2
@@ -198,3 +198,24 @@ def translate_refusals(node: str) -> Iterator[None]:
         yield
     except RefusedError as exc:
         raise NodeRefusedError(node, exc.reason.value, exc.message, exc.details) from exc
+
+
+class UnavailableTransport:
+    """A node the coordinator will not talk to (its certificate was revoked, say).
+
+    Every call fails as unavailable with the reason, so the audit's coverage names the
+    node and why, exactly as for a node that is down.
+    """
+
+    def __init__(self, name: str, address: str, reason: str) -> None:
+        self.name = name
+        self.address = address
+        self._reason = reason
+
+    def _refuse(self, *_: object, **__: object) -> NoReturn:
+        raise NodeUnavailableError(self.name, self._reason)
+
+    info = preflight = query = _refuse
+
+    def close(self) -> None:
+        return None

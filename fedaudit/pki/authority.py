@@ -207,8 +207,12 @@ def issue_node_certificate(
     days: int = DEFAULT_LEAF_DAYS,
     overwrite: bool = False,
     now: dt.datetime | None = None,
+    public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> CertKeyPaths:
     """Issue a node (server) certificate: CN and DNS SAN = `name`, plus `hosts` as SANs.
+
+    With `public_key` (from a signing request) no key is generated or written: the
+    node made its own and it never leaves the node.
 
     `hosts` are the DNS names or IP addresses the node is reached at. The coordinator
     checks the node name, not the host (see fedaudit.pki.tls), but listing the hosts lets
@@ -221,7 +225,7 @@ def issue_node_certificate(
         )
     sans: list[x509.GeneralName] = [x509.DNSName(name)]
     for host in hosts:
-        san = _host_san(host)
+        san = host_san(host)
         if san not in sans:
             sans.append(san)
     _check_identity_collisions(directory, name, sans)
@@ -234,6 +238,7 @@ def issue_node_certificate(
         days=days,
         overwrite=overwrite,
         now=now,
+        public_key=public_key,
     )
 
 
@@ -244,6 +249,7 @@ def issue_auditor_certificate(
     days: int = DEFAULT_LEAF_DAYS,
     overwrite: bool = False,
     now: dt.datetime | None = None,
+    public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> CertKeyPaths:
     """Issue an auditor (client) certificate whose CN is the requester name nodes' policies list."""
     if not _REQUESTER_NAME.fullmatch(name):
@@ -260,6 +266,7 @@ def issue_auditor_certificate(
         days=days,
         overwrite=overwrite,
         now=now,
+        public_key=public_key,
     )
 
 
@@ -296,11 +303,15 @@ def _issue_leaf(
     days: int,
     overwrite: bool,
     now: dt.datetime | None,
+    public_key: ec.EllipticCurvePublicKey | None = None,
 ) -> CertKeyPaths:
     _check_days(days)
     ca_cert, ca_key = load_ca(directory)
     paths = CertKeyPaths(target / f"{name}.pem", target / f"{name}.key")
-    _refuse_existing(paths, overwrite)
+    if public_key is None:
+        _refuse_existing(paths, overwrite)
+    else:
+        _refuse_existing(CertKeyPaths(paths.cert, paths.cert), overwrite)
     now = _now(now)
     not_after = now + dt.timedelta(days=days)
     if not_after > ca_cert.not_valid_after_utc:
@@ -309,12 +320,13 @@ def _issue_leaf(
             f"before the requested certificate would ({not_after:%Y-%m-%d}); use fewer --days "
             "or renew the CA"
         )
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1()) if public_key is None else None
+    subject_key = public_key if key is None else key.public_key()
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(subject_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _BACKDATE)
         .not_valid_after(not_after)
@@ -334,7 +346,7 @@ def _issue_leaf(
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
             critical=False,
@@ -343,7 +355,12 @@ def _issue_leaf(
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
-    _write(paths, cert, key, overwrite=overwrite)
+    if key is None:
+        write_atomically(
+            paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite=overwrite
+        )
+    else:
+        _write(paths, cert, key, overwrite=overwrite)
     log.info(
         "pki_certificate_issued",
         name=name,
@@ -384,7 +401,7 @@ def _check_identity_collisions(directory: Path, name: str, sans: list[x509.Gener
             )
 
 
-def _host_san(host: str) -> x509.GeneralName:
+def host_san(host: str) -> x509.GeneralName:
     try:
         return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
     except ValueError:
@@ -564,13 +581,13 @@ def _write(
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _atomic_write(paths.key, key_pem, 0o600, overwrite=overwrite)
-    _atomic_write(
+    write_atomically(paths.key, key_pem, 0o600, overwrite=overwrite)
+    write_atomically(
         paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644, overwrite=overwrite
     )
 
 
-def _atomic_write(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
+def write_atomically(path: Path, data: bytes, mode: int, *, overwrite: bool) -> None:
     """Write via a temporary file; without `overwrite`, a file that appeared meanwhile wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -187,3 +187,29 @@ def _check_validity(path: Path, cert: x509.Certificate, now: dt.datetime, what: 
             f"{path}: {what} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
             "peers reject it, issue a new one"
         )
+
+
+def peer_certificate(
+    address: str, files: TlsFiles, server_name: str, *, timeout: float = 10.0
+) -> x509.Certificate:
+    """The certificate a node presents at `address`, by one mTLS handshake under `files`.
+
+    gRPC's Python client does not expose the server's certificate, and its TLS stack
+    does not check revocation; the coordinator asks this way before it talks to a node.
+    The handshake verifies the chain against the federation CA and the node name.
+    """
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(files.ca))
+    context.load_cert_chain(str(files.cert), str(files.key))
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=server_name) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        raise TlsError(f"{address}: presented no certificate")
+    return x509.load_der_x509_certificate(der)

@@ -56,6 +56,12 @@ def register(parsers: Parsers) -> None:
     run.add_argument("--tls-cert", type=Path, help="auditor certificate (PEM)")
     run.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
     run.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
+    run.add_argument(
+        "--tls-crl",
+        type=Path,
+        help="the federation CA's revocation list: nodes whose certificate it lists are not "
+        "contacted and show as unavailable (default: no revocation check)",
+    )
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     from fedaudit.coordinator.running.audit_metrics import add_metrics_arguments
@@ -78,7 +84,7 @@ def audit_run(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.running.audit import default_run_id, run_audit
     from fedaudit.coordinator.running.audit_metrics import export_audit_metrics
     from fedaudit.coordinator.running.record import AnswerRecord, RecordError
-    from fedaudit.coordinator.running.transport import GrpcNodeTransport
+    from fedaudit.coordinator.running.transport import GrpcNodeTransport, UnavailableTransport
     from fedaudit.pki.tls import pinned_channel_options
 
     plan = load_plan(args.plan)
@@ -127,6 +133,12 @@ def audit_run(args: argparse.Namespace) -> int:
         if plan.checks.revocation is not None
         else {}
     )
+    for name, reason in _revoked_nodes(args, plan).items():
+        transports[name].close()
+        address = transports[name].address
+        transports[name] = UnavailableTransport(name, address, reason)
+        dedup_transports.pop(name, None)
+        reconcile_transports.pop(name, None)
     run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
     try:
         record = AnswerRecord(args.record, run_id=run_id) if args.record else None
@@ -169,3 +181,34 @@ def exit_code_for(report: Mapping[str, Any], fail_on: str | None) -> int:
     threshold = SEVERITIES.index(fail_on)
     hit = any(SEVERITIES.index(f["severity"]) >= threshold for f in report["findings"])
     return EXIT_FINDINGS if hit else EXIT_OK
+
+
+def _revoked_nodes(args: argparse.Namespace, plan: Any) -> dict[str, str]:
+    """Plan nodes whose certificate is on the CA's CRL (--tls-crl), with the reason."""
+    if args.tls_crl is None:
+        return {}
+    if args.insecure:
+        raise CliError("--tls-crl needs mTLS (--tls-cert/--tls-key/--tls-ca), not --insecure")
+    from cryptography import x509
+
+    from fedaudit.pki.authority import PkiError
+    from fedaudit.pki.enrolment import load_crl
+    from fedaudit.pki.tls import TlsFiles, peer_certificate
+
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    try:
+        crl = load_crl(args.tls_crl, x509.load_pem_x509_certificate(args.tls_ca.read_bytes()))
+    except (OSError, ValueError, PkiError) as exc:
+        raise CliError(f"--tls-crl: {exc}") from exc
+    revoked = {}
+    for node in plan.nodes:
+        try:
+            certificate = peer_certificate(node.address, files, node.name, timeout=5.0)
+        except (OSError, ValueError):
+            continue  # unreachable now: the audit's own calls will say so
+        if crl.is_revoked(certificate):
+            revoked[node.name] = (
+                f"the certificate {node.name} presents (serial {certificate.serial_number}) "
+                "was revoked by the federation CA; the node was not contacted"
+            )
+    return revoked

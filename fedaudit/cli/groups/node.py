@@ -73,6 +73,12 @@ def register(parsers: Parsers) -> None:
     serve.add_argument(
         "--tls-ca", type=Path, help="federation CA: clients must present a certificate it signed"
     )
+    serve.add_argument(
+        "--tls-crl",
+        type=Path,
+        help="the federation CA's revocation list (crl.pem): callers whose certificate it lists "
+        "are refused; re-read when the file changes (default: no revocation check)",
+    )
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
     serve.add_argument("--max-workers", type=int, default=8)
     serve.add_argument(
@@ -209,7 +215,12 @@ def node_serve(args: argparse.Namespace) -> int:
             server_credentials=credentials,
             # Metrics first, so they also count what later interceptors refuse.
             # The limiter before the guard: malformed requests still count against the sender.
-            interceptors=[*obs.interceptors, RequestLimiter(limits), MalformedRequestGuard()],
+            interceptors=[
+                *obs.interceptors,
+                *_revocation_guard(args),
+                RequestLimiter(limits),
+                MalformedRequestGuard(),
+            ],
             dedup=dedup,
             reconcile=reconcile,
         )
@@ -273,3 +284,18 @@ def _node_identity(args: argparse.Namespace) -> Any:
         return NodeIdentity.load(args.tls_cert, args.tls_key, args.tls_ca)
     except (OSError, ValueError, IdentityError) as exc:
         raise CliError(f"cannot load the node's federation identity: {exc}") from exc
+
+
+def _revocation_guard(args: argparse.Namespace) -> list[Any]:
+    """The CRL check, when --tls-crl is given (it needs mTLS to know who is calling)."""
+    if args.tls_crl is None:
+        return []
+    if args.insecure:
+        raise CliError("--tls-crl needs mTLS (--tls-cert/--tls-key/--tls-ca), not --insecure")
+    from fedaudit.node.rpc.revocation import RevocationGuard
+    from fedaudit.pki.authority import PkiError
+
+    try:
+        return [RevocationGuard(args.tls_crl, args.tls_ca)]
+    except (OSError, ValueError, PkiError) as exc:
+        raise CliError(f"--tls-crl: {exc}") from exc

@@ -4,6 +4,10 @@
     fedaudit pki issue-node NAME --dir DIR --host H [--host H ...]
     fedaudit pki issue-auditor NAME --dir DIR
     fedaudit pki show FILE [FILE ...] [--within-days 30] [--check]
+    fedaudit pki request NAME --out DIR [--host H ...]      (at the node or auditor)
+    fedaudit pki sign REQUEST --dir DIR --role node|auditor (at the CA)
+    fedaudit pki revoke NAME --dir DIR --role node|auditor  (at the CA; writes crl.pem)
+    fedaudit pki crl --dir DIR                              (re-publish crl.pem before it lapses)
 
 All certificate logic is in fedaudit.pki.authority; this module only parses and prints.
 Bad input (a name that cannot be a certificate identity, an existing file without
@@ -105,6 +109,70 @@ def register(parsers: Parsers) -> None:
     )
     show.set_defaults(handler=_show)
 
+    request = sub.add_parser(
+        "request",
+        help="make this machine's own key and a signing request for the CA",
+        description=(
+            "At the node or auditor: write OUT/NAME.key (0600, never leaves this machine) and "
+            "OUT/NAME.csr.pem. Send only the .csr.pem to the CA operator; install the "
+            "certificate they return next to the key."
+        ),
+    )
+    request.add_argument("name", metavar="NAME", help="the node name (e.g. M01) or requester name")
+    request.add_argument("--out", required=True, type=Path, help="where to write the key and CSR")
+    request.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="H",
+        help="a DNS name or IP address the node is reached at (repeat for several; nodes only)",
+    )
+    request.add_argument("--force", action="store_true", help="replace an existing key and CSR")
+    request.set_defaults(handler=_request)
+
+    sign = sub.add_parser(
+        "sign",
+        help="issue the certificate a signing request asks for",
+        description=(
+            "At the CA: check REQUEST (its signature, key type, name rules and host collisions "
+            "as for issue-node/issue-auditor) and write DIR/nodes/NAME.pem or "
+            "DIR/auditors/NAME.pem. The role is the CA's decision, never the request's."
+        ),
+    )
+    sign.add_argument("request", metavar="REQUEST", type=Path, help="the .csr.pem file")
+    sign.add_argument("--dir", required=True, type=Path, help="the PKI directory (holds the CA)")
+    sign.add_argument("--role", required=True, choices=("node", "auditor"), help="what it may do")
+    sign.add_argument(
+        "--days",
+        type=int,
+        default=pki.DEFAULT_LEAF_DAYS,
+        help=f"validity in days (default {pki.DEFAULT_LEAF_DAYS})",
+    )
+    sign.add_argument("--force", action="store_true", help="replace an existing certificate")
+    sign.set_defaults(handler=_sign)
+
+    revoke = sub.add_parser(
+        "revoke",
+        help="revoke a node or auditor certificate and publish the CRL",
+        description=(
+            "At the CA: add DIR/nodes/NAME.pem or DIR/auditors/NAME.pem to the revoked list and "
+            "write DIR/crl.pem. Copy crl.pem to every node (node serve --tls-crl) and to the "
+            "coordinator (audit run --tls-crl)."
+        ),
+    )
+    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("--dir", required=True, type=Path, help="the PKI directory (holds the CA)")
+    revoke.add_argument("--role", required=True, choices=("node", "auditor"))
+    revoke.set_defaults(handler=_revoke)
+
+    crl = sub.add_parser(
+        "crl",
+        help="re-publish the CRL (it lapses after 30 days)",
+        description="At the CA: sign a fresh DIR/crl.pem from the revoked list.",
+    )
+    crl.add_argument("--dir", required=True, type=Path, help="the PKI directory (holds the CA)")
+    crl.set_defaults(handler=_crl)
+
 
 def _init(args: argparse.Namespace) -> int:
     with _input_errors():
@@ -156,6 +224,45 @@ def _show(args: argparse.Namespace) -> int:
     for warning in warnings:
         print(f"fedaudit: warning: {warning.message}", file=sys.stderr)
     return EXIT_FINDINGS if args.check and warnings else EXIT_OK
+
+
+def _request(args: argparse.Namespace) -> int:
+    from fedaudit.pki import enrolment
+
+    with _input_errors():
+        paths = enrolment.create_request(args.out, args.name, hosts=args.host, overwrite=args.force)
+    print(f"key:     {paths.key}  (0600; stays on this machine)")
+    print(f"request: {paths.request}  (send this file to the CA operator)")
+    return EXIT_OK
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from fedaudit.pki import enrolment
+
+    with _input_errors():
+        cert = enrolment.sign_request(
+            args.dir, args.request, role=args.role, days=args.days, overwrite=args.force
+        )
+    print(f"certificate: {cert}  (send it back with {args.dir / pki.CA_CERT})")
+    return EXIT_OK
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    from fedaudit.pki import enrolment
+
+    with _input_errors():
+        crl = enrolment.revoke(args.dir, args.name, role=args.role)
+    print(f"revoked {args.role} {args.name}; CRL: {crl} (copy it to every node and coordinator)")
+    return EXIT_OK
+
+
+def _crl(args: argparse.Namespace) -> int:
+    from fedaudit.pki import enrolment
+
+    with _input_errors():
+        crl = enrolment.publish_crl(args.dir)
+    print(f"CRL: {crl} (valid {enrolment.CRL_DAYS} days)")
+    return EXIT_OK
 
 
 def _print_issued(paths: pki.CertKeyPaths) -> None:
