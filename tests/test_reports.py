@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,7 @@ def test_html_is_well_formed(report: dict[str, Any]) -> None:
     assert parser.errors == []
     assert parser.stack == []
     assert {"html", "head", "title", "body", "header", "main", "section", "footer"} <= parser.seen
-    assert {"article", "table", "th", "svg"} <= parser.seen
+    assert {"article", "table", "th", "figure", "nav"} <= parser.seen
 
 
 def test_html_escapes_a_malicious_summary(report: dict[str, Any]) -> None:
@@ -214,7 +215,9 @@ def test_html_shows_every_summary_and_node_status(report: dict[str, Any]) -> Non
         assert str(escape(finding["summary"])) in html
     for node in report["coverage"]["nodes"]:
         words = "refused: privacy budget exhausted" if node["node"] == "M04" else "answered"
-        assert re.search(rf'<th scope="row">{node["node"]}</th>\s*<td>{words}</td>', html)
+        assert re.search(
+            rf'<th scope="row">{node["node"]}</th>\s*<td data-label="Status">{words}</td>', html
+        )
 
 
 @pytest.mark.parametrize(
@@ -230,7 +233,7 @@ def test_node_status_in_words(report: dict[str, Any], status: str, reason: str, 
     """Every node status and refusal reason reads as plain words."""
     report["coverage"]["nodes"][3].update(status=status, reason=reason)
     html = render_html(report)
-    assert re.search(rf'<th scope="row">M04</th>\s*<td>{words}', html)
+    assert re.search(rf'<th scope="row">M04</th>\s*<td data-label="Status">{words}', html)
 
 
 def test_failed_audit_without_results_renders(report: dict[str, Any]) -> None:
@@ -240,6 +243,8 @@ def test_failed_audit_without_results_renders(report: dict[str, Any]) -> None:
     html = render_html(report)
     assert "Audit failed:</strong> only 1 of 5 municipalities answered" in html
     assert 'id="charts"' not in html
+    assert "No gap was found" not in html
+    assert "No comparison could be made: the audit failed." in html
     assert _parse(html).errors == []
 
 
@@ -254,20 +259,48 @@ def test_findings_are_ordered_by_severity_then_kind(report: dict[str, Any]) -> N
     """Critical cards come first, then warnings, then information."""
     report["findings"].reverse()
     html = render_html(report)
-    badges = re.findall(r'<span class="badge badge-(\w+)">', html)
-    assert badges == ["critical", "critical", "warning", "warning", "info"]
+    summary, details = html.split('<section id="findings"')
+    expected = ["critical", "critical", "warning", "warning", "info"]
+    assert re.findall(r'<li class="sev-(\w+)">', summary) == expected
+    assert re.findall(r'<span class="badge badge-(\w+)">', details) == expected
     ids = re.findall(r'<span class="fid">(F\d+)</span>', html)
     assert ids == ["F001", "F002", "F003", "F004", "F005"]
+    assert re.findall(r'<a href="#(F\d+)">', summary) == ids
+
+
+def _complete(report: dict[str, Any]) -> None:
+    report["audit"].update(status="complete", status_reason="")
+    for node in report["coverage"]["nodes"]:
+        node.update(status="answered", reason="", message="")
 
 
 def test_no_findings_says_what_that_means(report: dict[str, Any]) -> None:
-    """Without findings the page says none were found and what that does not mean."""
+    """Without findings a complete audit says none were found and what that does not mean."""
+    _complete(report)
     report["findings"] = []
     html = render_html(report)
     assert "No gap was found at 95% confidence." in html
     assert "does <strong>not</strong> mean" in html
-    assert "M04 did not fully answer" in html
+    assert '<div class="no-findings">' in html
     assert 'class="finding ' not in html
+
+
+@pytest.mark.parametrize("status", ["partial", "failed"])
+def test_incomplete_audit_never_shows_the_green_no_gap_box(
+    report: dict[str, Any], status: str
+) -> None:
+    """A partial or failed audit without findings never reads as a clean result."""
+    report["findings"] = []
+    report["audit"].update(status=status, status_reason="M04 refused every query.")
+    html = render_html(report)
+    assert "No gap was found" not in html
+    assert '<div class="no-findings">' not in html  # the green box
+    assert 'class="no-findings incomplete' in html
+    assert 'class="verdict status-complete"' not in html
+    assert f'class="verdict status-{status}"' in html
+    if status == "partial":
+        assert "M04 did not fully answer" in html
+        assert "this is not a clean result" in html
 
 
 def test_header_shows_plan_date_status_and_confidence(report: dict[str, Any]) -> None:
@@ -275,7 +308,7 @@ def test_header_shows_plan_date_status_and_confidence(report: dict[str, Any]) ->
     html = render_html(report)
     assert "<h1>regional-quality-audit</h1>" in html
     assert "26 November 2026, 09:00 UTC" in html
-    assert "Partial audit:" in html
+    assert "Incomplete audit:" in html
     assert "privacy budget at M04 for 2026-Q4 is exhausted" in html
     assert "<dd>95%</dd>" in html
 
@@ -300,28 +333,36 @@ def test_duplicates_results_are_tabulated(report: dict[str, Any]) -> None:
         "pairwise": [{"a": "M01", "b": "M02", "estimate": 12, "ci": [5, 19]}],
     }
     html = render_html(report)
-    assert "About <strong>41</strong> persons (interval 30–52)" in html
-    assert '<th scope="row">7212</th><td>17</td><td>9–25</td>' in html
-    assert '<th scope="row">M01 and M02</th><td>12</td><td>5–19</td>' in html
+    assert "About <strong>41 (30–52)</strong> persons" in html
+    assert (
+        '<th scope="row">7212</th><td data-label="Persons">17</td>'
+        '<td data-label="Interval">9–25</td>'
+    ) in html
+    assert (
+        '<th scope="row">M01 and M02</th><td data-label="Persons">12</td>'
+        '<td data-label="Interval">5–19</td>'
+    ) in html
+    appendix = html.split('id="appendix-method"')[1]
+    assert "Persons certified in exactly k municipalities (raw histogram)" in appendix
     assert _parse(html).errors == []
 
 
 def test_privacy_section_states_budget_and_error_control(report: dict[str, Any]) -> None:
     """Per-node ρ, ε equivalent, the platform bound and the error-control method are shown."""
     html = render_html(report)
-    assert "1.98 at δ = 1e-07" in html
+    assert "1.98 at δ = 10⁻⁷" in html
     assert str(escape(report["privacy"]["platform_bound"])) in html
-    assert f"This audit made {report['audit']['error_control']['tests']} comparisons" in html
-    assert "(Bonferroni)" in html
-    assert "How to read the intervals" in html
+    assert f"across all {report['audit']['error_control']['tests']} comparisons together" in html
+    assert "Error control (bonferroni).</strong>" in html
+    assert "How to read this report" in html
 
 
 def test_charts_flag_findings_with_marker_and_label(report: dict[str, Any]) -> None:
     """Flagged subjects are drawn as diamonds and tagged with their finding id."""
     html = render_html(report)
-    assert html.count('<g class="row flagged">') == len(report["findings"])  # one row each
+    assert html.count('<div class="prow flagged">') == len(report["findings"])  # one row each
     assert "&#9670; F002" in html
-    assert html.count("<title id=") == len(build_charts(report))
+    assert html.count('<figure class="chart"') == len([c for c in build_charts(report) if c.main])
 
 
 def test_build_charts_groups_by_metric_and_level(report: dict[str, Any]) -> None:
@@ -336,9 +377,10 @@ def test_build_charts_groups_by_metric_and_level(report: dict[str, Any]) -> None
     assert all(t.label.endswith("%") for t in employment.ticks)
     flagged = [r for r in employment.rows if r.flagged]
     assert [(r.label, r.finding_ids) for r in flagged] == [("M02", ("F001",))]
-    assert employment.shared_reference is None  # each municipality vs the rest of region
+    # Each municipality is compared with the rest of the region: references differ per row.
+    assert len({r.ref_x for r in employment.rows}) > 1
     for row in employment.rows:
-        assert employment.plot_left <= row.low_x <= row.x <= row.high_x <= employment.plot_right
+        assert 0 <= row.low_x <= row.x <= row.high_x <= 100
 
 
 def test_value_formatting() -> None:
@@ -389,3 +431,218 @@ def test_invalid_report_writes_nothing(report: dict[str, Any], tmp_path: Path) -
     with pytest.raises(ReportError):
         write_report(bad, tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
+
+
+# ----------------------------------------------------------------------------- for the board
+
+
+class _Text(HTMLParser):
+    """The page's visible text (no style, script or title), and every element id."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.ids: set[str] = set()
+        self._skip = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.ids.update(v for k, v in attrs if k == "id" and v)
+        if tag in ("style", "script", "title"):
+            self._skip += 1
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("style", "script", "title"):
+            self._skip -= 1
+
+    def handle_data(self, data: str) -> None:
+        if not self._skip:
+            self.parts.append(data)
+
+
+def _text(html: str) -> _Text:
+    parser = _Text()
+    parser.feed(html)
+    parser.close()
+    return parser
+
+
+def _visible(html: str) -> str:
+    return " ".join(" ".join(_text(html).parts).split())
+
+
+def test_figures_are_rounded_to_what_their_interval_supports(report: dict[str, Any]) -> None:
+    """No raw float reaches the page: budget figures to three digits, estimates to their CI."""
+    node = report["privacy"]["nodes"][0]
+    node.update(epsilon_equivalent=10.15344363430337, rho=1.39, requester_rho_remaining=4.6099999)
+    report["privacy"]["total_rho"] = 6.949999999999999
+    metric = report["metrics"][0]
+    metric.update(estimate=0.455446, ci=[0.370867, 0.540024])
+    text = _visible(render_html(report))
+    assert not re.search(r"\d\.\d{4,}", text), re.search(r".{40}\d\.\d{4,}.{20}", text)
+    assert "6.949999" not in text
+    assert "10.1534" not in text
+    assert "ρ 6.95 across" in text
+    assert "10.2 at δ = 10⁻⁷" in text
+    assert "46% (37–54%)" in text  # a 17-point-wide interval supports whole percents
+
+
+def test_counts_are_never_shown_below_zero_but_json_keeps_them(
+    report: dict[str, Any], tmp_path: Path
+) -> None:
+    """Negative DP counts show as 0 on the page (and say so); report.json keeps the raw value."""
+    report["duplicates"] = {
+        "status": "complete",
+        "reason": "",
+        "overall": {"estimate": 12, "ci": [-4, 28]},
+        "per_occupation": [{"isco_code": "7212", "estimate": -6, "ci": [-25, 13]}],
+        "overlap_histogram": [{"k": 3, "estimate": -10, "ci": [-41, 21]}],
+        "pairwise": [{"a": "M01", "b": "M04", "estimate": -30, "ci": [-90, 30]}],
+    }
+    report["metrics"].append(
+        {
+            "id": "M9001",
+            "metric": "revoked_still_recognised",
+            "label": "Recognitions resting on a revoked certificate",
+            "unit": "count",
+            "subject": {"municipality": "M02"},
+            "estimate": -46.0,
+            "ci": [-106.0, 14.0],
+            "denominator": None,
+            "reference": None,
+            "tested": True,
+            "note": "",
+        }
+    )
+    json_path, html_path = write_report(report, tmp_path)
+    html = html_path.read_text(encoding="utf-8")
+    text = _visible(html)
+    duplicates = text.split("Same person certified in several")[1].split("Who answered")[0]
+    assert "\u2212" not in duplicates
+    assert "About 12 (0–28) persons" in text
+    assert "0 (0–14)" in text  # the revoked count, clamped
+    assert "noise can push the raw estimate of a small count below zero" in text
+    assert "Counts are drawn no lower than zero" in text
+    chart = next(c for c in build_charts(report) if c.metric == "revoked_still_recognised")
+    assert all(not t.label.startswith("\u2212") for t in chart.ticks)
+    assert chart.clamped
+    kept = json.loads(json_path.read_text(encoding="utf-8"))
+    assert kept["duplicates"]["pairwise"][0]["estimate"] == -30
+    assert kept["metrics"][-1]["ci"] == [-106.0, 14.0]
+    schema = load_schema()
+    assert "kept here unclamped" in schema["$defs"]["duplicates"]["description"]
+
+
+def test_one_confidence_statement_in_the_body(report: dict[str, Any]) -> None:
+    """The body states the audit-wide confidence once; no second level competes with it."""
+    html = render_html(report)
+    body = html.split('id="appendix-method"')[0]
+    text = _visible(body)
+    assert "family-wise" not in text
+    levels = set(re.findall(r"(\d+(?:\.\d+)?)% confidence", text))
+    assert levels == {"95"}
+    assert text.count("Confidence 95% for the audit as a whole") == 2  # summary + how to read
+    for c in build_charts(report):
+        assert "95%" in c.interval_words or "descriptive" in c.interval_words
+    # A metric that states its own interval level is drawn with that level in the key.
+    for m in report["metrics"]:
+        if m["metric"] == "appeal_upheld_rate":
+            m["ci_level"] = 0.998649
+    key = next(c for c in build_charts(report) if c.metric == "appeal_upheld_rate")
+    assert key.interval_words.startswith("its 99.865% interval")
+
+
+def test_budget_per_node_in_words(report: dict[str, Any]) -> None:
+    """Each node's budget reads as spent, cap and what is left; without a cap, spent and left."""
+    report["privacy"]["nodes"][0].update(
+        rho=1.39, requester_rho_cap=6.0, requester_rho_remaining=4.61
+    )
+    report["privacy"]["nodes"][1].pop("requester_rho_cap", None)
+    validate_report(report)
+    text = _visible(render_html(report))
+    assert (
+        "M01: This audit spent ρ 1.39; this auditor's cap here for 2026-Q4 is ρ 6, of which "
+        "ρ 4.61 is left (77%)."
+    ) in text
+    second = report["privacy"]["nodes"][1]
+    left = f"ρ {second['requester_rho_remaining']:g} is left for this auditor for 2026-Q4."
+    assert left in text
+    refused = next(n for n in report["privacy"]["nodes"] if n["rho"] == 0)
+    assert f"{refused['node']}: This audit spent nothing here (a refusal charges nothing)" in text
+
+
+def test_table_of_contents_and_chart_titles_above_charts(report: dict[str, Any]) -> None:
+    """Every contents entry links to a section on the page; each chart's title precedes it."""
+    html = render_html(report)
+    ids = _text(html).ids
+    toc = html.split('<nav class="toc"')[1].split("</nav>")[0]
+    targets = re.findall(r'<a href="#([\w-]+)">', toc)
+    assert targets[0] == "summary"
+    assert "appendix-method" in targets
+    assert set(targets) <= ids
+    for figure in re.findall(r'<figure class="chart".*?</figure>', html, re.S):
+        assert figure.index("<h3") < figure.index('class="plot"')
+
+
+def test_descriptive_estimates_go_to_the_appendix(report: dict[str, Any]) -> None:
+    """Untested-only measures are tables in Appendix A, not charts in the body."""
+    html = render_html(report)
+    body, appendix = html.split('id="appendix-estimates"')
+    charts = build_charts(report)
+    earnings = next(c for c in charts if c.metric == "earnings_median_12m")
+    assert not earnings.main
+    assert earnings.title not in body.split('id="charts"')[1]
+    assert f"<summary>{earnings.title}</summary>" in appendix
+    assert all(str(escape(c.title)) in body for c in charts if c.main)
+
+
+def test_each_finding_has_a_next_step_and_labelled_numbers(report: dict[str, Any]) -> None:
+    """Summary items carry a suggested next step; the producer's own step wins."""
+    report["findings"][1]["next_step"] = "Visit provider P-M03-2 with the M03 office."
+    html = _render_unvalidated(report)  # next_step is the producer's optional field
+    summary = html.split('<section id="findings"')[0]
+    steps = [
+        unescape(step)
+        for step in re.findall(r"<strong>Suggested next step:</strong> (.*?)</p>", summary)
+    ]
+    assert len(steps) == len(report["findings"])
+    assert "Visit provider P-M03-2 with the M03 office." in steps
+    assert any("M02's certification office" in s for s in steps)  # derived for F001
+    assert "<dt>Measured: In work 12 months after certification</dt>" in html
+    assert "<dt>Compared with</dt>" in html
+
+
+def test_next_step_is_derived_for_every_kind() -> None:
+    """Every finding kind has a suggested step that names whom to contact."""
+    from fedaudit.audit_reports.wording import KIND_LABELS, next_step
+
+    for kind in KIND_LABELS:
+        subject = {"municipality": "M03", "provider_id": "P1", "other_municipality": "M05"}
+        step = next_step({"kind": kind, "subject": subject})
+        assert "M03" in step, (kind, step)
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"check": "employment", "where": "M02", "reason": "no outcomes recorded at 12 months"},
+        {"kind": "appeal_anomaly", "subject": {"municipality": "M04"}, "reason": "no appeals"},
+    ],
+)
+def test_not_assessable_items_are_listed(report: dict[str, Any], item: dict[str, Any]) -> None:
+    """Optional not_assessable entries (a newer producer's field) are shown with their reason."""
+    report["not_assessable"] = [item]
+    text = _visible(_render_unvalidated(report))
+    assert "Not assessable" in text
+    assert item["reason"] in text
+    assert ("(M02)" in text) or ("Unusual appeal outcomes (M04)" in text)
+    report.pop("not_assessable")
+    assert "Not assessable" not in _visible(render_html(report))
+
+
+def _render_unvalidated(report: dict[str, Any]) -> str:
+    """Render a report carrying optional fields the schema in this branch does not list yet
+    (not_assessable, next_step: the producer side adds them to the schema)."""
+    from fedaudit.audit_reports.page import page_context
+    from fedaudit.audit_reports.render import environment
+
+    return environment().get_template("report.html.j2").render(**page_context(report))

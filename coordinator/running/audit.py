@@ -400,6 +400,7 @@ def _privacy(
                 "queries": len(charged),
                 "replayed": sum(1 for q in o.queries if q.answer is not None and q.answer.replayed),
                 "budget_period": last.period if last else "",
+                "requester_rho_cap": last.requester_rho_cap if last else None,
                 "requester_rho_remaining": last.requester_rho_remaining if last else None,
                 "node_rho_remaining": last.node_rho_remaining if last else None,
             }
