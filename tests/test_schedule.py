@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from fedaudit.audit_reports.render import validate_report
+from fedaudit.audit_reports.wording import KIND_LABELS, subject_label
 from fedaudit.cli.main import main
 from fedaudit.coordinator.planning.plan import AuditPlan, parse_plan
 from fedaudit.coordinator.running.audit import run_audit
@@ -280,7 +281,36 @@ def test_scheduler_runs_slots_over_several_periods(
     assert "<svg" in index
     assert "http://" not in index
     assert "https://" not in index
+    _assert_index_states(index, [r.report for r in records])
     assert read_state(archive, plan.name)["last_completed_slot"] == "2027-02-15T06:00:00Z"
+
+
+def _assert_index_states(index: str, reports: list[dict[str, Any]]) -> None:
+    """Each finding of the last two runs shows the state the rules give it in the index.
+
+    Flagged in the latest run: new (not in the run before) or persisting; flagged only in
+    the run before: resolved if the latest run reached its municipality, else not checked.
+    """
+
+    def keyed(report: dict[str, Any]) -> dict[tuple[Any, ...], dict[str, Any]]:
+        return {(f["kind"], *sorted(f["subject"].items())): f for f in report["findings"]}
+
+    latest, previous = keyed(reports[-1]), keyed(reports[-2])
+    answered = {n["node"] for n in reports[-1]["coverage"]["nodes"] if n["status"] == "answered"}
+    expected = {k: ("persisting" if k in previous else "new") for k in latest}
+    for key, finding in previous.items():
+        if key not in latest:
+            reached = finding["subject"].get("municipality") in answered
+            expected[key] = "resolved" if reached else "not_checked"
+    assert expected, "the scenario flags something in its last two runs"
+    for key, state in expected.items():
+        finding = latest.get(key) or previous[key]
+        row = (
+            rf'<tr class="state-row-{state}">\s*<th scope="row">'
+            rf"{re.escape(subject_label(finding['subject']))}</th>\s*"
+            rf'<td data-label="Finding">{re.escape(KIND_LABELS[finding["kind"]])}</td>'
+        )
+        assert re.search(row, index), (state, finding["kind"], finding["subject"])
 
 
 def test_missed_slots_after_downtime_run_once_and_say_so(

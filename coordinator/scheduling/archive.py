@@ -10,7 +10,10 @@ The timestamp is the slot's scheduled time, so directories sort chronologically 
 slot re-run after a crash replaces its own directory instead of adding a second one.
 The index is derived only from the archived report.json files (nothing else to keep
 in step), and one unreadable report becomes a row saying so rather than a missing page.
-Like report.html it is one self-contained file: inline CSS and SVG, no scripts.
+Per plan it shows, for every finding ever raised (kind and subject), whether it is new,
+persisting or resolved as of the latest run (`audit_reports.history`), then the runs.
+Like report.html it is one self-contained file: inline CSS and SVG, no scripts, and it
+reads without sideways scrolling on a phone.
 """
 
 from __future__ import annotations
@@ -30,7 +33,15 @@ from typing import Any
 import jinja2
 import structlog
 
+from fedaudit.audit_reports.history import (
+    RunFindings,
+    changes,
+    counts,
+    run_findings,
+    subject_histories,
+)
 from fedaudit.audit_reports.render import write_report
+from fedaudit.audit_reports.wording import KIND_LABELS
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +70,8 @@ class ArchivedRun:
     by_severity: Mapping[str, int] = field(default_factory=dict)
     by_kind: Mapping[str, int] = field(default_factory=dict)
     link: str = ""
+    findings: RunFindings | None = None
+    """The run's findings as the history reads them (None when unreadable)."""
 
     @property
     def total(self) -> int:
@@ -128,10 +141,7 @@ class Archive:
             _environment()
             .get_template(_TEMPLATE)
             .render(
-                plans=[
-                    {"name": name, "runs": list(reversed(rows)), "trend": build_trend(rows)}
-                    for name, rows in plans.items()
-                ],
+                plans=[_plan_view(name, rows) for name, rows in plans.items()],
                 generated_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                 severities=SEVERITIES,
             )
@@ -151,6 +161,34 @@ class Archive:
         return target
 
 
+def _history_rows(rows: Sequence[ArchivedRun]) -> list[RunFindings]:
+    return [
+        r.findings
+        if r.findings is not None
+        else RunFindings(run_id=r.run_id, label=_stamp_label(r.stamp), status=r.status)
+        for r in rows
+    ]
+
+
+def _plan_view(name: str, rows: Sequence[ArchivedRun]) -> dict[str, Any]:
+    """One plan's part of the index: findings by state, the trend and the runs (newest first)."""
+    history = _history_rows(rows)
+    subjects = subject_histories(history)
+    runs = []
+    for index, row in enumerate(rows):
+        previous = history[index - 1] if index else None
+        delta = changes(previous, history[index]) if row.findings is not None else None
+        runs.append({"run": row, "changes": delta})
+    return {
+        "name": name,
+        "runs": list(reversed(runs)),
+        "trend": build_trend(rows),
+        "subjects": subjects,
+        "counts": counts(subjects),
+        "latest": rows[-1],
+    }
+
+
 def _read_run(plan: str, run_dir: Path, stamp: str, run_id: str) -> ArchivedRun:
     link = f"{plan}/{run_dir.name}/report.html"
     try:
@@ -159,6 +197,7 @@ def _read_run(plan: str, run_dir: Path, stamp: str, run_id: str) -> ArchivedRun:
         findings = report["findings"]
         coverage = report["coverage"]
         by_severity = Counter(str(f["severity"]) for f in findings)
+        history = run_findings(report, run_id=run_id, label=_stamp_label(stamp))
         return ArchivedRun(
             plan=plan,
             directory=run_dir.name,
@@ -171,8 +210,9 @@ def _read_run(plan: str, run_dir: Path, stamp: str, run_id: str) -> ArchivedRun:
             by_severity={s: by_severity.get(s, 0) for s in SEVERITIES},
             by_kind=dict(sorted(Counter(str(f["kind"]) for f in findings).items())),
             link=link,
+            findings=history,
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.error("archived_report_unreadable", dir=str(run_dir), error=str(exc))
         return ArchivedRun(
             plan=plan,
@@ -226,4 +266,5 @@ def _environment() -> jinja2.Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(stamp=_stamp_label)
+    env.globals.update(kind_labels=KIND_LABELS)
     return env
