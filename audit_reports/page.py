@@ -85,6 +85,12 @@ def _unit(finding: Mapping[str, Any], units: Mapping[str, str]) -> str:
     return "count" if finding["kind"] in COUNT_KINDS else "share"
 
 
+def _points(value: float, ci: Sequence[float] | None, unit: str) -> str:
+    """A difference of shares with its interval: '+40 points (31 to 49)'."""
+    text = format_gap(value, unit, ci)
+    return f"{text} ({format_gap_interval(ci, unit)})" if ci else text
+
+
 def finding_views(report: Mapping[str, Any]) -> list[FindingView]:
     """Every finding, most severe first, with its numbers rounded to what they support."""
     units = {m["metric"]: m["unit"] for m in report["metrics"]}
@@ -92,10 +98,14 @@ def finding_views(report: Mapping[str, Any]) -> list[FindingView]:
     views = []
     for f in sorted(report["findings"], key=severity_key):
         unit = _unit(f, units)
+        # A finding on a derived measure (e.g. pass rate minus employment rate) is itself a
+        # difference of shares: shown in points, not as a percentage of people.
+        derived = f["metric"] not in units and unit == "share"
+        show = _points if derived else format_estimate
         ref = f["reference"]
         compared = ref["description"]
         if ref.get("estimate") is not None:
-            compared += f": {format_estimate(ref['estimate'], ref.get('ci'), unit)}"
+            compared += f": {show(ref['estimate'], ref.get('ci'), unit)}"
         gap = f.get("gap")
         difference = ""
         if gap is not None:
@@ -112,7 +122,7 @@ def finding_views(report: Mapping[str, Any]) -> list[FindingView]:
                 summary=f["summary"],
                 next_step=next_step(f),
                 measured_label=metric_words(f["metric"], labels),
-                measured=format_estimate(f["estimate"], f["ci"], unit),
+                measured=show(f["estimate"], f["ci"], unit),
                 compared_label="Compared with",
                 compared=compared,
                 difference=difference,

@@ -32,7 +32,7 @@ COUNT_KINDS = frozenset(
 
 # What a finding's `metric` measures when the metric is not itself in report.metrics.
 _DERIVED_METRICS = {
-    "pass_employment_spread": "pass rate minus employment rate, in points",
+    "pass_employment_spread": "pass rate minus employment rate",
     "duplicated_persons": "persons certified in more than one municipality",
     "assessment_shopping": "persons who failed in one municipality and passed in another",
     "revoked_still_recognised": "recognitions resting on a certificate revoked at its origin",

@@ -152,6 +152,10 @@ def test_demo_finds_the_planted_anomalies_and_spares_the_clean_town(tmp_path, ca
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert (tmp_path / "report.html").stat().st_size > 10_000
+    # Fresh nodes, one audit (queries and the ring): what is left is the cap minus this audit.
+    for node in report["privacy"]["nodes"]:
+        left = node["requester_rho_cap"] - node["rho"]
+        assert node["requester_rho_remaining"] == pytest.approx(left, abs=1e-9), node["node"]
     found = {
         (f["kind"], f["subject"]["municipality"], f["subject"].get("provider_id"))
         for f in report["findings"]

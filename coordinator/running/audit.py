@@ -373,16 +373,21 @@ def _privacy(
 ) -> dict[str, Any]:
     joined: set[str] = set()
     ring_rho = 0.0
+    after_ring = 0.0
     config = config_from_plan(plan)
     if dedup is not None and dedup.ring is not None and config is not None:
         # Each node that joined the ring charged the check's cost to its own ledger.
         joined = set(dedup.ring.municipalities)
         ring_rho = config.rho if config.rho else (config.epsilon or 0.0) ** 2 / 2
+        # The ring runs after the queries, so the last budget a node reported predates its
+        # charge: what is left afterwards is that much less (zCDP charges only).
+        after_ring = config.rho or 0.0
     nodes = []
     for o in outcomes.values():
         charged = [q.answer for q in o.queries if q.answer is not None and not q.answer.replayed]
         code = o.info.municipality_code if o.info else o.name
         rho = math.fsum(a.charge.rho for a in charged) + (ring_rho if code in joined else 0.0)
+        spent_after = after_ring if code in joined else 0.0
         epsilons = [a.charge.epsilon for a in charged if a.charge.epsilon]
         budgets = [q.budget for q in o.queries if q.budget is not None]
         last = budgets[-1] if budgets else (o.info.budget if o.info else None)
@@ -401,8 +406,10 @@ def _privacy(
                 "replayed": sum(1 for q in o.queries if q.answer is not None and q.answer.replayed),
                 "budget_period": last.period if last else "",
                 "requester_rho_cap": last.requester_rho_cap if last else None,
-                "requester_rho_remaining": last.requester_rho_remaining if last else None,
-                "node_rho_remaining": last.node_rho_remaining if last else None,
+                "requester_rho_remaining": _left(last.requester_rho_remaining, spent_after)
+                if last
+                else None,
+                "node_rho_remaining": _left(last.node_rho_remaining, spent_after) if last else None,
             }
         )
     max_rho = max((n["rho"] for n in nodes), default=0.0)
@@ -422,6 +429,11 @@ def _privacy(
             "with OpenDP; the coordinator only combines released values (post-processing, free)."
         ),
     }
+
+
+def _left(reported: float, spent_after: float) -> float:
+    """What is left once charges made after the node's last budget report are taken off."""
+    return max(0.0, reported - spent_after)
 
 
 def _no_tests(plan: AuditPlan) -> dict[str, Any]:
