@@ -353,7 +353,7 @@ def test_privacy_section_states_budget_and_error_control(report: dict[str, Any])
     assert "1.98 at δ = 10⁻⁷" in html
     assert str(escape(report["privacy"]["platform_bound"])) in html
     assert f"across all {report['audit']['error_control']['tests']} comparisons together" in html
-    assert "Error control (bonferroni).</strong>" in html
+    assert "for statisticians (error control: bonferroni).</strong>" in html
     assert "How to read this report" in html
 
 
@@ -637,6 +637,16 @@ def test_not_assessable_items_are_listed(report: dict[str, Any], item: dict[str,
     assert ("(M02)" in text) or ("Unusual appeal outcomes (M04)" in text)
     report.pop("not_assessable")
     assert "Not assessable" not in _visible(render_html(report))
+
+
+def test_producer_verdict_leads_the_status_line(report: dict[str, Any]) -> None:
+    """An optional audit.verdict (the producer's one sentence) is the status line."""
+    report["audit"]["verdict"] = "The audit is INCOMPLETE: M04 refused every query."
+    html = _render_unvalidated(report)
+    assert (
+        '<p class="verdict status-partial"><strong>Incomplete audit.</strong> '
+        "The audit is INCOMPLETE: M04 refused every query.</p>"
+    ) in html
 
 
 def _render_unvalidated(report: dict[str, Any]) -> str:
