@@ -224,6 +224,35 @@ def duplicate_rows(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def reconciliation_view(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Revocation reconciliation's DP counts per recognising municipality (clamped at zero),
+    with the pairs that were not checked and the municipalities that refused; None when the
+    audit did not run it."""
+    section = report.get("reconciliation")
+    if not isinstance(section, Mapping):
+        return None
+    counts = section.get("per_municipality") or {}
+    rows = [
+        CountRow(
+            str(code), format_value(c["estimate"], "count"), format_interval(c["ci"], "count"), ()
+        )
+        for code, c in sorted(counts.items())
+    ]
+    raw = [v for c in counts.values() for v in (c["estimate"], *c["ci"])]
+    skipped = [
+        f"{p.get('recogniser')} against {p.get('origin')}: {p.get('reason', '')}"
+        for p in section.get("skipped_pairs") or []
+    ]
+    refused = [f"{code}: {why}" for code, why in sorted((section.get("refused") or {}).items())]
+    return {
+        "status": str(section.get("status", "")),
+        "rows": rows,
+        "skipped": skipped,
+        "refused": refused,
+        "clamped": was_clamped(raw, "count"),
+    }
+
+
 def budget_lines(report: Mapping[str, Any]) -> list[dict[str, str]]:
     """Per node: the budget spent, its cap and what is left, in words."""
     out = []
@@ -249,8 +278,10 @@ def sections(report: Mapping[str, Any], charts: Sequence[Chart], appendix: bool)
         out.append(Section("findings", "Findings in detail"))
     if any(c.main for c in charts):
         out.append(Section("charts", "Estimates at a glance"))
+    out.append(Section("duplicates", "Same person in several municipalities"))
+    if report.get("reconciliation"):
+        out.append(Section("reconciliation", "Recognitions resting on revoked certificates"))
     out += [
-        Section("duplicates", "Same person in several municipalities"),
         Section("coverage", "Who answered"),
         Section("privacy", "Privacy budget"),
         Section("howto", "How to read this report"),
@@ -276,6 +307,7 @@ def page_context(report: Mapping[str, Any]) -> dict[str, Any]:
         "charts": main,
         "appendix_charts": extra,
         "duplicates": duplicate_rows(report),
+        "reconciliation": reconciliation_view(report),
         "budgets": budget_lines(report),
         "toc": sections(report, charts, bool(extra)),
         "missing_nodes": [n["node"] for n in nodes if n["status"] != "answered"],
@@ -294,6 +326,7 @@ __all__ = [
     "duplicate_rows",
     "finding_views",
     "page_context",
+    "reconciliation_view",
     "sections",
     "unassessed",
 ]

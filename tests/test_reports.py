@@ -656,3 +656,28 @@ def _render_unvalidated(report: dict[str, Any]) -> str:
     from fedaudit.audit_reports.render import environment
 
     return environment().get_template("report.html.j2").render(**page_context(report))
+
+
+def test_reconciliation_counts_are_shown_per_municipality(report: dict[str, Any]) -> None:
+    """Revocation reconciliation's counts, clamped at zero, and the pairs not checked."""
+    release = {"mechanism": "discrete_gaussian", "scale": 2.1, "rho": 0.2, "replayed": False}
+    report["reconciliation"] = {
+        "status": "partial",
+        "per_municipality": {
+            "M01": {"estimate": 5, "ci": [1, 9], **release},
+            "M02": {"estimate": -2, "ci": [-6, 2], **release},
+        },
+        "skipped_pairs": [{"recogniser": "M03", "origin": "M04", "reason": "policy opt-out"}],
+        "refused": {"M05": "BUDGET_EXHAUSTED: budget exhausted"},
+    }
+    html = render_html(report)
+    assert '<a href="#reconciliation">' in html
+    assert (
+        '<th scope="row">M02</th><td data-label="Persons">0</td><td data-label="Interval">0–2</td>'
+    ) in html
+    text = _visible(html)
+    assert "M03 against M04: policy opt-out" in text
+    assert "refused: M05: BUDGET_EXHAUSTED" in text
+    assert "covered only part of the region" in text
+    del report["reconciliation"]
+    assert 'id="reconciliation"' not in render_html(report)

@@ -211,7 +211,7 @@ def run_audit(
         "duplicates": duplicates,
         "metrics": parts["metrics"],
         "coverage": _coverage(plan, outcomes),
-        "privacy": _privacy(plan, outcomes, dedup),
+        "privacy": _privacy(plan, outcomes, dedup, reconciliation),
     }
     if reconciliation is not None:
         report["reconciliation"] = reconciliation
@@ -369,7 +369,10 @@ def _coverage(plan: AuditPlan, outcomes: Mapping[str, NodeOutcome]) -> dict[str,
 
 
 def _privacy(
-    plan: AuditPlan, outcomes: Mapping[str, NodeOutcome], dedup: DedupOutcome | None
+    plan: AuditPlan,
+    outcomes: Mapping[str, NodeOutcome],
+    dedup: DedupOutcome | None,
+    reconciliation: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     joined: set[str] = set()
     ring_rho = 0.0
@@ -386,8 +389,13 @@ def _privacy(
     for o in outcomes.values():
         charged = [q.answer for q in o.queries if q.answer is not None and not q.answer.replayed]
         code = o.info.municipality_code if o.info else o.name
+        # Revocation reconciliation runs last and charges each recogniser's own ledger.
+        released = (reconciliation or {}).get("per_municipality", {})
+        own = released.get(code) or released.get(o.name) or {}
+        reconcile_rho = 0.0 if own.get("replayed", True) else float(own.get("rho") or 0.0)
         rho = math.fsum(a.charge.rho for a in charged) + (ring_rho if code in joined else 0.0)
-        spent_after = after_ring if code in joined else 0.0
+        rho += reconcile_rho
+        spent_after = (after_ring if code in joined else 0.0) + reconcile_rho
         epsilons = [a.charge.epsilon for a in charged if a.charge.epsilon]
         budgets = [q.budget for q in o.queries if q.budget is not None]
         last = budgets[-1] if budgets else (o.info.budget if o.info else None)
