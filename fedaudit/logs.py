@@ -48,8 +48,7 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
     `json=None` picks JSON when stderr is not a terminal (services, CI, containers)
     and a coloured console renderer when a person is watching.
     """
-    if json is None:
-        json = not sys.stderr.isatty()
+    json = wants_json(json)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -70,3 +69,22 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def wants_json(json: bool | None) -> bool:
+    """Resolve `--log-format auto`: JSON unless a person watches stderr."""
+    return (not sys.stderr.isatty()) if json is None else json
+
+
+def configure_grpc_logging(*, json: bool, environ: MutableMapping[str, str]) -> None:
+    """Keep gRPC's C-core lines (`E1202 ... ssl_transport_security.cc ...`) out of JSON logs.
+
+    The C core writes its own unstructured lines straight to file descriptor 2, which a
+    log collector expecting one JSON object per line cannot parse. Under JSON logs they
+    are switched off (GRPC_VERBOSITY=NONE) unless the operator set GRPC_VERBOSITY; the
+    failures they describe (a port in use, a bad certificate, a refused handshake) reach
+    the operator through fedaudit's own messages and gRPC status codes. The core reads
+    the variable when gRPC is first imported, so this runs before that.
+    """
+    if json and "GRPC_VERBOSITY" not in environ:
+        environ["GRPC_VERBOSITY"] = "NONE"

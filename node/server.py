@@ -46,6 +46,7 @@ from fedaudit.node.evidence.querylog import (
     was_logged,
 )
 from fedaudit.node.query.service import NodeService, utcnow
+from fedaudit.node.rpc.ports import EXCLUSIVE_PORT_OPTIONS, bind
 from fedaudit.node.rpc.status import SERVICE_NAME, refusal_status, requester_identity
 from fedaudit.wire.v1 import node_pb2 as pb
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
@@ -234,7 +235,10 @@ def start_node_server(
     dedup: DedupService | None = None,
     reconcile: ReconcileService | None = None,
 ) -> RunningNode:
-    """Start serving `service`. Without credentials only a loopback address is allowed."""
+    """Start serving `service`. Without credentials only a loopback address is allowed.
+
+    Raises `PortError` (a RuntimeError) when the address cannot be bound, taken ports included.
+    """
     if server_credentials is None and not is_loopback(host):
         raise ValueError(
             f"refusing to serve without TLS on non-loopback address {host!r}: "
@@ -245,6 +249,7 @@ def start_node_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *EXCLUSIVE_PORT_OPTIONS,  # a second node on the same port must fail, not share
         ],
         maximum_concurrent_rpcs=max_workers * 4,
         interceptors=list(interceptors),
@@ -274,12 +279,7 @@ def start_node_server(
         ),
         server,
     )
-    address = f"{host}:{port}"
-    bound = (
-        server.add_secure_port(address, server_credentials)
-        if server_credentials is not None
-        else server.add_insecure_port(address)
-    )
+    bound = bind(server, host, port, credentials=server_credentials)  # PortError if taken
     server.start()
     status = (
         health_pb2.HealthCheckResponse.SERVING

@@ -7,6 +7,7 @@ summary, which is why those live here rather than with either command.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,8 +19,35 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+PIPE_WIDTH = 1000
+"""Columns assumed when output is not a terminal: lines and tables are never wrapped or cut."""
+
+
+def _console(*, stderr: bool) -> Console:
+    """A console that wraps for a person at a terminal and never for a pipe, file or log.
+
+    Rich lays out for 80 columns when it is not writing to a terminal, which breaks a
+    `validate` problem line in the middle and cuts table cells ("reque…"); scripts and
+    log collectors need one record per line, whole.
+    """
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, highlight=False)
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=PIPE_WIDTH)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
+
+
+def rho_text(rho: float) -> str:
+    """A budget amount as every table shows it: six significant digits, no float noise.
+
+    The ledger counts in exact units of 1e-12 rho and sums such as 0.39 come back as
+    0.390000000002; `--json` keeps the exact value, people read 0.39.
+    """
+    return f"{rho:.6g}"
+
 
 ProgressCallback = Callable[[str, str], None]
 """What `run_audit` calls after each node event: (node name, event)."""
@@ -84,4 +112,4 @@ def print_summary(report: Mapping[str, Any]) -> None:
         console.print(
             f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
         )
-        console.print(Padding(Text(f["summary"]), (0, 0, 0, 9)))
+        console.print(Padding(Text(f["summary"]), (0, 0, 0, 9), expand=False))

@@ -2,18 +2,22 @@
 
 The commands themselves are in `fedaudit.cli.groups`, one module per group; each sets
 the `handler` its sub-parser dispatches to. This module only builds the root parser,
-configures logging and turns a `CliError` into a message and exit code 2 (the codes
-are in `fedaudit.cli.errors`).
+configures logging and applies one rule to every command: an expected failure (see
+`fedaudit.cli.failures`) is a short message and exit code 2, a bug one line and
+`EXIT_INTERNAL`; `--debug` adds the traceback (the codes are in `fedaudit.cli.errors`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from fedaudit import __version__
-from fedaudit.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, CliError
+from fedaudit.cli.errors import EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, CliError
+from fedaudit.cli.failures import explain
 from fedaudit.cli.groups import register_all
 from fedaudit.cli.parsers import Parsers
 
@@ -36,7 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="log format on stderr (default: console in a terminal, JSON otherwise)",
     )
     parser.add_argument(
-        "--log-level", default="warning", choices=("debug", "info", "warning", "error")
+        "--log-level",
+        default="warning",
+        choices=("debug", "info", "warning", "error"),
+        help="least severe log events shown on stderr (default: warning)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="print the traceback of an error (default: a short message only)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     register_all(Parsers(root=sub))
@@ -45,21 +57,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, configure logging, run the command; usage errors exit 2 without a traceback."""
+    from fedaudit.logs import configure_grpc_logging, configure_logging, wants_json
+
+    # Before the parser: building it imports gRPC, which reads GRPC_VERBOSITY only then.
+    early, _ = _log_options().parse_known_args(argv)
+    configure_grpc_logging(json=wants_json(_JSON_CHOICE[early.log_format]), environ=os.environ)
     parser = build_parser()
     args = parser.parse_args(argv)
-    from fedaudit.logs import configure_logging
-
-    configure_logging(
-        json={"auto": None, "json": True, "console": False}[args.log_format], level=args.log_level
-    )
+    configure_logging(json=_JSON_CHOICE[args.log_format], level=args.log_level)
     try:
         return _dispatch(args)
-    except CliError as exc:
-        print(f"fedaudit: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT
     except KeyboardInterrupt:
+        if args.debug:
+            traceback.print_exc()
         print("fedaudit: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = explain(exc)
+        if message is not None:
+            print(f"fedaudit: error: {message}", file=sys.stderr)
+            return EXIT_INPUT
+        print(
+            f"fedaudit: internal error: {type(exc).__name__}: {exc}\n"
+            "this is a bug; re-run with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+_JSON_CHOICE: dict[str, bool | None] = {"auto": None, "json": True, "console": False}
+
+
+def _log_options() -> argparse.ArgumentParser:
+    """Just the root's `--log-format`, read before anything imports gRPC."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--log-format", choices=tuple(_JSON_CHOICE), default="auto")
+    return early
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -27,6 +27,28 @@ def require_dir(path: Path) -> None:
         raise CliError(f"{path}: not a directory (a data bundle is a directory of CSV files)")
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The SQLite file a `--db` value names (None for PostgreSQL or in-memory SQLite)."""
+    from sqlalchemy.engine import make_url
+
+    from fedaudit.node.store.db import normalise_url
+
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def require_database(url: str) -> None:
+    """Refuse a SQLite path that does not exist: opening it would create an empty database."""
+    path = sqlite_file(url)
+    if path is not None and not path.is_file():
+        raise CliError(
+            f"{path}: no such node database\n"
+            f"import a data bundle first: fedaudit node import BUNDLE_DIR --db {url}"
+        )
+
+
 def ensure_schema(engine: Any) -> None:
     """Create an empty database; refuse an older one (migrating is the officer's decision)."""
     from fedaudit.node.store import schema

@@ -16,6 +16,8 @@ import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2_grpc
 
+from fedaudit.node.rpc.ports import EXCLUSIVE_PORT_OPTIONS, bind
+
 log = structlog.get_logger(__name__)
 
 
@@ -38,11 +40,10 @@ def start_health_port(
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="fedaudit-health"),
         maximum_concurrent_rpcs=16,
+        options=list(EXCLUSIVE_PORT_OPTIONS),
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise RuntimeError(f"cannot bind the health port {host}:{port}")
+    bound = bind(server, host, port, flag="--health-port")  # PortError if taken
     server.start()
     log.info("health_port_serving", address=f"{host}:{bound}")
     return HealthPort(server=server, host=host, port=bound)

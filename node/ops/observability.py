@@ -10,10 +10,12 @@ module stays a list of plain calls.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import structlog
 from sqlalchemy import Engine
 
 from fedaudit.node.ops.health_port import HealthPort, start_health_port
@@ -24,6 +26,8 @@ from fedaudit.node.ops.metrics import (
     start_metrics_server,
 )
 from fedaudit.node.ops.readiness import DEFAULT_INTERVAL, ReadinessWatcher
+
+log = structlog.get_logger(__name__)
 
 
 def add_observability_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +46,10 @@ def add_observability_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--health-port",
         type=int,
-        help="serve gRPC health (only) without TLS on this port, for probes that cannot do mTLS",
+        help=(
+            "serve gRPC health (only) without TLS on this port, for probes that cannot do mTLS "
+            "(default: none)"
+        ),
     )
     group.add_argument(
         "--health-host", default="127.0.0.1", help="address of the health port (default: loopback)"
@@ -93,6 +100,7 @@ class NodeObservability:
             on_change=lambda ready: self.metrics.ready.set(1 if ready else 0),
         ).start()
         self._running.append(watcher)
+        self.observe_budgets(node.service)
         if self.health_port is not None:
             self._running.append(
                 start_health_port(node.health, host=self.health_host, port=self.health_port)
@@ -103,6 +111,34 @@ class NodeObservability:
                     self.metrics_port, self.metrics_host, registry=self.metrics.registry
                 )
             )
+
+    def observe_budgets(self, service: Any) -> None:
+        """Set the budget gauges from the ledger now, not at the first answer.
+
+        Until a request reported a budget, the gauges would read 0.0, which an alert on
+        `fedaudit_node_rho_remaining` takes for an exhausted node.
+        """
+        now = dt.datetime.now(dt.UTC)
+        try:
+            for requester in sorted(service.policy.requesters):
+                status = service.ledger.status(requester, now)
+                self.metrics.requester_rho_remaining.labels(requester=requester).set(
+                    status.requester_rho_remaining
+                )
+                self.metrics.node_rho_remaining.set(status.node_rho_remaining)
+        except Exception as exc:  # the database may come up later; answers set them then
+            log.warning("metrics.budget_unknown", error=type(exc).__name__)
+
+    def endpoints(self) -> list[tuple[str, str]]:
+        """(what, host:port) of the running health and metrics endpoints, for the start-up line."""
+        found = []
+        if self.health_server is not None:
+            found.append(("health", f"{self.health_server.host}:{self.health_server.port}"))
+        if self.metrics_server is not None:
+            found.append(
+                ("metrics", f"http://{self.metrics_server.host}:{self.metrics_server.port}/metrics")
+            )
+        return found
 
     @property
     def metrics_server(self) -> MetricsServer | None:

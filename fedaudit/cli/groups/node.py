@@ -18,14 +18,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fedaudit.cli.console import console, err_console
+from fedaudit.cli.console import console, err_console, rho_text
 from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, CliError
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
     ensure_schema,
     load_policy,
+    require_database,
     require_dir,
     server_credentials,
+    sqlite_file,
 )
 
 ORDER = 20
@@ -39,8 +41,14 @@ def register(parsers: Parsers) -> None:
         help="validate and import a data bundle",
         description="Validate a data bundle and import it as a new data version (all or nothing).",
     )
-    imp.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
-    imp.add_argument("--db", required=True, help="database URL or SQLite file path")
+    imp.add_argument(
+        "bundle", type=Path, metavar="BUNDLE_DIR", help="the data bundle: a directory of CSV files"
+    )
+    imp.add_argument(
+        "--db",
+        required=True,
+        help="database URL or SQLite file path (a new SQLite file is created only if the import succeeds)",
+    )
     imp.add_argument(
         "--allow-municipality-change",
         action="store_true",
@@ -53,7 +61,9 @@ def register(parsers: Parsers) -> None:
         help="check a data bundle without importing it",
         description="Check a data bundle against the data contract; writes nothing.",
     )
-    val.add_argument("bundle", type=Path, metavar="BUNDLE_DIR")
+    val.add_argument(
+        "bundle", type=Path, metavar="BUNDLE_DIR", help="the data bundle: a directory of CSV files"
+    )
     val.set_defaults(handler=node_validate)
 
     serve = parsers.node.add_parser(
@@ -64,10 +74,23 @@ def register(parsers: Parsers) -> None:
             "local development; --insecure is allowed on loopback addresses only."
         ),
     )
-    serve.add_argument("--db", required=True, help="database URL or SQLite file path")
+    serve.add_argument(
+        "--db",
+        required=True,
+        help="database URL or path of an existing SQLite file (made by `node import` or `node migrate`)",
+    )
     serve.add_argument("--policy", required=True, type=Path, help="the node policy YAML")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface, which needs mTLS (default: 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        default=50051,
+        help="gRPC port; refused when another process holds it (default: 50051)",
+    )
     serve.add_argument("--tls-cert", type=Path, help="node certificate (PEM)")
     serve.add_argument("--tls-key", type=Path, help="node private key (PEM)")
     serve.add_argument(
@@ -80,24 +103,26 @@ def register(parsers: Parsers) -> None:
         "are refused; re-read when the file changes (default: no revocation check)",
     )
     serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
-    serve.add_argument("--max-workers", type=int, default=8)
+    serve.add_argument(
+        "--max-workers", type=int, default=8, help="calls handled at the same time (default: 8)"
+    )
     serve.add_argument(
         "--max-concurrent-per-requester",
         type=int,
         default=4,
-        help="requests one requester may have in flight (0: no limit)",
+        help="requests one requester may have in flight (0: no limit; default: 4)",
     )
     serve.add_argument(
         "--rate-per-requester",
         type=float,
         default=50.0,
-        help="sustained requests per second per requester (0: no limit)",
+        help="sustained requests per second per requester (0: no limit; default: 50)",
     )
     serve.add_argument(
         "--burst-per-requester",
         type=int,
         default=100,
-        help="requests a requester may send at once above that rate",
+        help="requests a requester may send at once above that rate (default: 100)",
     )
     serve.add_argument(
         "--query-db",
@@ -113,8 +138,10 @@ def register(parsers: Parsers) -> None:
         help="show privacy budget spent per requester",
         description="Show the privacy budget spent and remaining per requester.",
     )
-    budget.add_argument("--db", required=True)
-    budget.add_argument("--policy", required=True, type=Path)
+    budget.add_argument("--db", required=True, help="database URL or SQLite file path")
+    budget.add_argument(
+        "--policy", required=True, type=Path, help="the node policy YAML (its caps are shown)"
+    )
     budget.set_defaults(handler=node_budget)
 
 
@@ -125,12 +152,17 @@ def node_import(args: argparse.Namespace) -> int:
     from fedaudit.node.store.db import make_engine
 
     require_dir(args.bundle)
+    new_file = sqlite_file(args.db)
+    if new_file is not None and new_file.exists():
+        new_file = None  # an existing database is never removed
     engine = make_engine(args.db)
-    ensure_schema(engine)
+    imported = False
     try:
+        ensure_schema(engine)
         result = import_bundle(
             engine, args.bundle, allow_municipality_change=args.allow_municipality_change
         )
+        imported = True
     except BundleError as exc:
         err_console.print(
             f"[bold red]{args.bundle}: {exc.total} problem(s); nothing was imported[/]"
@@ -147,9 +179,17 @@ def node_import(args: argparse.Namespace) -> int:
         return EXIT_INPUT
     finally:
         engine.dispose()
+        if new_file is not None and not imported:
+            _remove_sqlite(new_file)
     rows = ", ".join(f"{name} {count}" for name, count in result.row_counts.items())
     console.print(f"imported data version {result.data_version} ({rows})")
     return EXIT_OK
+
+
+def _remove_sqlite(path: Path) -> None:
+    """Remove a SQLite file this command created (and its journals): nothing was imported."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 def node_validate(args: argparse.Namespace) -> int:
@@ -178,11 +218,29 @@ def node_serve(args: argparse.Namespace) -> int:
     from fedaudit.node.ring.service import DedupService
     from fedaudit.node.rpc.guard import MalformedRequestGuard
     from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
-    from fedaudit.node.server import start_node_server
+    from fedaudit.node.rpc.ports import PortError
+    from fedaudit.node.server import is_loopback, start_node_server
     from fedaudit.node.store.db import make_engine
 
     policy = load_policy(args.policy)
     credentials = server_credentials(args)
+    if credentials is None and not is_loopback(args.host):
+        raise CliError(
+            f"--insecure serves on loopback addresses only, not {args.host!r}; "
+            "use mTLS (--tls-cert, --tls-key, --tls-ca) to listen on a network"
+        )
+    # A mistyped SQLite path would otherwise become a new, empty node serving nothing.
+    require_database(args.db)
+    if args.query_db:
+        require_database(args.query_db)
+    try:
+        limits = LimitSettings(
+            max_concurrent=args.max_concurrent_per_requester,
+            rate_per_second=args.rate_per_requester,
+            burst=args.burst_per_requester,
+        )
+    except ValueError as exc:
+        raise CliError(f"limits: {exc}") from exc
     engine = make_engine(args.db)
     ensure_schema(engine)
     # Aggregations through a read-only role when one is given (docs/operations.md).
@@ -198,14 +256,6 @@ def node_serve(args: argparse.Namespace) -> int:
         ledger=service.ledger,
     )
     obs = NodeObservability.from_args(args)
-    try:
-        limits = LimitSettings(
-            max_concurrent=args.max_concurrent_per_requester,
-            rate_per_second=args.rate_per_requester,
-            burst=args.burst_per_requester,
-        )
-    except ValueError as exc:
-        raise CliError(f"limits: {exc}") from exc
     try:
         node = start_node_server(
             service,
@@ -228,23 +278,61 @@ def node_serve(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     try:
         obs.attach(node, engine)
+    except PortError as exc:
+        node.stop(grace=None)
+        raise CliError(str(exc)) from exc
     except (OSError, RuntimeError) as exc:
         node.stop(grace=None)
+        obs.close()
         raise CliError(f"cannot start the metrics or health endpoint: {exc}") from exc
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    name, state = _served_as(engine)
     err_console.print(
-        f"node for {'(no data yet)' if not service.ready() else 'municipality ready'} serving on "
-        f"{args.host}:{node.port} ({'mTLS' if credentials else 'insecure, loopback only'}); Ctrl-C stops"
+        f"{name}{state} serving on {args.host}:{node.port} "
+        f"({'mTLS' if credentials else 'insecure, loopback only'})"
+        + "".join(f"; {what} on {where}" for what, where in obs.endpoints())
+        + "; Ctrl-C stops",
+        markup=False,
+        highlight=False,
     )
     stop.wait()
-    node.stop(grace=5.0)  # the health port keeps answering NOT_SERVING meanwhile
+    err_console.print(
+        f"stopping: finishing calls in flight (up to {SHUTDOWN_GRACE_SECONDS:g} s)",
+        markup=False,
+        highlight=False,
+    )
+    node.stop(grace=SHUTDOWN_GRACE_SECONDS)  # the health port answers NOT_SERVING meanwhile
     obs.close()
     engine.dispose()
     if query_engine is not None:
         query_engine.dispose()
+    err_console.print(f"{name} stopped", markup=False, highlight=False)
     return EXIT_OK
+
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+"""How long `node serve` lets calls in flight finish after SIGINT or SIGTERM."""
+
+
+def _served_as(engine: object) -> tuple[str, str]:
+    """("node M01 (Name)", ", data version V") for the start-up and shutdown lines."""
+    from sqlalchemy import select
+
+    from fedaudit.node.store.models import DataVersion, Municipality
+
+    try:
+        with engine.connect() as conn:  # type: ignore[attr-defined]
+            muni = conn.execute(select(Municipality)).first()
+            version = conn.execute(
+                select(DataVersion.version).order_by(DataVersion.id.desc()).limit(1)
+            ).scalar()
+    except Exception:  # the readiness watcher keeps reporting an unreachable database
+        return "node", " (database not reachable; not ready)"
+    if muni is None or version is None:
+        return "node", " without data (not ready; import a bundle with `fedaudit node import`)"
+    return f"node {muni.municipality_code} ({muni.name})", f", data version {version},"
 
 
 def node_budget(args: argparse.Namespace) -> int:
@@ -256,6 +344,7 @@ def node_budget(args: argparse.Namespace) -> int:
     from fedaudit.node.store.db import make_readonly_engine
 
     policy = load_policy(args.policy)
+    require_database(args.db)
     engine = make_readonly_engine(args.db)
     ledger = Ledger(engine, policy)
     now = utcnow()
@@ -266,10 +355,10 @@ def node_budget(args: argparse.Namespace) -> int:
         s = ledger.status(name, now)
         table.add_row(
             name,
-            f"{s.requester_rho_cap:.4g}",
-            f"{s.requester_rho_spent:.4g}",
-            f"{s.requester_rho_remaining:.4g}",
-            f"{s.node_rho_remaining:.4g}",
+            rho_text(s.requester_rho_cap),
+            rho_text(s.requester_rho_spent),
+            rho_text(s.requester_rho_remaining),
+            rho_text(s.node_rho_remaining),
         )
     console.print(table)
     engine.dispose()

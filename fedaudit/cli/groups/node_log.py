@@ -13,14 +13,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from fedaudit.cli.console import console, err_console, rho_text
 from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, CliError
 from fedaudit.cli.parsers import Parsers
-
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def register(parsers: Parsers) -> None:
@@ -98,7 +95,7 @@ def log_show(args: argparse.Namespace) -> int:
     table.add_column("answer digest")
     for r in rows:
         template = f"{r.template} {r.template_version}".strip()
-        rho = f"{r.rho_units / 10**12:.6g}" if r.rho_units else ""
+        rho = rho_text(r.rho_units / 10**12) if r.rho_units else ""
         table.add_row(
             str(r.seq),
             r.logged_at,
@@ -180,21 +177,21 @@ def log_compare(args: argparse.Namespace) -> int:
 def _engine(url: str) -> Any:
     """An engine on an existing node database that has a query log; else a usage error."""
     from sqlalchemy import inspect
-    from sqlalchemy.engine import make_url
 
-    from fedaudit.node.store.db import make_engine, normalise_url
+    from fedaudit.cli.failures import explain
+    from fedaudit.cli.shared import require_database
+    from fedaudit.node.store.db import make_engine
 
-    parsed = make_url(normalise_url(url))
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or not Path(database).is_file():
-            raise CliError(f"{url}: no such node database")
+    require_database(url)
     engine = make_engine(url)
     try:
         has_log = inspect(engine).has_table("query_log")
     except Exception as exc:
         engine.dispose()
-        raise CliError(f"{url}: cannot open the database ({type(exc).__name__})") from exc
+        message = explain(exc)
+        if message is None:
+            raise
+        raise CliError(message) from exc
     if not has_log:
         engine.dispose()
         raise CliError(f"{url}: this database has no query log (has the node been served?)")

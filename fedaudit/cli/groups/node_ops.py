@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fedaudit.cli.console import console
+from fedaudit.cli.console import console, rho_text
 from fedaudit.cli.errors import EXIT_OK, CliError
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import load_policy
@@ -205,7 +205,7 @@ def _print_plan(state: Any) -> None:
 def node_budget_history(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from fedaudit.common.budget_units import units_to_text
+    from fedaudit.common.budget_units import units_to_rho
     from fedaudit.node.ops.budget_history import budget_history
     from fedaudit.node.store.db import make_readonly_engine, sqlite_path
 
@@ -233,19 +233,21 @@ def node_budget_history(args: argparse.Namespace) -> int:
     for col in ("period", "requester", "spent (rho)", "cap", "remaining", "queries"):
         table.add_column(col, justify="left" if col in ("period", "requester") else "right")
     for row in history.rows:
-        data = row.to_json()
         table.add_row(
             row.period,
             row.requester,
-            str(data["spent_rho"]),
-            "(removed)" if data["cap_rho"] is None else str(data["cap_rho"]),
-            "-" if data["remaining_rho"] is None else str(data["remaining_rho"]),
+            rho_text(units_to_rho(row.spent_units)),
+            "(removed)" if row.cap_units is None else rho_text(units_to_rho(row.cap_units)),
+            "-"
+            if row.remaining_units is None
+            else rho_text(units_to_rho(max(row.remaining_units, 0))),
             f"{row.entries}" + (f" ({row.reserved} reserved)" if row.reserved else ""),
         )
     console.print(table)
     node_left = max(history.node_cap_units - history.node_spent_units, 0)
     console.print(
-        f"node total: spent {units_to_text(history.node_spent_units)} of "
-        f"{units_to_text(history.node_cap_units)} rho (never renewed), {units_to_text(node_left)} left"
+        f"node total: spent {rho_text(units_to_rho(history.node_spent_units))} of "
+        f"{rho_text(units_to_rho(history.node_cap_units))} rho (never renewed), "
+        f"{rho_text(units_to_rho(node_left))} left"
     )
     return EXIT_OK
