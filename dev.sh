@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Set up (once) and run fedaudit from a checkout. Needs only Python >= 3.11.
+# The first run creates .venv and installs fedaudit with its test tools (about two minutes).
 #   ./dev.sh demo [fedaudit demo options]   the whole federation on synthetic data
 #   ./dev.sh test [pytest options]          lint, then the test suite
 #   ./dev.sh fedaudit ...                   any fedaudit command
+#   ./dev.sh help                           this text
 set -euo pipefail
 cd "$(dirname "$0")"
 
 PYTHON="${PYTHON:-python3}"
 VENV="${FEDAUDIT_VENV:-.venv}"
+
+usage() {
+  # The header comment above, without the shebang and the leading "# ".
+  sed -n '2,/^set -euo/p' "$0" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//'
+}
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
@@ -16,6 +23,7 @@ setup() {
   fi
   local stamp="$VENV/.fedaudit-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "dev.sh: installing fedaudit and its test tools into $VENV (the first time takes about two minutes)" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$stamp"
@@ -47,7 +55,12 @@ case "$cmd" in
     setup
     exec "$VENV/bin/fedaudit" "$@"
     ;;
+  help | -h | --help)
+    usage
+    ;;
   *)
-    sed -n '2,6p' "$0"
+    echo "dev.sh: unknown command '$cmd'" >&2
+    usage >&2
+    exit 2
     ;;
 esac

@@ -198,7 +198,12 @@ def test_pki_cli_round_trip(tmp_path, capsys) -> None:
     """init, issue-node, issue-auditor and show succeed (exit 0) and show lists names and SANs."""
     d = str(tmp_path / "pki")
     assert main(["pki", "init", "--dir", d]) == EXIT_OK
-    assert main(["pki", "issue-node", "M01", "--dir", d, "--host", "10.1.2.3", "m01.example"]) == 0
+    assert (
+        main(
+            ["pki", "issue-node", "M01", "--dir", d, "--host", "10.1.2.3", "--host", "m01.example"]
+        )
+        == 0
+    )
     assert main(["pki", "issue-auditor", "oversight-board", "--dir", d]) == EXIT_OK
     capsys.readouterr()
     files = [f"{d}/ca.pem", f"{d}/nodes/M01.pem", f"{d}/auditors/oversight-board.pem"]

@@ -16,8 +16,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedaudit.cli.console import console, print_summary, progress_reporter
-from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.console import console, err_console, print_summary, progress_reporter
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.interrupt import AnswerCounter, interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
     channel_credentials,
@@ -37,7 +38,7 @@ def register(parsers: Parsers) -> None:
         help="run an audit plan and write the report",
         description="Run an audit plan against running nodes and write report.json and report.html.",
     )
-    run.add_argument("plan", type=Path, metavar="PLAN")
+    run.add_argument("plan", type=Path, metavar="PLAN", help="the audit plan (YAML)")
     run.add_argument(
         "--node",
         action="append",
@@ -45,13 +46,20 @@ def register(parsers: Parsers) -> None:
         metavar="NAME=HOST:PORT",
         help="add or override a node (repeatable)",
     )
-    run.add_argument("--out", type=Path, default=Path("audit-report"), help="report directory")
+    run.add_argument(
+        "--out",
+        type=Path,
+        default=Path("audit-report"),
+        help="directory for report.json and report.html, created if needed (default: ./audit-report)",
+    )
     run.add_argument(
         "--run-id",
         help="name of this run (default: plan name and date); re-using it replays stored answers",
     )
     run.add_argument(
-        "--fail-on", choices=SEVERITIES, help="exit 1 when a finding has this severity or higher"
+        "--fail-on",
+        choices=SEVERITIES,
+        help="exit 1 when a finding has this severity or higher (default: exit 0 whatever is found)",
     )
     run.add_argument("--tls-cert", type=Path, help="auditor certificate (PEM)")
     run.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
@@ -63,14 +71,17 @@ def register(parsers: Parsers) -> None:
         "contacted and show as unavailable (default: no revocation check)",
     )
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     from fedaudit.coordinator.running.audit_metrics import add_metrics_arguments
 
     add_metrics_arguments(run)
     run.add_argument(
         "--record",
         type=Path,
-        help="append what each node answered to this JSON-lines file (compare with a node's log)",
+        help=(
+            "append what each node answered to this JSON-lines file, created with its directory "
+            "if needed (compare with a node's log; default: no record)"
+        ),
     )
     run.set_defaults(handler=audit_run)
 
@@ -141,22 +152,33 @@ def audit_run(args: argparse.Namespace) -> int:
         reconcile_transports.pop(name, None)
     run_id = args.run_id or default_run_id(plan, dt.datetime.now(dt.UTC))
     try:
+        if args.record:
+            args.record.parent.mkdir(parents=True, exist_ok=True)
         record = AnswerRecord(args.record, run_id=run_id) if args.record else None
     except RecordError as exc:
         raise CliError(str(exc)) from exc
+    except OSError as exc:
+        raise CliError(f"--record {args.record}: cannot write there: {exc.strerror}") from exc
+    counter = AnswerCounter(record)
     started = time.monotonic()
     try:
         total = len(plan.nodes) * len(planned_queries(plan))
-        with progress_reporter(total, quiet=args.quiet) as progress:
+        with (
+            interruptible([*transports.values(), *dedup_transports.values()]),
+            progress_reporter(total, quiet=args.quiet) as progress,
+        ):
             report = run_audit(
                 plan,
                 transports,
                 run_id=run_id,
                 progress=progress,
-                on_answer=record,
+                on_answer=counter,
                 dedup_transports=dedup_transports,
                 reconcile_transports=reconcile_transports,
             )
+    except KeyboardInterrupt:
+        err_console.print(interrupted_message(counter, run_id), markup=False, highlight=False)
+        return EXIT_INTERRUPTED
     finally:
         for t in [*transports.values(), *dedup_transports.values(), *reconcile_transports.values()]:
             t.close()
@@ -172,6 +194,21 @@ def audit_run(args: argparse.Namespace) -> int:
     print_summary(report)
     console.print(f"\nreport: {json_path}\n        {html_path}")
     return exit_code_for(report, args.fail_on)
+
+
+def interrupted_message(counter: AnswerCounter, run_id: str) -> str:
+    """What an interrupted audit did, and how to finish it without paying twice."""
+    done = (
+        f"{counter.received} answer(s) from {len(counter.nodes)} node(s) arrived "
+        f"({counter.charged} charged, {counter.replayed} replayed)"
+        if counter.received
+        else "no answer arrived"
+    )
+    return (
+        f"audit interrupted: {done}; no report was written.\n"
+        f"Re-run with --run-id {run_id}: what the nodes already charged for this run is "
+        "replayed at no cost."
+    )
 
 
 def exit_code_for(report: Mapping[str, Any], fail_on: str | None) -> int:

@@ -22,8 +22,9 @@ from typing import Any
 
 from rich.table import Table
 
-from fedaudit.cli.console import console, print_summary, progress_reporter
-from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, CliError
+from fedaudit.cli.console import console, err_console, print_summary, progress_reporter
+from fedaudit.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, CliError
+from fedaudit.cli.interrupt import interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import load_plan
 
@@ -57,7 +58,11 @@ def register(parsers: Parsers) -> None:
         ),
     )
     demo.add_argument(
-        "--bundles", nargs="+", type=Path, metavar="DIR", help="data bundles, one node each"
+        "--bundles",
+        nargs="+",
+        type=Path,
+        metavar="DIR",
+        help="data bundles, one node each (default: generate a synthetic federation)",
     )
     demo.add_argument(
         "--out",
@@ -65,12 +70,21 @@ def register(parsers: Parsers) -> None:
         default=Path("fedaudit-demo"),
         help="output directory (default: ./fedaudit-demo)",
     )
-    demo.add_argument("--plan", type=Path, help="audit plan to run instead of the default plan")
-    demo.add_argument("--seed", type=int, default=7, help="seed of the synthetic federation")
     demo.add_argument(
-        "--candidates", type=int, default=3000, help="synthetic candidates per municipality"
+        "--plan",
+        type=Path,
+        help="audit plan to run (default: the built-in plan with every check)",
     )
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    demo.add_argument(
+        "--seed", type=int, default=7, help="seed of the synthetic federation (default: 7)"
+    )
+    demo.add_argument(
+        "--candidates",
+        type=int,
+        default=3000,
+        help="synthetic candidates per municipality (default: 3000)",
+    )
+    demo.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     demo.set_defaults(handler=run_demo)
 
 
@@ -101,14 +115,13 @@ def run_demo(args: argparse.Namespace) -> int:
     )
 
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     federation = None
     if args.bundles:
         bundles = list(args.bundles)
-        for b in bundles:
-            if not b.is_dir():
-                raise CliError(f"{b}: not a directory (a data bundle is a directory of CSV files)")
+        _check_bundles(bundles)  # every bundle, every problem, before anything is written
+        out.mkdir(parents=True, exist_ok=True)
     else:
+        out.mkdir(parents=True, exist_ok=True)
         from fedaudit.synthetic.federation import generate_federation
 
         target = out / "bundles"
@@ -217,7 +230,16 @@ def run_demo(args: argparse.Namespace) -> int:
         }
         total = len(nodes) * len(planned_queries(plan))
         try:
-            with progress_reporter(total, quiet=args.quiet) as progress:
+            with (
+                interruptible(
+                    [
+                        *transports.values(),
+                        *dedup_transports.values(),
+                        *reconcile_transports.values(),
+                    ]
+                ),
+                progress_reporter(total, quiet=args.quiet) as progress,
+            ):
                 report = run_audit(
                     plan,
                     transports,
@@ -226,6 +248,9 @@ def run_demo(args: argparse.Namespace) -> int:
                     reconcile_transports=reconcile_transports,
                 )
             write_reconciliation_lists(services, out / "reconciliation", report)
+        except KeyboardInterrupt:
+            console.print(f"demo interrupted; no report was written (the nodes are in {node_dir})")
+            return EXIT_INTERRUPTED
         finally:
             for t in [
                 *transports.values(),
@@ -247,6 +272,36 @@ def run_demo(args: argparse.Namespace) -> int:
         _print_reconciliation(federation, out / "reconciliation")
     console.print(f"\nreport: {json_path}\n        {html_path}")
     return EXIT_OK
+
+
+def _check_bundles(bundles: list[Path]) -> None:
+    """Validate every bundle and report the problems of all of them, not just the first."""
+    from fedaudit.node.errors import BundleError
+    from fedaudit.node.ingest.bundle import validate_bundle
+
+    missing = [b for b in bundles if not b.is_dir()]
+    if missing:
+        raise CliError(
+            "; ".join(f"{b}: not a directory" for b in missing)
+            + " (a data bundle is a directory of CSV files)"
+        )
+    bad = 0
+    for bundle in bundles:
+        try:
+            validate_bundle(bundle)
+        except BundleError as exc:
+            bad += 1
+            err_console.print(f"[bold red]{bundle}: {exc.total} problem(s)[/]")
+            for line in exc.problems[:50]:
+                err_console.print(line, markup=False, highlight=False)
+            if exc.total > 50:
+                err_console.print(
+                    f"... and {exc.total - 50} more (fedaudit node validate {bundle} lists all)"
+                )
+    if bad:
+        raise CliError(
+            f"{bad} of {len(bundles)} bundle(s) have problems (listed above); nothing was imported"
+        )
 
 
 def check_planted(report: dict[str, Any], federation: Any) -> list[PlantedCheck]:

@@ -25,7 +25,11 @@ def register(parsers: Parsers) -> None:
             "status. Exit 0 when SERVING, 1 when NOT_SERVING or unreachable."
         ),
     )
-    health.add_argument("--address", default="127.0.0.1:8081", help="HOST:PORT of the health port")
+    health.add_argument(
+        "--address",
+        default="127.0.0.1:8081",
+        help="HOST:PORT of the health port (default: %(default)s)",
+    )
     health.add_argument(
         "--service",
         default="",

@@ -35,14 +35,22 @@ def register(parsers: Parsers) -> None:
     doctor.add_argument(
         "--tls-cert",
         type=Path,
-        nargs="+",
-        default=[],
         metavar="FILE",
-        help="certificate files to check for expiry (node certificate, federation CA)",
+        help="the node certificate, as given to `node serve` (default: certificates not checked)",
     )
-    doctor.add_argument("--json", action="store_true", help="print the results as JSON")
     doctor.add_argument(
-        "--strict", action="store_true", help="exit 1 on warnings too (for monitoring)"
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="the federation CA certificate, as given to `node serve` (default: not checked)",
+    )
+    doctor.add_argument(
+        "--json", action="store_true", help="print the results as JSON (default: a table)"
+    )
+    doctor.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 on warnings too, for monitoring (default: only on errors)",
     )
     doctor.add_argument(
         "--stuck-minutes",
@@ -72,7 +80,9 @@ def register(parsers: Parsers) -> None:
         "--to", default="head", metavar="REV", help="target revision (default: head)"
     )
     migrate.add_argument(
-        "--dry-run", action="store_true", help="show the steps and their SQL; change nothing"
+        "--dry-run",
+        action="store_true",
+        help="show the steps and their SQL; change nothing (default: apply them)",
     )
     migrate.set_defaults(handler=node_migrate)
 
@@ -86,8 +96,12 @@ def register(parsers: Parsers) -> None:
     )
     history.add_argument("--db", required=True, help="database URL or SQLite file path")
     history.add_argument("--policy", required=True, type=Path, help="the node policy YAML")
-    history.add_argument("--period", help="only this period, e.g. 2026-Q4, 2026-11 or 2026")
-    history.add_argument("--json", action="store_true", help="print JSON")
+    history.add_argument(
+        "--period", help="only this period, e.g. 2026-Q4, 2026-11 or 2026 (default: all periods)"
+    )
+    history.add_argument(
+        "--json", action="store_true", help="print exact JSON (default: a table, rounded)"
+    )
     history.set_defaults(handler=node_budget_history)
 
 
@@ -110,7 +124,8 @@ def node_doctor(args: argparse.Namespace) -> int:
     options = DoctorOptions(
         stuck_reserved_minutes=args.stuck_minutes, cert_warning_days=args.cert_warning_days
     )
-    results = run_doctor(args.db, args.policy, args.tls_cert, options=options)
+    certificates = [path for path in (args.tls_cert, args.tls_ca) if path is not None]
+    results = run_doctor(args.db, args.policy, certificates, options=options)
     if args.json:
         print(
             json.dumps(

@@ -1,7 +1,7 @@
 """`fedaudit pki`: the federation's certificate authority on the command line.
 
     fedaudit pki init --dir DIR
-    fedaudit pki issue-node NAME --dir DIR --host H [--host H ...]
+    fedaudit pki issue-node NAME --dir DIR [--host H] [--host H ...]
     fedaudit pki issue-auditor NAME --dir DIR
     fedaudit pki show FILE [FILE ...] [--within-days 30] [--check]
     fedaudit pki request NAME --out DIR [--host H ...]      (at the node or auditor)
@@ -48,8 +48,17 @@ def register(parsers: Parsers) -> None:
         "keep it offline).",
     )
     init.add_argument("--dir", required=True, type=Path, help="the PKI directory")
-    init.add_argument("--name", default="fedaudit federation CA", help="the CA's common name")
-    init.add_argument("--days", type=int, default=pki.DEFAULT_CA_DAYS, help="validity in days")
+    init.add_argument(
+        "--name",
+        default="fedaudit federation CA",
+        help="the CA's common name (default: %(default)s)",
+    )
+    init.add_argument(
+        "--days",
+        type=int,
+        default=pki.DEFAULT_CA_DAYS,
+        help="validity in days (default: %(default)s)",
+    )
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(handler=_init)
 
@@ -65,13 +74,20 @@ def register(parsers: Parsers) -> None:
     node.add_argument("--dir", required=True, type=Path, help="the PKI directory (holds the CA)")
     node.add_argument(
         "--host",
-        action="extend",
-        nargs="+",
+        action="append",
         default=[],
         metavar="H",
-        help="DNS name or IP address the node is reached at (repeatable)",
+        help=(
+            "DNS name or IP address the node is reached at; one per --host, repeat it for "
+            "more (default: none, only NAME)"
+        ),
     )
-    node.add_argument("--days", type=int, default=pki.DEFAULT_LEAF_DAYS, help="validity in days")
+    node.add_argument(
+        "--days",
+        type=int,
+        default=pki.DEFAULT_LEAF_DAYS,
+        help="validity in days (default: %(default)s)",
+    )
     node.add_argument("--force", action="store_true", help="replace an existing certificate")
     node.set_defaults(handler=_issue_node)
 
@@ -85,7 +101,12 @@ def register(parsers: Parsers) -> None:
     )
     auditor.add_argument("name", metavar="NAME", help="the requester name, e.g. oversight-board")
     auditor.add_argument("--dir", required=True, type=Path, help="the PKI directory")
-    auditor.add_argument("--days", type=int, default=pki.DEFAULT_LEAF_DAYS, help="validity in days")
+    auditor.add_argument(
+        "--days",
+        type=int,
+        default=pki.DEFAULT_LEAF_DAYS,
+        help="validity in days (default: %(default)s)",
+    )
     auditor.add_argument("--force", action="store_true", help="replace an existing certificate")
     auditor.set_defaults(handler=_issue_auditor)
 
@@ -97,7 +118,7 @@ def register(parsers: Parsers) -> None:
             "any that expires within --within-days."
         ),
     )
-    show.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    show.add_argument("files", nargs="+", type=Path, metavar="FILE", help="certificate files (PEM)")
     show.add_argument(
         "--within-days",
         type=int,
