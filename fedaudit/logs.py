@@ -32,6 +32,9 @@ PERSONAL_FIELDS = frozenset(
 
 REDACTED = "[redacted]"
 
+_state = {"json": False}
+"""Whether this process logs JSON (set by `configure_logging`, read by `notice`)."""
+
 
 def redact_personal_fields(
     _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
@@ -49,6 +52,7 @@ def configure_logging(*, json: bool | None = None, level: str = "info") -> None:
     and a coloured console renderer when a person is watching.
     """
     json = wants_json(json)
+    _state["json"] = json
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json
@@ -88,3 +92,21 @@ def configure_grpc_logging(*, json: bool, environ: MutableMapping[str, str]) -> 
     """
     if json and "GRPC_VERBOSITY" not in environ:
         environ["GRPC_VERBOSITY"] = "NONE"
+
+
+def notice(text: str, event: str, *, level: str = "info", **fields: Any) -> None:
+    """An operator notice on stderr (start-up, shutdown), whatever the log level.
+
+    A person at a terminal reads `text`; under JSON logs the same notice is one JSON
+    object (`event`, `fields` and `text` as `message`), so a log collector parsing
+    stderr line by line never meets a line of prose.
+    """
+    if _state["json"]:
+        import datetime as dt
+        import json
+
+        stamp = dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z")
+        record = {"event": event, "level": level, "timestamp": stamp, **fields, "message": text}
+        print(json.dumps(record, default=str), file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)

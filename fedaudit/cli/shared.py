@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fedaudit.cli.console import err_console
 from fedaudit.cli.errors import CliError
 
 if TYPE_CHECKING:
@@ -121,10 +120,10 @@ def warn_expiry(paths: list[Path]) -> None:
         warnings = expiry_warnings(paths)
     except PkiError as exc:
         raise CliError(str(exc)) from exc
+    from fedaudit.logs import notice
+
     for w in warnings:
-        err_console.print(
-            f"warning: {w.message}", markup=False, highlight=False, style="bold yellow"
-        )
+        notice(f"warning: {w.message}", "certificate_expires_soon", level="warning")
 
 
 def server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:

@@ -20,6 +20,7 @@ import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 from grpc_health.v1 import health, health_pb2
@@ -27,9 +28,11 @@ from sqlalchemy import Engine, create_engine, select
 from sqlalchemy.pool import NullPool
 
 from fedaudit.node.query import catalogue
-from fedaudit.node.query.service import NodeService
 from fedaudit.node.rpc.status import SERVICE_NAME
 from fedaudit.node.store.models import DataVersion, Municipality
+
+if TYPE_CHECKING:  # only a type here; importing it loads OpenDP, which `--help` need not pay
+    from fedaudit.node.query.service import NodeService
 
 log = structlog.get_logger(__name__)
 

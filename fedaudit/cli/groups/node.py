@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from fedaudit.cli.shared import (
     server_credentials,
     sqlite_file,
 )
+from fedaudit.logs import notice
 
 ORDER = 20
 """After `demo`, before `audit` in `fedaudit --help`; first in `fedaudit node --help`."""
@@ -288,27 +290,33 @@ def node_serve(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    name, state = _served_as(engine)
-    err_console.print(
-        f"{name}{state} serving on {args.host}:{node.port} "
+    identity = _served_as(engine)
+    address = f"{args.host}:{node.port}"
+    endpoints = obs.endpoints()
+    notice(
+        f"{identity.name}{identity.state} serving on {address} "
         f"({'mTLS' if credentials else 'insecure, loopback only'})"
-        + "".join(f"; {what} on {where}" for what, where in obs.endpoints())
+        + "".join(f"; {what} on {where}" for what, where in endpoints)
         + "; Ctrl-C stops",
-        markup=False,
-        highlight=False,
+        "node_started",
+        municipality=identity.municipality,
+        data_version=identity.data_version,
+        address=address,
+        tls=credentials is not None,
+        **dict(endpoints),
     )
     stop.wait()
-    err_console.print(
+    notice(
         f"stopping: finishing calls in flight (up to {SHUTDOWN_GRACE_SECONDS:g} s)",
-        markup=False,
-        highlight=False,
+        "node_stopping",
+        grace_seconds=SHUTDOWN_GRACE_SECONDS,
     )
     node.stop(grace=SHUTDOWN_GRACE_SECONDS)  # the health port answers NOT_SERVING meanwhile
     obs.close()
     engine.dispose()
     if query_engine is not None:
         query_engine.dispose()
-    err_console.print(f"{name} stopped", markup=False, highlight=False)
+    notice(f"{identity.name} stopped", "node_stopped", municipality=identity.municipality)
     return EXIT_OK
 
 
@@ -316,8 +324,18 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 """How long `node serve` lets calls in flight finish after SIGINT or SIGTERM."""
 
 
-def _served_as(engine: object) -> tuple[str, str]:
-    """("node M01 (Name)", ", data version V") for the start-up and shutdown lines."""
+@dataclass(frozen=True)
+class _Identity:
+    """Who this node is, for the start-up and shutdown lines."""
+
+    name: str  # "node M01 (Name)"
+    state: str  # ", data version V," or why it is not ready
+    municipality: str | None = None
+    data_version: str | None = None
+
+
+def _served_as(engine: object) -> _Identity:
+    """The municipality and data version in the database, or why there are none."""
     from sqlalchemy import select
 
     from fedaudit.node.store.models import DataVersion, Municipality
@@ -329,10 +347,17 @@ def _served_as(engine: object) -> tuple[str, str]:
                 select(DataVersion.version).order_by(DataVersion.id.desc()).limit(1)
             ).scalar()
     except Exception:  # the readiness watcher keeps reporting an unreachable database
-        return "node", " (database not reachable; not ready)"
+        return _Identity("node", " (database not reachable; not ready)")
     if muni is None or version is None:
-        return "node", " without data (not ready; import a bundle with `fedaudit node import`)"
-    return f"node {muni.municipality_code} ({muni.name})", f", data version {version},"
+        return _Identity(
+            "node", " without data (not ready; import a bundle with `fedaudit node import`)"
+        )
+    return _Identity(
+        f"node {muni.municipality_code} ({muni.name})",
+        f", data version {version},",
+        muni.municipality_code,
+        version,
+    )
 
 
 def node_budget(args: argparse.Namespace) -> int:

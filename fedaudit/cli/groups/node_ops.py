@@ -14,7 +14,7 @@ from typing import Any
 from fedaudit.cli.console import console, rho_text
 from fedaudit.cli.errors import EXIT_OK, CliError
 from fedaudit.cli.parsers import Parsers
-from fedaudit.cli.shared import load_policy
+from fedaudit.cli.shared import load_policy, require_database
 
 _STATUS_STYLE = {"ok": "green", "warning": "yellow", "error": "bold red", "skipped": "dim"}
 
@@ -222,14 +222,12 @@ def node_budget_history(args: argparse.Namespace) -> int:
 
     from fedaudit.common.budget_units import units_to_rho
     from fedaudit.node.ops.budget_history import budget_history
-    from fedaudit.node.store.db import make_readonly_engine, sqlite_path
+    from fedaudit.node.store.db import make_readonly_engine
 
     policy = load_policy(args.policy)
+    require_database(args.db)
     engine = make_readonly_engine(args.db)
-    path = sqlite_path(engine)
     try:
-        if path is not None and not path.exists():
-            raise CliError(f"{path}: no such database")
         try:
             history = budget_history(engine, policy, period=args.period)
         except Exception as exc:
