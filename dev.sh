@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (once) and run fedaudit from a checkout. Needs only Python >= 3.11.
-# The first run creates .venv and installs fedaudit with its test tools (about two minutes).
+# The first run creates .venv and installs fedaudit with its test tools (a few minutes).
 #   ./dev.sh demo [fedaudit demo options]   the whole federation on synthetic data
 #   ./dev.sh test [pytest options]          lint, then the test suite
 #   ./dev.sh fedaudit ...                   any fedaudit command
@@ -23,7 +23,7 @@ setup() {
   fi
   local stamp="$VENV/.fedaudit-installed"
   if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    echo "dev.sh: installing fedaudit and its test tools into $VENV (the first time takes about two minutes)" >&2
+    echo "dev.sh: installing fedaudit and its test tools into $VENV (the first time takes a few minutes)" >&2
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -e ".[test]"
     touch "$stamp"

@@ -508,3 +508,51 @@ def test_demo_output_is_ignored_by_git() -> None:
     for path in ("fedaudit-demo/report.json", "audit-report/report.html"):
         ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", path], check=False)
         assert ignored.returncode == 0, path
+
+
+# --- 9. the documented commands are the real ones --------------------------------------------
+
+
+def _documented_commands(path: Path) -> list[str]:
+    """Every `fedaudit ...` command in the shell blocks of a document, continuations joined."""
+    commands, block = [], None
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip().startswith("```"):
+            block = [] if block is None and line.strip() in ("```sh", "```bash") else None
+            continue
+        if block is None:
+            continue
+        block.append(line)
+        if line.endswith("\\"):
+            continue
+        text = " ".join(part.rstrip("\\").strip() for part in block).split(" #")[0]
+        block.clear()
+        found = re.match(r"\s*(?:(?:[\d*/,-]+\s+){5})?(fedaudit\s.*)", text)  # or in a crontab
+        if found and not text.lstrip().startswith("#"):
+            commands.append(re.split(r"\s(?:\|\|?|&&|;|>>?|2>)\s", found.group(1))[0])
+    return commands
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/operations.md", "docs/security.md"])
+def test_documented_commands_parse(document: str) -> None:
+    """Each command the runbooks tell an operator to type is accepted by the real parser."""
+    import contextlib
+    import io
+    import shlex
+
+    from fedaudit.cli.main import build_parser
+
+    commands = _documented_commands(ROOT / document)
+    assert commands
+    refused = []
+    for command in commands:
+        words = shlex.split(command, comments=True)[1:]
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                build_parser().parse_args(words)
+        except SystemExit as exc:
+            if exc.code == 0:  # --version, --help
+                continue
+            refused.append(f"{command}\n    {err.getvalue().strip().splitlines()[-1]}")
+    assert refused == [], "\n".join(refused)
