@@ -164,7 +164,9 @@ def audit_run(args: argparse.Namespace) -> int:
     try:
         total = len(plan.nodes) * len(planned_queries(plan))
         with (
-            interruptible([*transports.values(), *dedup_transports.values()]),
+            interruptible(
+                [*transports.values(), *dedup_transports.values(), *reconcile_transports.values()]
+            ),
             progress_reporter(total, quiet=args.quiet) as progress,
         ):
             report = run_audit(

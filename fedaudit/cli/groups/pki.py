@@ -181,9 +181,14 @@ def register(parsers: Parsers) -> None:
             "coordinator (audit run --tls-crl)."
         ),
     )
-    revoke.add_argument("name", metavar="NAME")
+    revoke.add_argument("name", metavar="NAME", help="the node or requester name to revoke")
     revoke.add_argument("--dir", required=True, type=Path, help="the PKI directory (holds the CA)")
-    revoke.add_argument("--role", required=True, choices=("node", "auditor"))
+    revoke.add_argument(
+        "--role",
+        required=True,
+        choices=("node", "auditor"),
+        help="whether NAME is a node or an auditor certificate",
+    )
     revoke.set_defaults(handler=_revoke)
 
     crl = sub.add_parser(
