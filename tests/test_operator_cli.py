@@ -556,3 +556,14 @@ def test_documented_commands_parse(document: str) -> None:
                 continue
             refused.append(f"{command}\n    {err.getvalue().strip().splitlines()[-1]}")
     assert refused == [], "\n".join(refused)
+
+
+def test_health_check_of_an_unreachable_node_says_what_to_check() -> None:
+    """Exit 1 (the probe's 'unhealthy'), with the reason in words, not just a status code."""
+    port = free_port()
+    result = run("node", "health", "--address", f"127.0.0.1:{port}", "--timeout", "5")
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"127.0.0.1:{port}: UNAVAILABLE (nothing answers there; is the node running with "
+        "--health-port on that address?)"
+    ]

@@ -49,7 +49,14 @@ def _health(args: argparse.Namespace) -> int:
     try:
         status = check_health(args.address, service=args.service, timeout=args.timeout)
     except grpc.RpcError as exc:
-        print(f"{args.address}: {exc.code().name}", file=sys.stderr)  # type: ignore[attr-defined]
+        code = exc.code()  # type: ignore[attr-defined]
+        hint = {
+            grpc.StatusCode.UNAVAILABLE: "nothing answers there; is the node running with "
+            "--health-port on that address?",
+            grpc.StatusCode.DEADLINE_EXCEEDED: f"no answer within {args.timeout:g} s",
+            grpc.StatusCode.NOT_FOUND: f"the node knows no service named {args.service!r}",
+        }.get(code)
+        print(f"{args.address}: {code.name}" + (f" ({hint})" if hint else ""), file=sys.stderr)
         return EXIT_FINDINGS
     print(f"{args.address}: {status}")
     return EXIT_OK if status == "SERVING" else EXIT_FINDINGS
