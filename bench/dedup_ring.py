@@ -132,13 +132,21 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
     from fedaudit.node.ring.server import add_dedup_servicer
     from fedaudit.node.ring.service import TEMPLATE, DedupService
     from fedaudit.node.store.db import make_engine
+    from fedaudit.pki.authority import create_throwaway_pki
+    from fedaudit.pki.membership import NodeCredential
+    from fedaudit.pki.tls import TlsFiles
 
     root = Path(directory)
     policy = example_policy({REQUESTER: 10.0}, max_rho_per_request=10.0)
     policy = replace(policy, bounds=MappingProxyType({**policy.bounds, TEMPLATE: 2}))
+    codes = [f"M{i + 1:02d}" for i in range(nodes)]
+    # Ring membership is proven with node certificates (a throw-away federation CA).
+    pki = create_throwaway_pki(root / "pki", codes, REQUESTER)
     servers = []
     for i, people in enumerate(_people(nodes, candidates, seed=11)):
-        code = f"M{i + 1:02d}"
+        code = codes[i]
+        paths = pki.nodes[code]
+        credential = NodeCredential.from_files(TlsFiles(paths.cert, paths.key, pki.ca.cert))
         _write_bundle(root / code, code, people)
         engine = make_engine(f"sqlite:///{root / code}.db")
         import_bundle(engine, root / code)
@@ -146,7 +154,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
             futures.ThreadPoolExecutor(max_workers=8),
             options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
-        add_dedup_servicer(server, DedupService(engine, policy))
+        add_dedup_servicer(server, DedupService(engine, policy, credential=credential))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)

@@ -17,6 +17,9 @@ from fedaudit.node.privacy.policy import Policy, example_policy
 from fedaudit.node.ring.keys import PersonInput, key_value, merge_local
 from fedaudit.node.ring.server import add_dedup_servicer
 from fedaudit.node.ring.service import TEMPLATE, DedupService, load_persons
+from fedaudit.pki.authority import create_throwaway_pki
+from fedaudit.pki.membership import NodeCredential
+from fedaudit.pki.tls import TlsFiles
 
 REQUESTER = "oversight-board"
 ISCO = "7212"
@@ -140,11 +143,30 @@ class RingNode:
         return f"127.0.0.1:{self.port}"
 
 
+def ring_credentials(directory: Path, codes: Iterable[str]) -> dict[str, NodeCredential]:
+    """A throw-away federation CA and each node's ring identity (its node certificate)."""
+    codes = list(codes)
+    pki = create_throwaway_pki(directory, codes, REQUESTER)
+    return {
+        c: NodeCredential.from_files(TlsFiles(pki.nodes[c].cert, pki.nodes[c].key, pki.ca.cert))
+        for c in codes
+    }
+
+
 def start_ring_node(
-    name: str, engine, policy: Policy, *, interceptors: Sequence[grpc.ServerInterceptor] = ()
+    name: str,
+    engine,
+    policy: Policy,
+    *,
+    credential: NodeCredential,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RingNode:
-    """A real gRPC server on loopback serving only DedupNode for `engine`."""
-    service = DedupService(engine, policy)
+    """A real gRPC server on loopback serving only DedupNode for `engine`.
+
+    Transport without TLS (the mTLS tests add it); ring membership still proven with
+    the node's federation certificate, as in production.
+    """
+    service = DedupService(engine, policy, credential=credential)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         interceptors=list(interceptors),

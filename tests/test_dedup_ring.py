@@ -14,6 +14,7 @@ from dedup_support import (
     febrl_recall,
     oracle_duplicates,
     persons_of,
+    ring_credentials,
     ring_policy,
     start_ring_node,
     write_febrl_bundle,
@@ -40,13 +41,14 @@ PLAN = AuditPlan(name="ring-test", requester=REQUESTER, confidence=0.95, checks=
 
 def _nodes(tmp_path, groups, *, national_id=False, policies=None, db_urls=None):
     nodes, engines = {}, {}
+    credentials = ring_credentials(tmp_path / "pki", groups)
     for i, (code, records) in enumerate(groups.items()):
         write_febrl_bundle(tmp_path / code, code, records, national_id=national_id)
         url = (db_urls or {}).get(code, f"sqlite:///{tmp_path / code}.db")
         engine = make_engine(url)
         import_bundle(engine, tmp_path / code)
         policy = (policies or {}).get(code) or ring_policy(50.0)
-        nodes[code] = start_ring_node(code, engine, policy)
+        nodes[code] = start_ring_node(code, engine, policy, credential=credentials[code])
         engines[code] = engine
         del i
     return nodes, engines

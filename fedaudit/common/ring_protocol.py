@@ -44,11 +44,29 @@ class RingParams:
 
 @dataclass(frozen=True)
 class JoinInfo:
+    """A node's answer to Join: its per-run keys and the proof that it is a federation node.
+
+    Nothing in it depends on the node's data (no row count): Join reveals no count.
+    """
+
     municipality_code: str
     signing_key: bytes
     box_key: bytes
     box_key_signature: bytes
-    rows: int
+    certificate: bytes = b""
+    """The node's federation certificate (PEM)."""
+    membership_signature: bytes = b""
+    """ECDSA signature by the certificate's key over `ring_crypto.membership_statement`."""
+
+    def roster_entry(self) -> RosterEntry:
+        return RosterEntry(
+            municipality_code=self.municipality_code,
+            signing_key=self.signing_key,
+            box_key=self.box_key,
+            box_key_signature=self.box_key_signature,
+            certificate=self.certificate,
+            membership_signature=self.membership_signature,
+        )
 
 
 @dataclass(frozen=True)
@@ -57,6 +75,8 @@ class RosterEntry:
     signing_key: bytes
     box_key: bytes
     box_key_signature: bytes
+    certificate: bytes = b""
+    membership_signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -80,8 +100,15 @@ BatchPart = BatchHeader | bytes | BatchTrailer
 
 def roster_digest(run_id: str, roster: Sequence[RosterEntry]) -> bytes:
     """SHA-256 over the run and every roster entry in ring order."""
-    h = hashlib.sha256(b"fedaudit-dedup-roster/v1\x00" + run_id.encode())
+    h = hashlib.sha256(b"fedaudit-dedup-roster/v2\x00" + run_id.encode())
     for e in roster:
-        for part in (e.municipality_code.encode(), e.signing_key, e.box_key, e.box_key_signature):
+        for part in (
+            e.municipality_code.encode(),
+            e.signing_key,
+            e.box_key,
+            e.box_key_signature,
+            e.certificate,
+            e.membership_signature,
+        ):
             h.update(len(part).to_bytes(4, "big") + part)
     return h.digest()

@@ -93,6 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedaudit.node.store.db import make_engine
     from fedaudit.pki.authority import PkiError, create_throwaway_pki
     from fedaudit.pki.identity import NodeIdentity
+    from fedaudit.pki.membership import NodeCredential
     from fedaudit.pki.tls import (
         TlsFiles,
         channel_credentials,
@@ -159,7 +160,13 @@ def run_demo(args: argparse.Namespace) -> int:
         nodes = {}
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
-            dedup = DedupService(service.engine, policy, ledger=service.ledger)
+            dedup = DedupService(
+                service.engine,
+                policy,
+                ledger=service.ledger,
+                credential=NodeCredential.from_files(files),
+                query_log=service.query_log,
+            )
             reconcile = ReconcileService(
                 service.engine,
                 policy,

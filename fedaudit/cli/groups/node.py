@@ -25,6 +25,7 @@ from fedaudit.cli.shared import (
     ensure_schema,
     load_policy,
     require_dir,
+    ring_credential,
     server_credentials,
 )
 
@@ -79,7 +80,11 @@ def register(parsers: Parsers) -> None:
         help="the federation CA's revocation list (crl.pem): callers whose certificate it lists "
         "are refused; re-read when the file changes (default: no revocation check)",
     )
-    serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS (loopback only); such a node refuses the blinding ring (RING_UNAVAILABLE)",
+    )
     serve.add_argument("--max-workers", type=int, default=8)
     serve.add_argument(
         "--max-concurrent-per-requester",
@@ -188,8 +193,16 @@ def node_serve(args: argparse.Namespace) -> int:
     # Aggregations through a read-only role when one is given (docs/operations.md).
     query_engine = make_engine(args.query_db) if args.query_db else None
     service = NodeService(engine, policy, query_engine=query_engine)
-    # The blinding ring for duplicate detection, on the same port and the same ledger.
-    dedup = DedupService(engine, policy, ledger=service.ledger)
+    # The blinding ring for duplicate detection, on the same port, ledger and query log.
+    # Ring membership is proven with the node certificate; an --insecure node has none
+    # and refuses every ring (RING_UNAVAILABLE).
+    dedup = DedupService(
+        engine,
+        policy,
+        ledger=service.ledger,
+        credential=ring_credential(args),
+        query_log=service.query_log,
+    )
     # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
     reconcile = ReconcileService(
         engine,
