@@ -1,4 +1,4 @@
-"""Benchmark of the blinding ring: 5 nodes x 20k candidates, 4 keys, over real gRPC.
+"""Benchmark of the blinding ring: 5 nodes x 20k candidates, the 2 default keys, over real gRPC.
 
 Prints the ring's scalar multiplications per second against raw libsodium scalar
 multiplications per second on the same cores, measured in the same run (target: a
