@@ -143,3 +143,34 @@ def test_plan_duplicates_check_configures_the_ring_and_absence_means_not_run():
     plain = parse_plan({**doc, "checks": {"certificates": {"rho": 0.1}}}, source="plan.yaml")
     out = run_dedup(plain, {}, "r")
     assert out.duplicates_section["status"] == "not_run"
+
+
+def test_ring_policy_section_parses_and_rejects_bad_values():
+    """`ring:` sets the roster minimum, the allowed peers and the minimum charge, strictly."""
+    from fedaudit.node.errors import PolicyError
+    from fedaudit.node.privacy.policy import DEFAULT_RING_MIN_RHO
+
+    base = {
+        "version": 1,
+        "requesters": {REQUESTER: {"rho_per_period": 5.0}},
+        "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
+    }
+    assert parse_policy(base).ring.min_rho == DEFAULT_RING_MIN_RHO
+    assert parse_policy(base).ring.allowed_peers is None
+    ring = parse_policy(
+        {**base, "ring": {"min_municipalities": 3, "allowed_peers": ["M02"], "min_rho": 0.2}}
+    ).ring
+    assert (ring.min_municipalities, ring.allowed_peers, ring.min_rho) == (
+        3,
+        frozenset({"M02"}),
+        0.2,
+    )
+    for bad, where in [
+        ({"min_municipalities": 1}, "ring.min_municipalities"),
+        ({"allowed_peers": []}, "ring.allowed_peers"),
+        ({"allowed_peers": ["bad name"]}, r"ring.allowed_peers\[0\]"),
+        ({"min_rho": 0}, "ring.min_rho"),
+        ({"peers": "all"}, "ring.peers"),
+    ]:
+        with pytest.raises(PolicyError, match=where):
+            parse_policy({**base, "ring": bad})
