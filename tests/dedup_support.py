@@ -15,8 +15,9 @@ import grpc
 
 from fedaudit.node.privacy.policy import Policy, example_policy
 from fedaudit.node.ring.keys import PersonInput, key_value, merge_local
+from fedaudit.node.ring.rows import load_persons
 from fedaudit.node.ring.server import add_dedup_servicer
-from fedaudit.node.ring.service import TEMPLATE, DedupService, load_persons
+from fedaudit.node.ring.service import TEMPLATE, DedupService
 from fedaudit.pki.authority import create_throwaway_pki
 from fedaudit.pki.membership import NodeCredential
 from fedaudit.pki.tls import TlsFiles

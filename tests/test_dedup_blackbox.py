@@ -30,7 +30,7 @@ from fedaudit.coordinator.ring.release import (
 )
 from fedaudit.node.domain import Mechanism
 from fedaudit.node.ring.keys import Identity, PersonInput, merge_local
-from fedaudit.node.ring.service import hashed_rows
+from fedaudit.node.ring.rows import hashed_rows
 
 KEYS = LEGACY_NAME_KEYS  # four tokens per row: the most bridging a person can do
 CODES = ("M1", "M2", "M3")

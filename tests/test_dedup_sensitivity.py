@@ -25,7 +25,7 @@ from fedaudit.coordinator.ring.counting import count_rows
 from fedaudit.coordinator.ring.relay import LabelledRow
 from fedaudit.coordinator.ring.release import count_vectors, sensitivities
 from fedaudit.node.ring.keys import Identity, PersonInput, merge_local
-from fedaudit.node.ring.service import hashed_rows
+from fedaudit.node.ring.rows import hashed_rows
 
 ISCOS = ("7212", "7411")
 GIVEN = ("anna", "ana", "anne", "annika", "hanna", "bert", "berta")
