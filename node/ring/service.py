@@ -208,21 +208,26 @@ class DedupService:
             now=self._clock(),
         )
         event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
-        keys = rc.RunKeys.fresh()
-        signing_public = bytes(keys.signing.verify_key)
-        box_public = bytes(keys.box.public_key)
-        info = JoinInfo(
-            municipality_code=municipality,
-            signing_key=signing_public,
-            box_key=box_public,
-            box_key_signature=rc.sign(
-                keys.signing, rc.box_key_statement(run_id, municipality, box_public)
-            ),
-            certificate=credential.certificate_pem,
-            membership_signature=credential.sign(
-                rc.membership_statement(run_id, municipality, signing_public, box_public)
-            ),
-        )
+        try:
+            keys = rc.RunKeys.fresh()
+            signing_public = bytes(keys.signing.verify_key)
+            box_public = bytes(keys.box.public_key)
+            info = JoinInfo(
+                municipality_code=municipality,
+                signing_key=signing_public,
+                box_key=box_public,
+                box_key_signature=rc.sign(
+                    keys.signing, rc.box_key_statement(run_id, municipality, box_public)
+                ),
+                certificate=credential.certificate_pem,
+                membership_signature=credential.sign(
+                    rc.membership_statement(run_id, municipality, signing_public, box_public)
+                ),
+            )
+        except Exception:
+            self._ledger.cancel(entry_id)  # nothing was read; no run to settle later
+            event.rho_units = 0
+            raise
         with self._lock:
             if run_id in self._runs:  # a concurrent join of the same run won the race
                 keys.wipe()
