@@ -133,8 +133,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
     from fedaudit.node.ring.service import TEMPLATE, DedupService
     from fedaudit.node.store.db import make_engine
     from fedaudit.pki.authority import create_throwaway_pki
-    from fedaudit.pki.membership import NodeCredential
-    from fedaudit.pki.tls import TlsFiles
+    from fedaudit.pki.identity import NodeIdentity
 
     root = Path(directory)
     policy = example_policy({REQUESTER: 10.0}, max_rho_per_request=10.0)
@@ -146,7 +145,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
     for i, people in enumerate(_people(nodes, candidates, seed=11)):
         code = codes[i]
         paths = pki.nodes[code]
-        credential = NodeCredential.from_files(TlsFiles(paths.cert, paths.key, pki.ca.cert))
+        identity = NodeIdentity.load(paths.cert, paths.key, pki.ca.cert)
         _write_bundle(root / code, code, people)
         engine = make_engine(f"sqlite:///{root / code}.db")
         import_bundle(engine, root / code)
@@ -154,7 +153,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
             futures.ThreadPoolExecutor(max_workers=8),
             options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
-        add_dedup_servicer(server, DedupService(engine, policy, credential=credential))
+        add_dedup_servicer(server, DedupService(engine, policy, identity=identity))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)

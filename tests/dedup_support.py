@@ -19,8 +19,7 @@ from fedaudit.node.ring.rows import load_persons
 from fedaudit.node.ring.server import add_dedup_servicer
 from fedaudit.node.ring.service import TEMPLATE, DedupService
 from fedaudit.pki.authority import create_throwaway_pki
-from fedaudit.pki.membership import NodeCredential
-from fedaudit.pki.tls import TlsFiles
+from fedaudit.pki.identity import NodeIdentity
 
 REQUESTER = "oversight-board"
 ISCO = "7212"
@@ -144,14 +143,11 @@ class RingNode:
         return f"127.0.0.1:{self.port}"
 
 
-def ring_credentials(directory: Path, codes: Iterable[str]) -> dict[str, NodeCredential]:
+def ring_credentials(directory: Path, codes: Iterable[str]) -> dict[str, NodeIdentity]:
     """A throw-away federation CA and each node's ring identity (its node certificate)."""
     codes = list(codes)
     pki = create_throwaway_pki(directory, codes, REQUESTER)
-    return {
-        c: NodeCredential.from_files(TlsFiles(pki.nodes[c].cert, pki.nodes[c].key, pki.ca.cert))
-        for c in codes
-    }
+    return {c: NodeIdentity.load(pki.nodes[c].cert, pki.nodes[c].key, pki.ca.cert) for c in codes}
 
 
 def start_ring_node(
@@ -159,7 +155,7 @@ def start_ring_node(
     engine,
     policy: Policy,
     *,
-    credential: NodeCredential,
+    credential: NodeIdentity,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RingNode:
     """A real gRPC server on loopback serving only DedupNode for `engine`.
@@ -167,7 +163,7 @@ def start_ring_node(
     Transport without TLS (the mTLS tests add it); ring membership still proven with
     the node's federation certificate, as in production.
     """
-    service = DedupService(engine, policy, credential=credential)
+    service = DedupService(engine, policy, identity=credential)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         interceptors=list(interceptors),

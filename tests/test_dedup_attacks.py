@@ -32,7 +32,7 @@ from fedaudit.node.ring.service import DedupService, request_id_for_run
 from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
 from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, load_private_key
-from fedaudit.pki.membership import NodeCredential
+from fedaudit.pki.identity import NodeIdentity
 from fedaudit.pki.tls import TlsFiles, channel_credentials, pinned_channel_options
 from fedaudit.pki.tls import server_credentials as node_server_credentials
 from fedaudit.wire.v1 import dedup_pb2
@@ -83,7 +83,7 @@ def _serve(tmp_path, ring: RingPolicy | None = None) -> Federation:
             engine,
             policy,
             ledger=service.ledger,
-            credential=NodeCredential.from_files(files),
+            identity=NodeIdentity.load(files.cert, files.key, files.ca),
             query_log=service.query_log,
         )
         nodes[code] = start_node_server(
@@ -191,7 +191,7 @@ def test_node_certificate_of_another_ca_is_refused(fed, tmp_path):
         signer=load_private_key(other.nodes["M02"].key),
     )
     message = _refused_before_blinding(fed, "r-ca", [infos["M01"].roster_entry(), fake])
-    assert "federation CA" in message
+    assert "federation's CA" in message
 
 
 def test_real_member_relabelled_or_listed_twice_is_refused(fed):

@@ -31,7 +31,7 @@ def _ring(tmp_path):
         write_febrl_bundle(tmp_path / code, code, records[i * 40 : (i + 1) * 40], national_id=False)
         engine = make_engine(f"sqlite:///{tmp_path / code}.db")
         import_bundle(engine, tmp_path / code)
-        services[code] = DedupService(engine, ring_policy(), credential=credentials[code])
+        services[code] = DedupService(engine, ring_policy(), identity=credentials[code])
     infos = {c: s.join(REQUESTER, "run", PARAMS) for c, s in services.items()}
     roster = [i.roster_entry() for i in infos.values()]
     return services, roster
@@ -82,7 +82,7 @@ def test_ledger_charged_at_join_refunded_if_nothing_read_and_run_once(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'A1'}.db")
     import_bundle(engine, tmp_path / "A1")
     credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
-    service = DedupService(engine, ring_policy(), credential=credential)
+    service = DedupService(engine, ring_policy(), identity=credential)
     service.join(REQUESTER, "r1", PARAMS)
     from fedaudit.node.privacy.ledger import Ledger
 
@@ -112,11 +112,11 @@ def test_policy_without_dedup_ring_refuses_join(tmp_path):
         }
     )
     credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
-    service = DedupService(engine, policy, credential=credential)
+    service = DedupService(engine, policy, identity=credential)
     with pytest.raises(TemplateNotAllowedError):
         service.join(REQUESTER, "r1", PARAMS)
     allowed = DedupService(
-        engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0), credential=credential
+        engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0), identity=credential
     )
     allowed.join(REQUESTER, "r2", PARAMS)  # the default bounds include dedup_ring
 

@@ -20,8 +20,6 @@ from fedaudit.cli.errors import CliError
 if TYPE_CHECKING:
     import grpc
 
-    from fedaudit.pki.membership import NodeCredential
-
 
 def require_dir(path: Path) -> None:
     """Refuse a bundle path that is not a directory before anything touches the database."""
@@ -126,19 +124,6 @@ def server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | Non
         raise CliError(str(exc)) from exc
     warn_expiry([args.tls_cert, args.tls_ca])
     return credentials
-
-
-def ring_credential(args: argparse.Namespace) -> NodeCredential | None:
-    """The node's federation identity for the blinding ring (None with `--insecure`)."""
-    from fedaudit.pki import tls
-    from fedaudit.pki.membership import MembershipError, NodeCredential
-
-    if args.insecure:
-        return None
-    try:
-        return NodeCredential.from_files(tls.TlsFiles(args.tls_cert, args.tls_key, args.tls_ca))
-    except (tls.TlsError, MembershipError) as exc:
-        raise CliError(str(exc)) from exc
 
 
 def channel_credentials(

@@ -4,9 +4,9 @@ The coordinator assembles the roster and is untrusted (docs/dedup.md, "Membershi
 Before reading its registry a node checks, for the roster it was handed:
 
 - every entry proves with its federation node certificate that it is the node it
-  names (`fedaudit.pki.membership`: chain to the CA this node trusts, node role,
-  certificate name = municipality code, ECDSA signature over the run and the entry's
-  per-run keys), and its box key is signed by its per-run signing key;
+  names (`fedaudit.pki.identity`: chain to the CA this node trusts, valid now, node
+  role, certificate name = municipality code, ECDSA signature over the run and the
+  entry's per-run keys), and its box key is signed by its per-run signing key;
 - no municipality, certificate key, signing key or box key appears twice (a
   coordinator cannot list one node twice, or this node twice under two names);
 - this node appears exactly once, with the keys it drew for this run;
@@ -21,19 +21,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from fedaudit.common import ring_crypto as rc
 from fedaudit.common.ring_protocol import RosterEntry
 from fedaudit.node.errors import RosterRefusedError
 from fedaudit.node.privacy.policy import RingPolicy
-from fedaudit.pki.membership import MembershipError, NodeCredential, verify_membership
+from fedaudit.pki.identity import IdentityError, NodeIdentity
 
 
 def check_roster(
     run_id: str,
     roster: Sequence[RosterEntry],
-    credential: NodeCredential,
+    identity: NodeIdentity,
     policy: RingPolicy,
     *,
     own_signing_key: bytes,
@@ -62,7 +63,7 @@ def check_roster(
     if len(mine) != 1:
         raise RosterRefusedError("this node is not in the roster", {"check": "self"})
     me = mine[0]
-    if roster[me].municipality_code != credential.name or roster[me].box_key != own_box_key:
+    if roster[me].municipality_code != identity.name or roster[me].box_key != own_box_key:
         raise RosterRefusedError(
             "the roster does not carry this node's name and keys for the run", {"check": "self"}
         )
@@ -79,12 +80,11 @@ def check_roster(
                 {"check": "allowed_peers", "member": code},
             )
         try:
-            cert = verify_membership(
+            identity.verify_peer(
                 e.certificate,
-                e.membership_signature,
                 rc.membership_statement(run_id, code, e.signing_key, e.box_key),
-                name=code,
-                trusted_cas=credential.trusted_cas,
+                e.membership_signature,
+                claimed_name=code,
                 now=now,
             )
             rc.verify(
@@ -92,7 +92,7 @@ def check_roster(
                 rc.box_key_statement(run_id, code, e.box_key),
                 e.box_key_signature,
             )
-        except MembershipError as exc:
+        except IdentityError as exc:
             raise RosterRefusedError(
                 f"roster member {code} is not a proven node of this federation: {exc}",
                 {"check": "membership", "member": code},
@@ -102,8 +102,12 @@ def check_roster(
                 f"the box key of {code} is not signed by its run key",
                 {"check": "box_key", "member": code},
             ) from exc
-        key = cert.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        key = (
+            x509.load_pem_x509_certificate(e.certificate)
+            .public_key()
+            .public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
         )
         if key in public_keys:
             raise RosterRefusedError(

@@ -11,7 +11,7 @@ A run has four steps, each a method here and an RPC in `fedaudit.node.ring.serve
    its X.509 node key. The answer depends on no data: Join reveals no count.
 2. `start`: given the roster, the node checks it before reading or blinding anything:
    every member proves with its federation node certificate that it is the node the
-   entry names (`fedaudit.pki.membership`), members are distinct, this node is in it,
+   entry names (`fedaudit.pki.identity`), members are distinct, this node is in it,
    the policy's minimum number of municipalities and allowed peers hold. Only then
    does it read its registry, build and hash its rows, blind its own batch and return
    it sealed to the next node. From here on the charge stands.
@@ -81,7 +81,7 @@ from fedaudit.node.store.models import (
     DataVersion,
     Municipality,
 )
-from fedaudit.pki.membership import NodeCredential
+from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -129,19 +129,19 @@ class DedupService:
         policy: Policy,
         *,
         ledger: Ledger | None = None,
-        credential: NodeCredential | None = None,
+        identity: NodeIdentity | None = None,
         query_log: QueryLog | None = None,
         pool: Executor | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         run_ttl: float = RUN_TTL_SECONDS,
     ) -> None:
-        """`credential` is the node's federation certificate and key (with the CA it
-        trusts): without it the node refuses every ring (RING_UNAVAILABLE), because it
+        """`identity` is the node's federation certificate and key (with the CA it
+        trusts, `fedaudit.pki.identity`): without it the node refuses every ring (RING_UNAVAILABLE), because it
         could neither prove its own membership nor check anyone else's."""
         self._engine = engine
         self._policy = policy
         self._ledger = ledger or Ledger(engine, policy)
-        self._credential = credential
+        self._identity = identity
         self._log = query_log or QueryLog(engine, clock=clock)
         self._pool = pool
         self._clock = clock
@@ -161,7 +161,7 @@ class DedupService:
 
     def _join(self, requester: str, run_id: str, params: RingParams, event: LogEvent) -> JoinInfo:
         self._expire()
-        credential = self._credential
+        credential = self._identity
         if credential is None:
             raise RingUnavailableError(
                 "this node has no federation certificate (it serves without TLS, --insecure), "
@@ -264,11 +264,11 @@ class DedupService:
     ) -> list[BatchPart]:
         run = self._run(requester, run_id)
         event.data_version = run.data_version
-        assert self._credential is not None  # a run exists only when join had one
+        assert self._identity is not None  # a run exists only when join had one
         me = check_roster(
             run_id,
             roster,
-            self._credential,
+            self._identity,
             self._policy.ring,
             own_signing_key=bytes(run.keys.signing.verify_key),
             own_box_key=bytes(run.keys.box.public_key),

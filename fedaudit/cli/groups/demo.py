@@ -93,7 +93,6 @@ def run_demo(args: argparse.Namespace) -> int:
     from fedaudit.node.store.db import make_engine
     from fedaudit.pki.authority import PkiError, create_throwaway_pki
     from fedaudit.pki.identity import NodeIdentity
-    from fedaudit.pki.membership import NodeCredential
     from fedaudit.pki.tls import (
         TlsFiles,
         channel_credentials,
@@ -160,17 +159,18 @@ def run_demo(args: argparse.Namespace) -> int:
         nodes = {}
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
+            identity = NodeIdentity.load(files.cert, files.key, files.ca)
             dedup = DedupService(
                 service.engine,
                 policy,
                 ledger=service.ledger,
-                credential=NodeCredential.from_files(files),
+                identity=identity,
                 query_log=service.query_log,
             )
             reconcile = ReconcileService(
                 service.engine,
                 policy,
-                identity=NodeIdentity.load(files.cert, files.key, files.ca),
+                identity=identity,
                 ledger=service.ledger,
             )
             node = start_node_server(

@@ -25,7 +25,6 @@ from fedaudit.cli.shared import (
     ensure_schema,
     load_policy,
     require_dir,
-    ring_credential,
     server_credentials,
 )
 
@@ -193,6 +192,9 @@ def node_serve(args: argparse.Namespace) -> int:
     # Aggregations through a read-only role when one is given (docs/operations.md).
     query_engine = make_engine(args.query_db) if args.query_db else None
     service = NodeService(engine, policy, query_engine=query_engine)
+    # The node's federation identity (none in --insecure mode): the ring proves membership
+    # with it and revocation reconciliation signs with it.
+    identity = _node_identity(args) if credentials else None
     # The blinding ring for duplicate detection, on the same port, ledger and query log.
     # Ring membership is proven with the node certificate; an --insecure node has none
     # and refuses every ring (RING_UNAVAILABLE).
@@ -200,14 +202,14 @@ def node_serve(args: argparse.Namespace) -> int:
         engine,
         policy,
         ledger=service.ledger,
-        credential=ring_credential(args),
+        identity=identity,
         query_log=service.query_log,
     )
     # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
     reconcile = ReconcileService(
         engine,
         policy,
-        identity=_node_identity(args) if credentials else None,
+        identity=identity,
         ledger=service.ledger,
     )
     obs = NodeObservability.from_args(args)
