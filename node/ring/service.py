@@ -184,7 +184,7 @@ class DedupService:
                 raise RingProtocolError("this run has already been joined at this node")
         if self._ledger.find_by_request_id(request_id) is not None:
             raise RingProtocolError("this run already took place at this node; runs are once only")
-        municipality, version = self._identity()
+        municipality, version = self._municipality_and_version()
         if municipality != credential.name:
             raise RingUnavailableError(
                 f"this node's federation certificate names {credential.name!r} but its data "
@@ -522,7 +522,7 @@ class DedupService:
             log.error("dedup.querylog_failed", method=event.method, error=type(exc).__name__)
             raise
 
-    def _identity(self) -> tuple[str, str]:
+    def _municipality_and_version(self) -> tuple[str, str]:
         """The municipality code and data version (no personal data)."""
         try:
             with self._engine.connect() as conn:
