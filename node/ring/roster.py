@@ -11,7 +11,10 @@ Before reading its registry a node checks, for the roster it was handed:
   coordinator cannot list one node twice, or this node twice under two names);
 - this node appears exactly once, with the keys it drew for this run;
 - at least the policy's `ring.min_municipalities` members, and, when the policy
-  names `ring.allowed_peers`, every other member is one of them.
+  names `ring.allowed_peers`, every other member is one of them;
+- when the node enforces the federation CA's CRL (`node serve --tls-crl`), no
+  member's certificate is revoked, and a CRL that cannot be trusted refuses every
+  roster (fail closed, as the CRL guard does for callers).
 
 Any failure is a `RosterRefusedError` (ROSTER_REFUSED) naming the member and check.
 """
@@ -19,7 +22,7 @@ Any failure is a `RosterRefusedError` (ROSTER_REFUSED) naming the member and che
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -28,6 +31,7 @@ from fedaudit.common import ring_crypto as rc
 from fedaudit.common.ring_protocol import RosterEntry
 from fedaudit.node.errors import RosterRefusedError
 from fedaudit.node.privacy.policy import RingPolicy
+from fedaudit.pki.enrolment import RevocationList
 from fedaudit.pki.identity import IdentityError, NodeIdentity
 
 
@@ -40,6 +44,7 @@ def check_roster(
     own_signing_key: bytes,
     own_box_key: bytes,
     now: dt.datetime,
+    revocations: Callable[[], RevocationList | None] | None = None,
 ) -> int:
     """Refuse a roster this node must not blind for; return this node's position in it."""
     codes = [e.municipality_code for e in roster]
@@ -66,6 +71,13 @@ def check_roster(
     if roster[me].municipality_code != identity.name or roster[me].box_key != own_box_key:
         raise RosterRefusedError(
             "the roster does not carry this node's name and keys for the run", {"check": "self"}
+        )
+    crl = revocations() if revocations is not None else None
+    if revocations is not None and crl is None:
+        raise RosterRefusedError(
+            "this node's CRL cannot be trusted now (unreadable or past its next update); "
+            "no roster is accepted until the CA publishes a new one",
+            {"check": "crl"},
         )
     public_keys: set[bytes] = set()
     for e in roster:
@@ -102,12 +114,14 @@ def check_roster(
                 f"the box key of {code} is not signed by its run key",
                 {"check": "box_key", "member": code},
             ) from exc
-        key = (
-            x509.load_pem_x509_certificate(e.certificate)
-            .public_key()
-            .public_bytes(
-                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        certificate = x509.load_pem_x509_certificate(e.certificate)
+        if crl is not None and crl.is_revoked(certificate):
+            raise RosterRefusedError(
+                f"the certificate of roster member {code} is revoked (federation CRL)",
+                {"check": "crl", "member": code},
             )
+        key = certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         if key in public_keys:
             raise RosterRefusedError(

@@ -81,6 +81,7 @@ from fedaudit.node.store.models import (
     DataVersion,
     Municipality,
 )
+from fedaudit.pki.enrolment import RevocationList
 from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
@@ -131,17 +132,21 @@ class DedupService:
         ledger: Ledger | None = None,
         identity: NodeIdentity | None = None,
         query_log: QueryLog | None = None,
+        revocations: Callable[[], RevocationList | None] | None = None,
         pool: Executor | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         run_ttl: float = RUN_TTL_SECONDS,
     ) -> None:
         """`identity` is the node's federation certificate and key (with the CA it
         trusts, `fedaudit.pki.identity`): without it the node refuses every ring (RING_UNAVAILABLE), because it
-        could neither prove its own membership nor check anyone else's."""
+        could neither prove its own membership nor check anyone else's. `revocations`
+        returns the federation CRL in force (None when it cannot be trusted): rosters
+        with a revoked member are refused, and every roster while the CRL is unusable."""
         self._engine = engine
         self._policy = policy
         self._ledger = ledger or Ledger(engine, policy)
         self._identity = identity
+        self._revocations = revocations
         self._log = query_log or QueryLog(engine, clock=clock)
         self._pool = pool
         self._clock = clock
@@ -273,6 +278,7 @@ class DedupService:
             own_signing_key=bytes(run.keys.signing.verify_key),
             own_box_key=bytes(run.keys.box.public_key),
             now=self._clock(),
+            revocations=self._revocations,
         )
         with self._lock:
             if run.started:

@@ -195,6 +195,8 @@ def node_serve(args: argparse.Namespace) -> int:
     # The node's federation identity (none in --insecure mode): the ring proves membership
     # with it and revocation reconciliation signs with it.
     identity = _node_identity(args) if credentials else None
+    # The CRL guard refuses revoked callers; the ring also refuses revoked roster members.
+    revocation = _revocation_guard(args)
     # The blinding ring for duplicate detection, on the same port, ledger and query log.
     # Ring membership is proven with the node certificate; an --insecure node has none
     # and refuses every ring (RING_UNAVAILABLE).
@@ -204,6 +206,7 @@ def node_serve(args: argparse.Namespace) -> int:
         ledger=service.ledger,
         identity=identity,
         query_log=service.query_log,
+        revocations=revocation[0].current if revocation else None,
     )
     # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
     reconcile = ReconcileService(
@@ -232,7 +235,7 @@ def node_serve(args: argparse.Namespace) -> int:
             # The limiter before the guard: malformed requests still count against the sender.
             interceptors=[
                 *obs.interceptors,
-                *_revocation_guard(args),
+                *revocation,
                 RequestLimiter(limits),
                 MalformedRequestGuard(),
             ],
