@@ -1,4 +1,4 @@
-"""Benchmark of the blinding ring: 5 nodes x 20k candidates, 4 keys, over real gRPC.
+"""Benchmark of the blinding ring: 5 nodes x 20k candidates, the 2 default keys, over real gRPC.
 
 Prints the ring's scalar multiplications per second against raw libsodium scalar
 multiplications per second on the same cores, measured in the same run (target: a
@@ -132,13 +132,20 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
     from fedaudit.node.ring.server import add_dedup_servicer
     from fedaudit.node.ring.service import TEMPLATE, DedupService
     from fedaudit.node.store.db import make_engine
+    from fedaudit.pki.authority import create_throwaway_pki
+    from fedaudit.pki.identity import NodeIdentity
 
     root = Path(directory)
     policy = example_policy({REQUESTER: 10.0}, max_rho_per_request=10.0)
     policy = replace(policy, bounds=MappingProxyType({**policy.bounds, TEMPLATE: 2}))
+    codes = [f"M{i + 1:02d}" for i in range(nodes)]
+    # Ring membership is proven with node certificates (a throw-away federation CA).
+    pki = create_throwaway_pki(root / "pki", codes, REQUESTER)
     servers = []
     for i, people in enumerate(_people(nodes, candidates, seed=11)):
-        code = f"M{i + 1:02d}"
+        code = codes[i]
+        paths = pki.nodes[code]
+        identity = NodeIdentity.load(paths.cert, paths.key, pki.ca.cert)
         _write_bundle(root / code, code, people)
         engine = make_engine(f"sqlite:///{root / code}.db")
         import_bundle(engine, root / code)
@@ -146,7 +153,7 @@ def _serve(directory: str, nodes: int, candidates: int, ports, stop) -> None:
             futures.ThreadPoolExecutor(max_workers=8),
             options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)],
         )
-        add_dedup_servicer(server, DedupService(engine, policy))
+        add_dedup_servicer(server, DedupService(engine, policy, identity=identity))
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         servers.append(server)

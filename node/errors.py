@@ -31,6 +31,8 @@ class RefusalReason(enum.Enum):
     VERSION_MISMATCH = "VERSION_MISMATCH"
     DATA_UNAVAILABLE = "DATA_UNAVAILABLE"
     RATE_LIMITED = "RATE_LIMITED"
+    ROSTER_REFUSED = "ROSTER_REFUSED"
+    RING_UNAVAILABLE = "RING_UNAVAILABLE"
 
 
 class NodeError(Exception):
@@ -92,3 +94,15 @@ class DataUnavailableError(RefusedError):
 
 class RateLimitedError(RefusedError):
     reason = RefusalReason.RATE_LIMITED
+
+
+class RosterRefusedError(RefusedError):
+    """A blinding-ring roster is not a set of distinct federation nodes this node accepts."""
+
+    reason = RefusalReason.ROSTER_REFUSED
+
+
+class RingUnavailableError(RefusedError):
+    """This node cannot take part in a ring (no federation certificate: an insecure node)."""
+
+    reason = RefusalReason.RING_UNAVAILABLE

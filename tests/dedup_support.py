@@ -15,8 +15,11 @@ import grpc
 
 from fedaudit.node.privacy.policy import Policy, example_policy
 from fedaudit.node.ring.keys import PersonInput, key_value, merge_local
+from fedaudit.node.ring.rows import load_persons
 from fedaudit.node.ring.server import add_dedup_servicer
-from fedaudit.node.ring.service import TEMPLATE, DedupService, load_persons
+from fedaudit.node.ring.service import TEMPLATE, DedupService
+from fedaudit.pki.authority import create_throwaway_pki
+from fedaudit.pki.identity import NodeIdentity
 
 REQUESTER = "oversight-board"
 ISCO = "7212"
@@ -140,11 +143,27 @@ class RingNode:
         return f"127.0.0.1:{self.port}"
 
 
+def ring_credentials(directory: Path, codes: Iterable[str]) -> dict[str, NodeIdentity]:
+    """A throw-away federation CA and each node's ring identity (its node certificate)."""
+    codes = list(codes)
+    pki = create_throwaway_pki(directory, codes, REQUESTER)
+    return {c: NodeIdentity.load(pki.nodes[c].cert, pki.nodes[c].key, pki.ca.cert) for c in codes}
+
+
 def start_ring_node(
-    name: str, engine, policy: Policy, *, interceptors: Sequence[grpc.ServerInterceptor] = ()
+    name: str,
+    engine,
+    policy: Policy,
+    *,
+    credential: NodeIdentity,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> RingNode:
-    """A real gRPC server on loopback serving only DedupNode for `engine`."""
-    service = DedupService(engine, policy)
+    """A real gRPC server on loopback serving only DedupNode for `engine`.
+
+    Transport without TLS (the mTLS tests add it); ring membership still proven with
+    the node's federation certificate, as in production.
+    """
+    service = DedupService(engine, policy, identity=credential)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=8),
         interceptors=list(interceptors),

@@ -8,9 +8,12 @@ import pytest
 
 from fedaudit.common.ring_protocol import (
     NAME_DOB,
+    NAME_KEYS,
     NATIONAL_ID,
     PREFIX3_DOB,
+    PREFIX3_SORTED_DOB,
     SOUNDEX_DOB,
+    SOUNDEX_SORTED_DOB,
     SWAPPED_DOB,
 )
 from fedaudit.node.ring.keys import (
@@ -93,6 +96,23 @@ def test_each_key_golden():
         key_value(no_dob, k) is None for k in (NAME_DOB, PREFIX3_DOB, SOUNDEX_DOB, SWAPPED_DOB)
     )
     assert key_value(Identity.of("A", "B", "19900102"), NATIONAL_ID) is None
+
+
+def test_sorted_keys_golden_and_order_independent():
+    """The default keys sort the two name parts, so swapped given/family names still match."""
+    assert NAME_KEYS == (PREFIX3_SORTED_DOB, SOUNDEX_SORTED_DOB)
+    ident = Identity.of("Zoë", "Müller", dt.date(1990, 1, 2))
+    assert key_value(ident, PREFIX3_SORTED_DOB) == "mul|zoe|19900102"
+    assert key_value(ident, SOUNDEX_SORTED_DOB) == "M460|Z000|19900102"
+    swapped = Identity.of("Müller", "Zoe", "1990-01-02")
+    for key in NAME_KEYS:
+        assert key_value(swapped, key) == key_value(ident, key)
+    variant = Identity.of("Zoe", "Mueller", "1990-01-02")  # sounds alike
+    assert key_value(variant, SOUNDEX_SORTED_DOB) == key_value(ident, SOUNDEX_SORTED_DOB)
+    longer = Identity.of("Zoey", "Müllerová", "1990-01-02")  # same first three letters
+    assert key_value(longer, PREFIX3_SORTED_DOB) == key_value(ident, PREFIX3_SORTED_DOB)
+    for missing in (Identity.of("Zoë", None, "19900102"), Identity.of("Zoë", "Müller", None)):
+        assert all(key_value(missing, k) is None for k in NAME_KEYS)
 
 
 def test_key_strings_are_domain_separated_and_bound():

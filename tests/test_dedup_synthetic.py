@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from dedup_support import REQUESTER, ring_policy, start_ring_node
+from dedup_support import REQUESTER, ring_credentials, ring_policy, start_ring_node
 
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
@@ -29,11 +29,12 @@ def test_planted_duplicates_shopping_and_revocations_are_all_counted(tmp_path):
         today=dt.date(2026, 6, 1),
     )
     nodes, engines = {}, []
+    credentials = ring_credentials(tmp_path / "pki", fed.municipalities)
     for code, bundle in zip(fed.municipalities, fed.bundles, strict=True):
         engine = make_engine(f"sqlite:///{tmp_path / code}.db")
         import_bundle(engine, bundle)
         engines.append(engine)
-        nodes[code] = start_ring_node(code, engine, ring_policy())
+        nodes[code] = start_ring_node(code, engine, ring_policy(), credential=credentials[code])
     transports = {
         c: GrpcDedupTransport(c, n.address, requester=REQUESTER) for c, n in nodes.items()
     }

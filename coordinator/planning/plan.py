@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from cronsim import CronSim, CronSimError
 
+from fedaudit.common.ring_protocol import ALL_KEYS, NAME_KEYS
 from fedaudit.coordinator.errors import PlanError
 from fedaudit.node.domain import Mechanism
 
@@ -154,14 +155,10 @@ class EarningsCheck:
     months_after: int = 12
 
 
-DUPLICATE_KEYS: tuple[str, ...] = (
-    "name_dob",
-    "prefix3_dob",
-    "soundex_dob",
-    "swapped_dob",
-    "national_id",
-)
+DUPLICATE_KEYS: tuple[str, ...] = ALL_KEYS
 """Match keys the duplicates check may use (fedaudit.common.ring_protocol.ALL_KEYS)."""
+DEFAULT_DUPLICATE_KEYS: tuple[str, ...] = NAME_KEYS
+"""The two order-independent name keys (docs/dedup.md); national id only when asked."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +168,7 @@ class DuplicatesCheck:
     where a count's interval excludes zero, so there is no tolerance."""
 
     budget: Budget
-    keys: tuple[str, ...] = DUPLICATE_KEYS[:4]
+    keys: tuple[str, ...] = DEFAULT_DUPLICATE_KEYS
     bound: int = 2
     shopping: bool = True
     revoked: bool = True
@@ -766,7 +763,7 @@ def _read_duplicates(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mecha
         required=(),
         optional=("rho", "epsilon", "keys", "bound", "shopping", "revoked"),
     )
-    keys: tuple[str, ...] = DUPLICATE_KEYS[:4]
+    keys: tuple[str, ...] = DEFAULT_DUPLICATE_KEYS
     if "keys" in m:
         value = m["keys"]
         where = _join(path, "keys")

@@ -34,7 +34,13 @@ from fedaudit.common.ring_protocol import (
     RosterEntry,
     roster_digest,
 )
-from fedaudit.common.ring_serde import params_to_pb, part_from_pb, part_to_pb
+from fedaudit.common.ring_serde import (
+    join_from_pb,
+    params_to_pb,
+    part_from_pb,
+    part_to_pb,
+    roster_to_pb,
+)
 from fedaudit.coordinator.errors import CoordinatorError, NodeCallError, NodeRefusedError
 from fedaudit.coordinator.running.transport import (
     call_metadata,
@@ -94,29 +100,12 @@ class GrpcDedupTransport:
                 timeout=timeout,
                 metadata=self._metadata,
             )
-        return JoinInfo(
-            municipality_code=r.municipality_code,
-            signing_key=bytes(r.signing_key),
-            box_key=bytes(r.box_key),
-            box_key_signature=bytes(r.box_key_signature),
-            rows=r.rows,
-        )
+        return join_from_pb(r)
 
     def start(
         self, run_id: str, roster: Sequence[RosterEntry], *, timeout: float
     ) -> Iterator[BatchPart]:
-        request = pb.DedupStartRequest(
-            run_id=run_id,
-            roster=[
-                pb.DedupRosterEntry(
-                    municipality_code=e.municipality_code,
-                    signing_key=e.signing_key,
-                    box_key=e.box_key,
-                    box_key_signature=e.box_key_signature,
-                )
-                for e in roster
-            ],
-        )
+        request = pb.DedupStartRequest(run_id=run_id, roster=roster_to_pb(list(roster)))
         with translate_rpc_errors(self.name):
             stream = self._stub.Start(request, timeout=timeout, metadata=self._metadata)
         return self._parts(stream)
@@ -214,15 +203,7 @@ def run_ring(
                 + _listing(refused)
             )
         order = sorted(joined)
-        roster = [
-            RosterEntry(
-                municipality_code=joined[name].municipality_code,
-                signing_key=joined[name].signing_key,
-                box_key=joined[name].box_key,
-                box_key_signature=joined[name].box_key_signature,
-            )
-            for name in order
-        ]
+        roster = [joined[name].roster_entry() for name in order]
         digest = roster_digest(run_id, roster)
         n = len(order)
         total_hops = n * n

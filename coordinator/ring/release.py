@@ -29,27 +29,48 @@ class Sensitivity:
 
 
 def sensitivities(keys: int, bound: int, nodes: int) -> dict[str, Sensitivity]:
-    """Sensitivity of each release to adding or removing one person at one node.
+    """Sensitivity of each release to adding or removing one person, across every node.
 
-    A person has at most R = `bound` person rows (distinct occupations, hence distinct
-    components) and R certificate rows of each side. Removing one person row splits
-    its component into at most m pieces (one per identity token), so a component
-    count moves by at most max(1, m-1) per row; a histogram cell loses one and up to m
-    pieces land in others (L1 <= m+1). Pairwise counts and per-municipality counts
-    move by max(1, m-1) in each of the cells one component touches.
+    The privacy unit is the person with up to R = `bound` person rows (and R
+    certificate rows of each side) at each of up to N = `nodes` nodes, each person
+    row carrying m = `keys` identity tokens: P = R*N rows and T = P*m tokens in all.
+    Removing a set S of rows from a union-find component leaves at most as many
+    pieces as S has distinct tokens shared with the rest (each piece touched S
+    through a token, and rows sharing a token stay together). A counted component
+    therefore turns into at most h of its tokens' pieces (change <= h - 1), and any
+    component loses at most 1; summed over the components S touches (at most P, with
+    at most T tokens between them), one count moves by at most
+
+        C = max(P, T - 1)
+
+    This is what a person bridging several clusters with spelling variants does
+    (issue 9: Anna/Ana Berger/Bergmann at three nodes); the older bound R*max(1, m-1)
+    assumed the person sits at one node. Derivation in docs/dedup.md.
+
+    Per cell: duplicated per occupation and the shopping count C; the overlap
+    histogram loses one cell and gains the pieces (P + T); pairwise counts move by at
+    most C in each of the N(N-1)/2 pairs, per-municipality shopping by C in each of N
+    municipalities. Certificates: a person's R*N revoked and R*N recognised rows each
+    change at most one match (2RN overall); per (recognising, revoking) pair at most
+    2R, over N(N-1) pairs, and R*N*(N-1) + R*N in L1.
     """
     m, r, n = keys, bound, nodes
-    c = max(1, m - 1)
+    rows = r * n
+    c = max(rows, rows * m - 1)
     pairs = n * (n - 1) // 2
+    overlap = rows + rows * m
+    revoked_l1 = r * n * n
     return {
-        "dup_overall": Sensitivity(r * c, r * c),
-        "dup_per_occupation": Sensitivity(r * c, math.ceil(math.sqrt(r) * c)),
-        "overlap": Sensitivity(r * (m + 1), math.ceil(r * math.sqrt(1 + m * m))),
-        "pairwise": Sensitivity(r * c * pairs, math.ceil(r * c * math.sqrt(pairs))),
-        "shopping_overall": Sensitivity(r * c, r * c),
-        "shopping_by_passing": Sensitivity(r * c * n, math.ceil(r * c * math.sqrt(n))),
-        "revoked_overall": Sensitivity(2 * r, 2 * r),
-        "revoked_by_pair": Sensitivity(r * n, math.ceil(r * (math.sqrt(n - 1) + 1))),
+        "dup_overall": Sensitivity(c, c),
+        "dup_per_occupation": Sensitivity(c, c),
+        "overlap": Sensitivity(overlap, overlap),
+        "pairwise": Sensitivity(c * pairs, math.ceil(c * math.sqrt(pairs))),
+        "shopping_overall": Sensitivity(c, c),
+        "shopping_by_passing": Sensitivity(c * n, math.ceil(c * math.sqrt(n))),
+        "revoked_overall": Sensitivity(2 * r * n, 2 * r * n),
+        "revoked_by_pair": Sensitivity(
+            revoked_l1, min(revoked_l1, math.ceil(2 * r * math.sqrt(n * (n - 1))))
+        ),
     }
 
 
@@ -138,6 +159,34 @@ def ordered_pairs(municipalities: Sequence[str]) -> list[tuple[str, str]]:
     return [(b, a) for b in municipalities for a in municipalities if a != b]
 
 
+def count_vectors(
+    counts: DedupCounts,
+    municipalities: Sequence[str],
+    occupations: Sequence[str],
+    *,
+    shopping: bool,
+    revoked: bool,
+) -> dict[str, list[int]]:
+    """The exact vectors each release adds noise to, cell order fixed by the arguments."""
+    munis = municipalities
+    n = len(munis)
+    vectors: dict[str, list[int]] = {
+        "dup_overall": [counts.duplicated],
+        "dup_per_occupation": [counts.per_occupation.get(o, 0) for o in occupations],
+        "overlap": [counts.overlap.get(k, 0) for k in range(2, n + 1)],
+        "pairwise": [counts.pairwise.get(p, 0) for p in unordered_pairs(munis)],
+    }
+    if shopping:
+        vectors["shopping_overall"] = [counts.shopping]
+        vectors["shopping_by_passing"] = [counts.shopping_by_passing.get(m, 0) for m in munis]
+    if revoked:
+        vectors["revoked_overall"] = [counts.revoked]
+        vectors["revoked_by_pair"] = [
+            counts.revoked_by_pair.get(p, 0) for p in ordered_pairs(munis)
+        ]
+    return vectors
+
+
 def release_counts(
     plan: AuditPlan,
     config: DedupConfig,
@@ -155,20 +204,7 @@ def release_counts(
     tests = 1 + int(config.shopping) + int(config.revoked)
     confidence = per_test_confidence or 1.0 - (1.0 - plan.confidence) / tests
     sens = sensitivities(len(config.keys), config.bound, n)
-    vectors: dict[str, list[int]] = {
-        "dup_overall": [counts.duplicated],
-        "dup_per_occupation": [counts.per_occupation[o] for o in occs],
-        "overlap": [counts.overlap.get(k, 0) for k in range(2, n + 1)],
-        "pairwise": [counts.pairwise.get(p, 0) for p in unordered_pairs(munis)],
-    }
-    if config.shopping:
-        vectors["shopping_overall"] = [counts.shopping]
-        vectors["shopping_by_passing"] = [counts.shopping_by_passing.get(m, 0) for m in munis]
-    if config.revoked:
-        vectors["revoked_overall"] = [counts.revoked]
-        vectors["revoked_by_pair"] = [
-            counts.revoked_by_pair.get(p, 0) for p in ordered_pairs(munis)
-        ]
+    vectors = count_vectors(counts, munis, occs, shopping=config.shopping, revoked=config.revoked)
     gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
     budget = CoordinatorBudget(
         config.rho if gaussian and config.rho else (config.epsilon or 0.0) ** 2 / 2

@@ -217,18 +217,24 @@ def split_payload(data: bytes) -> list[bytes]:
 
 @dataclass
 class RunKeys:
-    """A node's secrets for one run: blinding scalar and box key. Wiped at the end."""
+    """A node's secrets for one run: blinding scalar, box key and hop-signing key.
+
+    All three are fresh per run and die with it; the node's federation certificate
+    vouches for the public halves (`membership_statement`). Wiped at the end.
+    """
 
     scalar: bytearray
     box: PrivateKey
+    signing: SigningKey
 
     @classmethod
     def fresh(cls) -> RunKeys:
-        return cls(scalar=random_scalar(), box=PrivateKey.generate())
+        return cls(scalar=random_scalar(), box=PrivateKey.generate(), signing=SigningKey.generate())
 
     def wipe(self) -> None:
         wipe(self.scalar)
-        self.box = PrivateKey.generate()  # drop the reference to the run's box key
+        self.box = PrivateKey.generate()  # drop the references to the run's keys
+        self.signing = SigningKey.generate()
 
 
 def seal(recipient: bytes, data: bytes) -> bytes:
@@ -264,6 +270,21 @@ def box_key_statement(run_id: str, municipality: str, box_public: bytes) -> byte
     """What a node signs to vouch for its per-run box key."""
     return b"\x00".join(
         [b"fedaudit-dedup-boxkey/v1", run_id.encode(), municipality.encode(), box_public]
+    )
+
+
+def membership_statement(
+    run_id: str, municipality: str, signing_key: bytes, box_key: bytes
+) -> bytes:
+    """What a node signs with its X.509 node key: these per-run ring keys are this member's."""
+    return b"\x00".join(
+        [
+            b"fedaudit-dedup-member/v1",
+            run_id.encode(),
+            municipality.encode(),
+            signing_key,
+            box_key,
+        ]
     )
 
 

@@ -11,6 +11,7 @@ from fedaudit.common.ring_protocol import (
     BatchHeader,
     BatchPart,
     BatchTrailer,
+    JoinInfo,
     RingParams,
     RosterEntry,
 )
@@ -54,9 +55,47 @@ def roster_from_pb(entries: list[pb.DedupRosterEntry]) -> list[RosterEntry]:
             signing_key=bytes(e.signing_key),
             box_key=bytes(e.box_key),
             box_key_signature=bytes(e.box_key_signature),
+            certificate=bytes(e.certificate),
+            membership_signature=bytes(e.membership_signature),
         )
         for e in entries
     ]
+
+
+def roster_to_pb(roster: list[RosterEntry]) -> list[pb.DedupRosterEntry]:
+    return [
+        pb.DedupRosterEntry(
+            municipality_code=e.municipality_code,
+            signing_key=e.signing_key,
+            box_key=e.box_key,
+            box_key_signature=e.box_key_signature,
+            certificate=e.certificate,
+            membership_signature=e.membership_signature,
+        )
+        for e in roster
+    ]
+
+
+def join_to_pb(info: JoinInfo) -> pb.DedupJoinResponse:
+    return pb.DedupJoinResponse(
+        municipality_code=info.municipality_code,
+        signing_key=info.signing_key,
+        box_key=info.box_key,
+        box_key_signature=info.box_key_signature,
+        certificate=info.certificate,
+        membership_signature=info.membership_signature,
+    )
+
+
+def join_from_pb(r: pb.DedupJoinResponse) -> JoinInfo:
+    return JoinInfo(
+        municipality_code=r.municipality_code,
+        signing_key=bytes(r.signing_key),
+        box_key=bytes(r.box_key),
+        box_key_signature=bytes(r.box_key_signature),
+        certificate=bytes(r.certificate),
+        membership_signature=bytes(r.membership_signature),
+    )
 
 
 def params_from_pb(p: pb.DedupParams) -> RingParams:

@@ -42,7 +42,16 @@ FORMAT = "fedaudit-querylog-v1"
 GENESIS_HASH = "0" * 64
 HEAD_ID = 1
 
-METHODS = ("capabilities", "preflight", "query")
+METHODS = (
+    "capabilities",
+    "preflight",
+    "query",
+    # The blinding ring (fedaudit.node.ring.service): each call is a link of its own.
+    "ring_join",
+    "ring_start",
+    "ring_hop",
+    "ring_finish",
+)
 ANSWERED, REPLAYED, REFUSED, FAILED = "answered", "replayed", "refused", "failed"
 STATUSES = (ANSWERED, REPLAYED, REFUSED, FAILED)
 INTERNAL = "INTERNAL"

@@ -77,6 +77,7 @@ _TOP_KEYS = (
     "periods",
     "templates",
     "revocation_reconciliation",
+    "ring",
 )
 _RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
@@ -84,6 +85,27 @@ _REQUESTER_KEYS = ("rho_per_period", "templates")
 _BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
 _PERIODS_KEYS = ("first", "last")
+_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho")
+
+DEFAULT_RING_MIN_MUNICIPALITIES = 2
+DEFAULT_RING_MIN_RHO = 0.05
+"""A ring run asking less than this is refused: a near-free run would let a requester
+probe the ring as often as it likes (the attack of issue 9 asked 1e-12)."""
+MAX_RING_MUNICIPALITIES = 1000
+
+
+@dataclass(frozen=True)
+class RingPolicy:
+    """The municipality's rules for the blinding ring (the optional `ring:` section).
+
+    `min_municipalities`: a roster with fewer distinct federation nodes is refused.
+    `allowed_peers`: when set, every other roster member must be one of these node
+    names (None: any node of the federation). `min_rho`: the least a run may charge.
+    """
+
+    min_municipalities: int = DEFAULT_RING_MIN_MUNICIPALITIES
+    allowed_peers: frozenset[str] | None = None
+    min_rho: float = DEFAULT_RING_MIN_RHO
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,7 @@ class Policy:
     periods: tuple[str, ...]
     templates: frozenset[str] | None
     reconciliation: Reconciliation = Reconciliation()
+    ring: RingPolicy = RingPolicy()
 
     def period_of(self, now: dt.datetime) -> str:
         """The budget period key `now` falls in: "2026-11", "2026-Q4" or "2026".
@@ -325,6 +348,30 @@ def _reconciliation(value: object) -> Reconciliation:
     )
 
 
+def _ring(value: object) -> RingPolicy:
+    fields = _mapping(value, "ring", _RING_KEYS)
+    minimum = _integer(
+        fields.get("min_municipalities", DEFAULT_RING_MIN_MUNICIPALITIES),
+        "ring.min_municipalities",
+        2,
+        MAX_RING_MUNICIPALITIES,
+    )
+    peers_value = fields.get("allowed_peers", "all")
+    peers: frozenset[str] | None = None
+    if peers_value != "all":
+        if not isinstance(peers_value, list) or not peers_value:
+            raise _Problem(
+                "ring.allowed_peers",
+                f"must be 'all' or a non-empty list of node names, got {_show(peers_value)}",
+            )
+        for i, item in enumerate(peers_value):
+            if not isinstance(item, str) or not _REQUESTER_NAME.fullmatch(item):
+                raise _Problem(f"ring.allowed_peers[{i}]", f"not a node name: {_show(item)}")
+        peers = frozenset(peers_value)
+    min_rho = _positive_rho(fields.get("min_rho", DEFAULT_RING_MIN_RHO), "ring.min_rho")
+    return RingPolicy(min_municipalities=minimum, allowed_peers=peers, min_rho=min_rho)
+
+
 def _parse(data: object, today: dt.date) -> Policy:
     if data is None:
         raise _Problem(
@@ -356,6 +403,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         periods=_periods(top.get("periods"), today),
         templates=_templates(top.get("templates", "all"), "templates"),
         reconciliation=_reconciliation(top.get("revocation_reconciliation", {})),
+        ring=_ring(top.get("ring", {})),
     )
 
 

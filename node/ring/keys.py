@@ -30,17 +30,20 @@ from fedaudit.common.ring_protocol import (
     NAME_DOB,
     NATIONAL_ID,
     PREFIX3_DOB,
+    PREFIX3_SORTED_DOB,
     SHOPPING_WINDOW_MONTHS,
     SOUNDEX_DOB,
+    SOUNDEX_SORTED_DOB,
     SWAPPED_DOB,
 )
 
 KEY_VERSION = "dedup/v1"
 
-SHOP_EVENT_KEY = PREFIX3_DOB
-"""The key the shopping event tokens are built on: implied by exact name equality and
-robust to typos after the third letter, so a fail and a pass of the same person in two
-municipalities compare whenever their rows agree on this key."""
+SHOP_EVENT_KEY = PREFIX3_SORTED_DOB
+"""The key the shopping event tokens are built on, one of the default identity keys:
+implied by exact name equality (in either order) and robust to typos after the third
+letter, so a fail and a pass of the same person in two municipalities compare whenever
+their rows agree on this key."""
 
 
 def normalise_name(value: str | None) -> str:
@@ -147,6 +150,17 @@ def key_value(identity: Identity, key: str) -> str | None:
         if not (g and f):
             return None
         a, b = sorted((g, f))
+        return f"{a}|{b}|{d}"
+    if key == PREFIX3_SORTED_DOB:
+        if not (g and f):
+            return None
+        a, b = sorted((g[:3], f[:3]))
+        return f"{a}|{b}|{d}"
+    if key == SOUNDEX_SORTED_DOB:
+        sg, sf = soundex(g), soundex(f)
+        if not (sg and sf):
+            return None
+        a, b = sorted((sg, sf))
         return f"{a}|{b}|{d}"
     raise ValueError(f"unknown match key {key!r}")
 

@@ -12,7 +12,13 @@ from collections.abc import Iterator
 import grpc
 import structlog
 
-from fedaudit.common.ring_serde import params_from_pb, part_from_pb, part_to_pb, roster_from_pb
+from fedaudit.common.ring_serde import (
+    join_to_pb,
+    params_from_pb,
+    part_from_pb,
+    part_to_pb,
+    roster_from_pb,
+)
 from fedaudit.node.ring.service import DedupService
 from fedaudit.node.rpc.status import abort_with, checked_requester
 from fedaudit.wire.v1 import dedup_pb2 as pb
@@ -37,13 +43,7 @@ class DedupNodeServicer(pb_grpc.DedupNodeServicer):
             info = self._service.join(requester, request.run_id, params_from_pb(request.params))
         except Exception as exc:
             _abort(context, "Join", exc)
-        return pb.DedupJoinResponse(
-            municipality_code=info.municipality_code,
-            signing_key=info.signing_key,
-            box_key=info.box_key,
-            box_key_signature=info.box_key_signature,
-            rows=info.rows,
-        )
+        return join_to_pb(info)
 
     def Start(
         self, request: pb.DedupStartRequest, context: grpc.ServicerContext

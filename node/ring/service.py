@@ -2,18 +2,29 @@
 
 A run has four steps, each a method here and an RPC in `fedaudit.node.ring.server`:
 
-1. `join`: the policy must allow the requester the `dedup_ring` template and the run's
-   cost must fit the budget: the ledger is charged before any data are read (the
-   coordinator's releases are what the persons of this registry pay for). The node
-   builds its rows, hashes them to the group, draws a fresh scalar and box key.
-2. `start`: given the roster (ring order, every node's signed per-run box key), the
-   node blinds its own batch and returns it sealed to the next node.
+1. `join`: the node must hold its federation certificate (a node serving with
+   --insecure has none and never joins), the policy must allow the requester the
+   `dedup_ring` template, the run must charge at least the policy's `ring.min_rho` and
+   fit the budget: the ledger is charged before any data are read (the coordinator's
+   releases are what the persons of this registry pay for). The node draws fresh
+   per-run keys (scalar, box key, hop-signing key) and signs their public halves with
+   its X.509 node key. The answer depends on no data: Join reveals no count.
+2. `start`: given the roster, the node checks it before reading or blinding anything:
+   every member proves with its federation node certificate that it is the node the
+   entry names (`fedaudit.pki.identity`), members are distinct, this node is in it,
+   the policy's minimum number of municipalities and allowed peers hold. Only then
+   does it read its registry, build and hash its rows, blind its own batch and return
+   it sealed to the next node. From here on the charge stands.
 3. `hop`: a batch sealed to this node arrives; it must follow the signed schedule
    (this node is exactly `hop` places after the origin, the sender the one before),
    and each (run, origin) is processed at most once, so a coordinator cannot use a
    node as an exponentiation oracle for guessed names.
-4. `finish`: the scalar and box key are wiped; the ledger entry is settled (refunded
-   when nothing left the node, kept otherwise). Runs that are never finished expire.
+4. `finish`: the secrets are wiped; the ledger entry is settled: refunded only when
+   the node never read its registry for the run (the roster never came or was
+   refused), kept otherwise, whatever the coordinator says. Runs never finished expire.
+
+Every call (join, start, each hop, finish), answered or refused, is a link in the
+node's query log (`fedaudit.node.evidence.querylog`) with what it charged.
 
 Nothing personal is logged: log lines carry the run, counts and municipality codes.
 The values exchanged (parameters, roster, batch parts) are shared with the coordinator
@@ -22,21 +33,21 @@ and live in `fedaudit.common.ring_protocol`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import threading
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import structlog
-from nacl.signing import SigningKey
 from sqlalchemy import Engine, select
 
 from fedaudit.common import ring_crypto as rc
+from fedaudit.common.budget_units import rho_to_units
 from fedaudit.common.ring_protocol import (
     ALL_KEYS,
     BatchHeader,
@@ -53,28 +64,25 @@ from fedaudit.node.errors import (
     InvalidParametersError,
     RefusedError,
     RequesterNotAllowedError,
+    RingUnavailableError,
     TemplateNotAllowedError,
 )
+from fedaudit.node.evidence import querylog
+from fedaudit.node.evidence.querylog import LogEvent, QueryLog
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.ring.keys import (
-    CertRow,
-    Identity,
     PersonInput,
-    PersonRow,
-    cert_string,
-    event_string,
-    key_string,
     merge_local,
 )
+from fedaudit.node.ring.roster import check_roster
+from fedaudit.node.ring.rows import hashed_rows, load_persons
 from fedaudit.node.store.models import (
-    Assessment,
-    Candidate,
-    Certificate,
     DataVersion,
     Municipality,
-    Qualification,
 )
+from fedaudit.pki.enrolment import RevocationList
+from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -96,13 +104,16 @@ class RingProtocolError(InvalidParametersError):
 class _Run:
     requester: str
     params: RingParams
+    bound: int
+    municipality: str
+    data_version: str
     keys: rc.RunKeys
-    rows: list[rc.Row]
     entry_id: int
     created: float
     roster: tuple[RosterEntry, ...] = ()
     roster_digest: bytes = b""
     started: bool = False
+    """Set just before the registry is read: from then on the charge stands."""
     processed: set[str] = field(default_factory=set)
 
 
@@ -119,20 +130,24 @@ class DedupService:
         policy: Policy,
         *,
         ledger: Ledger | None = None,
-        signing_key: SigningKey | None = None,
-        trusted_peers: Mapping[str, bytes] | None = None,
+        identity: NodeIdentity | None = None,
+        query_log: QueryLog | None = None,
+        revocations: Callable[[], RevocationList | None] | None = None,
         pool: Executor | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         run_ttl: float = RUN_TTL_SECONDS,
     ) -> None:
-        """`signing_key` is the node's long-term identity (generated when absent);
-        `trusted_peers` pins the verify keys of the federation's nodes by municipality
-        code, so a roster with a substituted key is refused."""
+        """`identity` is the node's federation certificate and key (with the CA it
+        trusts, `fedaudit.pki.identity`): without it the node refuses every ring (RING_UNAVAILABLE), because it
+        could neither prove its own membership nor check anyone else's. `revocations`
+        returns the federation CRL in force (None when it cannot be trusted): rosters
+        with a revoked member are refused, and every roster while the CRL is unusable."""
         self._engine = engine
         self._policy = policy
         self._ledger = ledger or Ledger(engine, policy)
-        self._signing = signing_key or SigningKey.generate()
-        self._trusted = dict(trusted_peers) if trusted_peers is not None else None
+        self._identity = identity
+        self._revocations = revocations
+        self._log = query_log or QueryLog(engine, clock=clock)
         self._pool = pool
         self._clock = clock
         self._ttl = run_ttl
@@ -141,17 +156,32 @@ class DedupService:
         self.blinded_points = 0
         """Scalar multiplications done so far (for benchmarks and metrics)."""
 
-    @property
-    def verify_key(self) -> bytes:
-        return bytes(self._signing.verify_key)
-
     # --- 1. join ----------------------------------------------------------------------------
 
     def join(self, requester: str, run_id: str, params: RingParams) -> JoinInfo:
-        """Consent (policy and budget, charged now), build rows, draw per-run secrets."""
+        """Consent (policy, minimum and budget, charged now) and certified per-run keys."""
+        event = self._event(requester, "ring_join", run_id, _params_text(run_id, params))
+        with self._logged(event):
+            return self._join(requester, run_id, params, event)
+
+    def _join(self, requester: str, run_id: str, params: RingParams, event: LogEvent) -> JoinInfo:
         self._expire()
+        credential = self._identity
+        if credential is None:
+            raise RingUnavailableError(
+                "this node has no federation certificate (it serves without TLS, --insecure), "
+                "so it can neither prove its ring membership nor check its peers'; the "
+                "blinding ring needs a node served with mTLS"
+            )
         self._check_allowed(requester)
         self._check_params(run_id, params)
+        minimum = self._policy.ring.min_rho
+        if params.rho < minimum:
+            raise InvalidParametersError(
+                f"a ring run must charge at least {minimum:g} rho at this node "
+                f"(policy ring.min_rho); this one asks {params.rho:g}",
+                {"field": "rho", "min_rho": f"{minimum:g}"},
+            )
         bound = min(params.bound, self._policy.bounds.get(TEMPLATE, DEFAULT_BOUND))
         request_id = request_id_for_run(run_id)
         with self._lock:
@@ -159,11 +189,18 @@ class DedupService:
                 raise RingProtocolError("this run has already been joined at this node")
         if self._ledger.find_by_request_id(request_id) is not None:
             raise RingProtocolError("this run already took place at this node; runs are once only")
-        municipality, version, persons = self._load()
+        municipality, version = self._municipality_and_version()
+        if municipality != credential.name:
+            raise RingUnavailableError(
+                f"this node's federation certificate names {credential.name!r} but its data "
+                f"are for municipality {municipality!r}; issue the node certificate for "
+                "the municipality code"
+            )
         mechanism = Mechanism.DISCRETE_LAPLACE if params.epsilon else Mechanism.DISCRETE_GAUSSIAN
         query_hash = hashlib.sha256(
             json.dumps([run_id, list(params.keys), bound, params.shopping, params.revoked]).encode()
         ).hexdigest()
+        event.data_version = version
         entry_id = self._ledger.reserve(
             request_id=request_id,
             requester=requester,
@@ -175,65 +212,84 @@ class DedupService:
             charge=Charge(rho=params.rho, epsilon=params.epsilon),
             now=self._clock(),
         )
+        event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
         try:
-            people, certs = merge_local(
-                persons,
-                params.keys,
-                municipality,
-                bound=bound,
-                shopping=params.shopping,
-                revoked=params.revoked,
-            )
-            rows = hashed_rows(run_id, people, certs)
             keys = rc.RunKeys.fresh()
+            signing_public = bytes(keys.signing.verify_key)
+            box_public = bytes(keys.box.public_key)
+            info = JoinInfo(
+                municipality_code=municipality,
+                signing_key=signing_public,
+                box_key=box_public,
+                box_key_signature=rc.sign(
+                    keys.signing, rc.box_key_statement(run_id, municipality, box_public)
+                ),
+                certificate=credential.certificate_pem,
+                membership_signature=credential.sign(
+                    rc.membership_statement(run_id, municipality, signing_public, box_public)
+                ),
+            )
         except Exception:
-            self._ledger.cancel(entry_id)
+            self._ledger.cancel(entry_id)  # nothing was read; no run to settle later
+            event.rho_units = 0
             raise
-        box_public = bytes(keys.box.public_key)
-        info = JoinInfo(
-            municipality_code=municipality,
-            signing_key=self.verify_key,
-            box_key=box_public,
-            box_key_signature=rc.sign(
-                self._signing, rc.box_key_statement(run_id, municipality, box_public)
-            ),
-            rows=len(rows),
-        )
         with self._lock:
             if run_id in self._runs:  # a concurrent join of the same run won the race
                 keys.wipe()
+                self._ledger.cancel(entry_id)
+                event.rho_units = 0
                 raise RingProtocolError("this run has already been joined at this node")
             self._runs[run_id] = _Run(
                 requester=requester,
                 params=params,
+                bound=bound,
+                municipality=municipality,
+                data_version=version,
                 keys=keys,
-                rows=rows,
                 entry_id=entry_id,
                 created=time.monotonic(),
             )
-        log.info("dedup.joined", run_id=run_id, rows=len(rows), bound=bound, keys=len(params.keys))
+        log.info("dedup.joined", run_id=run_id, bound=bound, keys=len(params.keys))
         return info
 
     # --- 2. start ---------------------------------------------------------------------------
 
     def start(self, requester: str, run_id: str, roster: Sequence[RosterEntry]) -> list[BatchPart]:
-        """Accept the roster and return this node's own batch, blinded once, for the next node."""
-        run = self._run(requester, run_id)
+        """Check the roster, then read, hash and blind this node's own batch for the next node."""
         roster = tuple(roster)
-        self._check_roster(run_id, roster)
-        me = self._position(roster)
-        if roster[me].box_key != bytes(run.keys.box.public_key):
-            raise RingProtocolError("the roster does not carry this node's box key for the run")
+        codes = [e.municipality_code for e in roster]
+        event = self._event(
+            requester, "ring_start", run_id, json.dumps({"run": run_id, "roster": codes})
+        )
+        with self._logged(event):
+            return self._start(requester, run_id, roster, event)
+
+    def _start(
+        self, requester: str, run_id: str, roster: tuple[RosterEntry, ...], event: LogEvent
+    ) -> list[BatchPart]:
+        run = self._run(requester, run_id)
+        event.data_version = run.data_version
+        assert self._identity is not None  # a run exists only when join had one
+        me = check_roster(
+            run_id,
+            roster,
+            self._identity,
+            self._policy.ring,
+            own_signing_key=bytes(run.keys.signing.verify_key),
+            own_box_key=bytes(run.keys.box.public_key),
+            now=self._clock(),
+            revocations=self._revocations,
+        )
         with self._lock:
             if run.started:
                 raise RingProtocolError("this node's batch was already sent in this run")
-            run.started = True
+            run.started = True  # the registry is read next: the charge stands from here
             run.roster, run.roster_digest = roster, roster_digest(run_id, roster)
-        rows = rc.blind_rows(bytes(run.keys.scalar), run.rows, self._pool)
-        run.rows = []  # the hashed rows are no longer needed
+        rows = self._own_rows(run_id, run)
+        rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)
         self.blinded_points += sum(len(r.tokens) for r in rows)
         origin = roster[me].municipality_code
-        log.info("dedup.started", run_id=run_id, rows=len(rows), nodes=len(roster))
+        log.info("dedup.started", run_id=run_id, nodes=len(roster))
         return self._emit(run_id, run, origin, 1, rows)
 
     # --- 3. hop -----------------------------------------------------------------------------
@@ -242,9 +298,27 @@ class DedupService:
         """Blind and shuffle a batch sealed to this node; return it for the next hop."""
         stream = iter(parts)
         header = next(stream, None)
+        run_id = header.run_id if isinstance(header, BatchHeader) else ""
+        text = (
+            json.dumps({"run": run_id, "origin": header.origin, "hop": header.hop})
+            if isinstance(header, BatchHeader)
+            else ""
+        )
+        event = self._event(requester, "ring_hop", run_id, text)
+        with self._logged(event):
+            return self._hop(requester, header, stream, event)
+
+    def _hop(
+        self,
+        requester: str,
+        header: BatchPart | None,
+        stream: Iterator[BatchPart],
+        event: LogEvent,
+    ) -> list[BatchPart]:
         if not isinstance(header, BatchHeader):
             raise RingProtocolError("a batch must begin with its header")
         run = self._run(requester, header.run_id)
+        event.data_version = run.data_version
         if not run.started:
             raise RingProtocolError("the roster has not been given to this node yet")
         roster = run.roster
@@ -253,7 +327,7 @@ class DedupService:
         if header.origin not in codes or not 1 <= header.hop < n:
             raise RingProtocolError("batch origin or hop is not in this run's schedule")
         origin_at = codes.index(header.origin)
-        me = self._position(roster)
+        me = self._position(run)
         if (origin_at + header.hop) % n != me:
             raise RingProtocolError("this batch is not scheduled for this node at this hop")
         sender = roster[(origin_at + header.hop - 1) % n]
@@ -308,14 +382,20 @@ class DedupService:
 
     def finish(self, requester: str, run_id: str, completed: bool) -> bool:
         """Wipe the run's secrets and settle the charge. False when no such run is held."""
-        with self._lock:
-            run = self._runs.get(run_id)
-            if run is None or run.requester != requester:
-                return False
-            del self._runs[run_id]
-        self._settle(run, completed)
-        log.info("dedup.finished", run_id=run_id, completed=completed)
-        return True
+        event = self._event(
+            requester, "ring_finish", run_id, json.dumps({"run": run_id, "completed": completed})
+        )
+        with self._logged(event):
+            with self._lock:
+                run = self._runs.get(run_id)
+                if run is None or run.requester != requester:
+                    event.message = "no such run held"
+                    return False
+                del self._runs[run_id]
+            event.data_version = run.data_version
+            self._settle(run, completed, event)
+            log.info("dedup.finished", run_id=run_id, completed=completed)
+            return True
 
     def active_runs(self) -> int:
         self._expire()
@@ -324,23 +404,30 @@ class DedupService:
 
     # --- internals --------------------------------------------------------------------------
 
-    def _settle(self, run: _Run, completed: bool) -> None:
+    def _settle(self, run: _Run, completed: bool, event: LogEvent) -> None:
+        """Refund only when the registry was never read for this run; otherwise keep it."""
         run.keys.wipe()
-        run.rows = []
         if not run.started:
-            self._ledger.cancel(run.entry_id)  # nothing derived from the data left the node
-        elif completed:
-            self._ledger.complete(run.entry_id, json.dumps({"processed": len(run.processed)}))
+            self._ledger.cancel(run.entry_id)  # the registry was never read for this run
+            event.message = "refunded: the registry was never read for this run"
         else:
-            self._ledger.fail(run.entry_id)
+            if completed:
+                self._ledger.complete(run.entry_id, json.dumps({"processed": len(run.processed)}))
+            else:
+                self._ledger.fail(run.entry_id)
+            event.rho_units, event.epsilon = rho_to_units(run.params.rho), run.params.epsilon
+            event.message = "charge kept" + ("" if completed else " (run not completed)")
 
     def _expire(self) -> None:
         now = time.monotonic()
         with self._lock:
             old = [k for k, r in self._runs.items() if now - r.created > self._ttl]
             expired = [self._runs.pop(k) for k in old]
-        for run in expired:
-            self._settle(run, completed=False)
+        for run_id, run in zip(old, expired, strict=True):
+            event = self._event(run.requester, "ring_finish", run_id, json.dumps({"run": run_id}))
+            with self._logged(event):
+                self._settle(run, False, event)
+                event.message = "expired; " + event.message
             log.info("dedup.expired")
 
     def _emit(
@@ -348,7 +435,7 @@ class DedupService:
     ) -> list[BatchPart]:
         roster = run.roster
         n = len(roster)
-        me = self._position(roster)
+        me = self._position(run)
         plain = rc.split_payload(rc.encode_rows(rows))
         digest = rc.digest_of(plain)
         if hop < n:
@@ -357,7 +444,7 @@ class DedupService:
         else:
             chunks = list(plain)  # the last hop: fully blinded tokens for the coordinator
         signature = rc.sign(
-            self._signing,
+            run.keys.signing,
             rc.hop_statement(
                 run_id, run.roster_digest, origin=origin, hop=hop, rows=len(rows), digest=digest
             ),
@@ -369,9 +456,10 @@ class DedupService:
             BatchTrailer(digest=digest, signature=signature),
         ]
 
-    def _position(self, roster: Sequence[RosterEntry]) -> int:
-        mine = self.verify_key
-        for i, e in enumerate(roster):
+    @staticmethod
+    def _position(run: _Run) -> int:
+        mine = bytes(run.keys.signing.verify_key)
+        for i, e in enumerate(run.roster):
             if e.signing_key == mine:
                 return i
         raise RingProtocolError("this node is not in the roster")
@@ -404,30 +492,68 @@ class DedupService:
         if not 1 <= params.bound <= 100:
             raise InvalidParametersError("bound must be from 1 to 100", {"field": "bound"})
 
-    def _check_roster(self, run_id: str, roster: Sequence[RosterEntry]) -> None:
-        codes = [e.municipality_code for e in roster]
-        if len(roster) < 2 or len(set(codes)) != len(codes):
-            raise RingProtocolError("a roster needs at least two distinct municipalities")
-        if len({e.signing_key for e in roster}) != len(roster):
-            raise RingProtocolError("two roster entries share a signing key")
-        for e in roster:
-            if (
-                self._trusted is not None
-                and self._trusted.get(e.municipality_code) != e.signing_key
-            ):
-                raise RingProtocolError(
-                    f"the roster's key for {e.municipality_code} is not the pinned federation key"
-                )
-            try:
-                rc.verify(
-                    e.signing_key,
-                    rc.box_key_statement(run_id, e.municipality_code, e.box_key),
-                    e.box_key_signature,
-                )
-            except rc.RingCryptoError as exc:
-                raise RingProtocolError(
-                    f"the box key of {e.municipality_code} is not signed by its node"
-                ) from exc
+    def _event(self, requester: str, method: str, run_id: str, parameters: str) -> LogEvent:
+        return LogEvent(
+            requester=requester,
+            method=method,
+            request_id=request_id_for_run(run_id) if run_id else "",
+            template=TEMPLATE,
+            template_version=TEMPLATE_VERSION,
+            parameters=parameters,
+        )
+
+    @contextlib.contextmanager
+    def _logged(self, event: LogEvent) -> Iterator[None]:
+        """Append `event` to the query log whatever happens: answered, refused or failed."""
+        try:
+            yield
+        except RefusedError as exc:
+            event.status, event.reason, event.message = (
+                querylog.REFUSED,
+                exc.reason.value,
+                exc.message,
+            )
+            self._append(event)
+            raise
+        except Exception:
+            event.status, event.reason = querylog.FAILED, querylog.INTERNAL
+            self._append(event)
+            raise
+        self._append(event)
+
+    def _append(self, event: LogEvent) -> None:
+        try:
+            self._log.append(event)
+        except Exception as exc:  # the log must not turn a refusal into a crash
+            log.error("dedup.querylog_failed", method=event.method, error=type(exc).__name__)
+            raise
+
+    def _municipality_and_version(self) -> tuple[str, str]:
+        """The municipality code and data version (no personal data)."""
+        try:
+            with self._engine.connect() as conn:
+                muni = conn.execute(select(Municipality.municipality_code)).scalar_one_or_none()
+                version = conn.execute(
+                    select(DataVersion.version).order_by(DataVersion.id.desc()).limit(1)
+                ).scalar_one_or_none()
+        except Exception as exc:
+            raise DataUnavailableError("the node's database is not reachable") from exc
+        if muni is None or version is None:
+            raise DataUnavailableError("no data bundle has been imported into this node yet")
+        return muni, version
+
+    def _own_rows(self, run_id: str, run: _Run) -> list[rc.Row]:
+        """This node's rows for the run, hashed to the group (read only after the roster check)."""
+        _, _, persons = self._load()
+        people, certs = merge_local(
+            persons,
+            run.params.keys,
+            run.municipality,
+            bound=run.bound,
+            shopping=run.params.shopping,
+            revoked=run.params.revoked,
+        )
+        return hashed_rows(run_id, people, certs)
 
     def _load(self) -> tuple[str, str, list[PersonInput]]:
         try:
@@ -438,105 +564,17 @@ class DedupService:
             raise DataUnavailableError("the node's database is not reachable") from exc
 
 
-def hashed_rows(run_id: str, people: Sequence[PersonRow], certs: Sequence[CertRow]) -> list[rc.Row]:
-    """Rows of group elements: key strings hashed to the group, undefined slots random."""
-    rows: list[rc.Row] = []
-    for p in people:
-        tokens = [
-            rc.hash_to_group(key_string(run_id, name, p.isco_code, value))
-            if value is not None
-            else rc.random_element()
-            for name, value in zip(p.key_names, p.keys, strict=True)
-        ]
-        flags = rc.FLAG_CERTIFIED if p.certified else 0
-        if p.fail_months:
-            flags |= rc.FLAG_FAILED
-            for month in p.fail_months:
-                tokens.append(
-                    rc.hash_to_group(event_string(run_id, p.isco_code, p.event_value, month))
-                    if p.event_value
-                    else rc.random_element()
-                )
-        if p.pass_month is not None:
-            flags |= rc.FLAG_PASSED
-            tokens.append(
-                rc.hash_to_group(event_string(run_id, p.isco_code, p.event_value, p.pass_month))
-                if p.event_value
-                else rc.random_element()
-            )
-        rows.append(rc.Row(rc.KIND_PERSON, p.isco_code, flags, tokens))
-    for c in certs:
-        token = rc.hash_to_group(cert_string(run_id, c.isco_code, c.municipality, c.certificate_no))
-        rows.append(rc.Row(rc.KIND_CERT, c.isco_code, rc.FLAG_REVOKED if c.revoked else 0, [token]))
-    return rows
-
-
-def load_persons(engine: Engine) -> tuple[str, str, list[PersonInput]]:
-    """The registry as ring inputs: (municipality code, data version, persons)."""
-    with engine.connect() as conn:
-        muni = conn.execute(select(Municipality.municipality_code)).scalar_one_or_none()
-        version = conn.execute(
-            select(DataVersion.version).order_by(DataVersion.id.desc()).limit(1)
-        ).scalar_one_or_none()
-        if muni is None or version is None:
-            raise DataUnavailableError("no data bundle has been imported into this node yet")
-        candidates = conn.execute(
-            select(
-                Candidate.candidate_id,
-                Candidate.given_name,
-                Candidate.family_name,
-                Candidate.date_of_birth,
-                Candidate.national_id,
-            )
-        ).all()
-        certs = conn.execute(
-            select(
-                Certificate.candidate_id,
-                Qualification.isco_code,
-                Certificate.pathway,
-                Certificate.status,
-                Certificate.issued_on,
-                Certificate.certificate_no,
-                Certificate.origin_municipality,
-                Certificate.origin_certificate_no,
-            ).join(Qualification, Qualification.qualification_id == Certificate.qualification_id)
-        ).all()
-        assessments = conn.execute(
-            select(
-                Assessment.candidate_id,
-                Qualification.isco_code,
-                Assessment.result,
-                Assessment.assessed_on,
-            ).join(Qualification, Qualification.qualification_id == Assessment.qualification_id)
-        ).all()
-    certified: dict[str, dict[str, dt.date]] = defaultdict(dict)
-    revoked: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    recognised: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
-    for cid, isco, pathway, status, issued, number, origin, origin_no in certs:
-        if pathway != "reciprocity":
-            seen = certified[cid].get(isco)
-            certified[cid][isco] = issued if seen is None else max(seen, issued)
-        if status == "revoked":
-            revoked[cid].append((isco, number))
-        if pathway == "reciprocity" and status == "valid" and origin and origin_no:
-            recognised[cid].append((isco, origin, origin_no))
-    fails: dict[str, dict[str, list[dt.date]]] = defaultdict(lambda: defaultdict(list))
-    passes: dict[str, dict[str, list[dt.date]]] = defaultdict(lambda: defaultdict(list))
-    for cid, isco, result, day in assessments:
-        if result == "fail":
-            fails[cid][isco].append(day)
-        elif result == "pass":
-            passes[cid][isco].append(day)
-    persons = [
-        PersonInput(
-            person_id=cid,
-            identity=Identity.of(given, family, dob, nid),
-            certified=certified.get(cid, {}),
-            fails=fails.get(cid, {}),
-            passes=passes.get(cid, {}),
-            revoked=revoked.get(cid, ()),
-            recognised=recognised.get(cid, ()),
-        )
-        for cid, given, family, dob, nid in candidates
-    ]
-    return muni, version, persons
+def _params_text(run_id: str, params: RingParams) -> str:
+    """The run's parameters as the query log records them."""
+    return json.dumps(
+        {
+            "run": run_id,
+            "keys": list(params.keys),
+            "bound": params.bound,
+            "shopping": params.shopping,
+            "revoked": params.revoked,
+            "rho": params.rho,
+            "epsilon": params.epsilon,
+        },
+        sort_keys=True,
+    )

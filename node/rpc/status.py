@@ -28,6 +28,8 @@ _STATUS_FOR_REASON: dict[RefusalReason, grpc.StatusCode] = {
     RefusalReason.VERSION_MISMATCH: grpc.StatusCode.FAILED_PRECONDITION,
     RefusalReason.DATA_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
     RefusalReason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RefusalReason.ROSTER_REFUSED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.RING_UNAVAILABLE: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

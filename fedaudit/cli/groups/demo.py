@@ -172,11 +172,18 @@ def run_demo(args: argparse.Namespace) -> int:
         nodes = {}
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
-            dedup = DedupService(service.engine, policy, ledger=service.ledger)
+            identity = NodeIdentity.load(files.cert, files.key, files.ca)
+            dedup = DedupService(
+                service.engine,
+                policy,
+                ledger=service.ledger,
+                identity=identity,
+                query_log=service.query_log,
+            )
             reconcile = ReconcileService(
                 service.engine,
                 policy,
-                identity=NodeIdentity.load(files.cert, files.key, files.ca),
+                identity=identity,
                 ledger=service.ledger,
             )
             node = start_node_server(

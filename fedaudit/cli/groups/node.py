@@ -104,7 +104,11 @@ def register(parsers: Parsers) -> None:
         help="the federation CA's revocation list (crl.pem): callers whose certificate it lists "
         "are refused; re-read when the file changes (default: no revocation check)",
     )
-    serve.add_argument("--insecure", action="store_true", help="no TLS (loopback only)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS (loopback only); such a node refuses the blinding ring (RING_UNAVAILABLE)",
+    )
     serve.add_argument(
         "--max-workers", type=int, default=8, help="calls handled at the same time (default: 8)"
     )
@@ -248,13 +252,27 @@ def node_serve(args: argparse.Namespace) -> int:
     # Aggregations through a read-only role when one is given (docs/operations.md).
     query_engine = make_engine(args.query_db) if args.query_db else None
     service = NodeService(engine, policy, query_engine=query_engine)
-    # The blinding ring for duplicate detection, on the same port and the same ledger.
-    dedup = DedupService(engine, policy, ledger=service.ledger)
+    # The node's federation identity (none in --insecure mode): the ring proves membership
+    # with it and revocation reconciliation signs with it.
+    identity = _node_identity(args) if credentials else None
+    # The CRL guard refuses revoked callers; the ring also refuses revoked roster members.
+    revocation = _revocation_guard(args)
+    # The blinding ring for duplicate detection, on the same port, ledger and query log.
+    # Ring membership is proven with the node certificate; an --insecure node has none
+    # and refuses every ring (RING_UNAVAILABLE).
+    dedup = DedupService(
+        engine,
+        policy,
+        ledger=service.ledger,
+        identity=identity,
+        query_log=service.query_log,
+        revocations=revocation[0].current if revocation else None,
+    )
     # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
     reconcile = ReconcileService(
         engine,
         policy,
-        identity=_node_identity(args) if credentials else None,
+        identity=identity,
         ledger=service.ledger,
     )
     obs = NodeObservability.from_args(args)
@@ -269,7 +287,7 @@ def node_serve(args: argparse.Namespace) -> int:
             # The limiter before the guard: malformed requests still count against the sender.
             interceptors=[
                 *obs.interceptors,
-                *_revocation_guard(args),
+                *revocation,
                 RequestLimiter(limits),
                 MalformedRequestGuard(),
             ],

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64\x61udit/wire/v1/dedup.proto\x12\x10\x66\x65\x64\x61udit.wire.v1\"k\n\x0b\x44\x65\x64upParams\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x62ound\x18\x02 \x01(\r\x12\x10\n\x08shopping\x18\x03 \x01(\x08\x12\x0f\n\x07revoked\x18\x04 \x01(\x08\x12\x0b\n\x03rho\x18\x05 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\"Q\n\x10\x44\x65\x64upJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x06params\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.DedupParams\"}\n\x11\x44\x65\x64upJoinResponse\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x19\n\x11\x62ox_key_signature\x18\x04 \x01(\x0c\x12\x0c\n\x04rows\x18\x05 \x01(\x04\"n\n\x10\x44\x65\x64upRosterEntry\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x19\n\x11\x62ox_key_signature\x18\x04 \x01(\x0c\"W\n\x11\x44\x65\x64upStartRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x32\n\x06roster\x18\x02 \x03(\x0b\x32\".fedaudit.wire.v1.DedupRosterEntry\"]\n\x10\x44\x65\x64upBatchHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x0e\n\x06sender\x18\x05 \x01(\t\"6\n\x11\x44\x65\x64upBatchTrailer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x97\x01\n\x0e\x44\x65\x64upBatchPart\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".fedaudit.wire.v1.DedupBatchHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x36\n\x07trailer\x18\x03 \x01(\x0b\x32#.fedaudit.wire.v1.DedupBatchTrailerH\x00\x42\x06\n\x04part\"7\n\x12\x44\x65\x64upFinishRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\"&\n\x13\x44\x65\x64upFinishResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\x32\xd4\x02\n\tDedupNode\x12O\n\x04Join\x12\".fedaudit.wire.v1.DedupJoinRequest\x1a#.fedaudit.wire.v1.DedupJoinResponse\x12P\n\x05Start\x12#.fedaudit.wire.v1.DedupStartRequest\x1a .fedaudit.wire.v1.DedupBatchPart0\x01\x12M\n\x03Hop\x12 .fedaudit.wire.v1.DedupBatchPart\x1a .fedaudit.wire.v1.DedupBatchPart(\x01\x30\x01\x12U\n\x06\x46inish\x12$.fedaudit.wire.v1.DedupFinishRequest\x1a%.fedaudit.wire.v1.DedupFinishResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66\x65\x64\x61udit/wire/v1/dedup.proto\x12\x10\x66\x65\x64\x61udit.wire.v1\"k\n\x0b\x44\x65\x64upParams\x12\x0c\n\x04keys\x18\x01 \x03(\t\x12\r\n\x05\x62ound\x18\x02 \x01(\r\x12\x10\n\x08shopping\x18\x03 \x01(\x08\x12\x0f\n\x07revoked\x18\x04 \x01(\x08\x12\x0b\n\x03rho\x18\x05 \x01(\x01\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\"Q\n\x10\x44\x65\x64upJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12-\n\x06params\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.DedupParams\"\xae\x01\n\x11\x44\x65\x64upJoinResponse\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x19\n\x11\x62ox_key_signature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x06 \x01(\x0c\x12\x1c\n\x14membership_signature\x18\x07 \x01(\x0cJ\x04\x08\x05\x10\x06R\x04rows\"\xa1\x01\n\x10\x44\x65\x64upRosterEntry\x12\x19\n\x11municipality_code\x18\x01 \x01(\t\x12\x13\n\x0bsigning_key\x18\x02 \x01(\x0c\x12\x0f\n\x07\x62ox_key\x18\x03 \x01(\x0c\x12\x19\n\x11\x62ox_key_signature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\x12\x1c\n\x14membership_signature\x18\x06 \x01(\x0c\"W\n\x11\x44\x65\x64upStartRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x32\n\x06roster\x18\x02 \x03(\x0b\x32\".fedaudit.wire.v1.DedupRosterEntry\"]\n\x10\x44\x65\x64upBatchHeader\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x0b\n\x03hop\x18\x03 \x01(\r\x12\x0c\n\x04rows\x18\x04 \x01(\x04\x12\x0e\n\x06sender\x18\x05 \x01(\t\"6\n\x11\x44\x65\x64upBatchTrailer\x12\x0e\n\x06\x64igest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x97\x01\n\x0e\x44\x65\x64upBatchPart\x12\x34\n\x06header\x18\x01 \x01(\x0b\x32\".fedaudit.wire.v1.DedupBatchHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12\x36\n\x07trailer\x18\x03 \x01(\x0b\x32#.fedaudit.wire.v1.DedupBatchTrailerH\x00\x42\x06\n\x04part\"7\n\x12\x44\x65\x64upFinishRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tcompleted\x18\x02 \x01(\x08\"&\n\x13\x44\x65\x64upFinishResponse\x12\x0f\n\x07\x64ropped\x18\x01 \x01(\x08\x32\xd4\x02\n\tDedupNode\x12O\n\x04Join\x12\".fedaudit.wire.v1.DedupJoinRequest\x1a#.fedaudit.wire.v1.DedupJoinResponse\x12P\n\x05Start\x12#.fedaudit.wire.v1.DedupStartRequest\x1a .fedaudit.wire.v1.DedupBatchPart0\x01\x12M\n\x03Hop\x12 .fedaudit.wire.v1.DedupBatchPart\x1a .fedaudit.wire.v1.DedupBatchPart(\x01\x30\x01\x12U\n\x06\x46inish\x12$.fedaudit.wire.v1.DedupFinishRequest\x1a%.fedaudit.wire.v1.DedupFinishResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,22 +35,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEDUPPARAMS']._serialized_end=157
   _globals['_DEDUPJOINREQUEST']._serialized_start=159
   _globals['_DEDUPJOINREQUEST']._serialized_end=240
-  _globals['_DEDUPJOINRESPONSE']._serialized_start=242
-  _globals['_DEDUPJOINRESPONSE']._serialized_end=367
-  _globals['_DEDUPROSTERENTRY']._serialized_start=369
-  _globals['_DEDUPROSTERENTRY']._serialized_end=479
-  _globals['_DEDUPSTARTREQUEST']._serialized_start=481
-  _globals['_DEDUPSTARTREQUEST']._serialized_end=568
-  _globals['_DEDUPBATCHHEADER']._serialized_start=570
-  _globals['_DEDUPBATCHHEADER']._serialized_end=663
-  _globals['_DEDUPBATCHTRAILER']._serialized_start=665
-  _globals['_DEDUPBATCHTRAILER']._serialized_end=719
-  _globals['_DEDUPBATCHPART']._serialized_start=722
-  _globals['_DEDUPBATCHPART']._serialized_end=873
-  _globals['_DEDUPFINISHREQUEST']._serialized_start=875
-  _globals['_DEDUPFINISHREQUEST']._serialized_end=930
-  _globals['_DEDUPFINISHRESPONSE']._serialized_start=932
-  _globals['_DEDUPFINISHRESPONSE']._serialized_end=970
-  _globals['_DEDUPNODE']._serialized_start=973
-  _globals['_DEDUPNODE']._serialized_end=1313
+  _globals['_DEDUPJOINRESPONSE']._serialized_start=243
+  _globals['_DEDUPJOINRESPONSE']._serialized_end=417
+  _globals['_DEDUPROSTERENTRY']._serialized_start=420
+  _globals['_DEDUPROSTERENTRY']._serialized_end=581
+  _globals['_DEDUPSTARTREQUEST']._serialized_start=583
+  _globals['_DEDUPSTARTREQUEST']._serialized_end=670
+  _globals['_DEDUPBATCHHEADER']._serialized_start=672
+  _globals['_DEDUPBATCHHEADER']._serialized_end=765
+  _globals['_DEDUPBATCHTRAILER']._serialized_start=767
+  _globals['_DEDUPBATCHTRAILER']._serialized_end=821
+  _globals['_DEDUPBATCHPART']._serialized_start=824
+  _globals['_DEDUPBATCHPART']._serialized_end=975
+  _globals['_DEDUPFINISHREQUEST']._serialized_start=977
+  _globals['_DEDUPFINISHREQUEST']._serialized_end=1032
+  _globals['_DEDUPFINISHRESPONSE']._serialized_start=1034
+  _globals['_DEDUPFINISHRESPONSE']._serialized_end=1072
+  _globals['_DEDUPNODE']._serialized_start=1075
+  _globals['_DEDUPNODE']._serialized_end=1415
 # @@protoc_insertion_point(module_scope)

