@@ -223,3 +223,33 @@ def test_data_officer_sees_the_list(
     )
     assert unknown.returncode == 2
     assert "no reconciliation run 'nope'" in unknown.stderr
+
+
+def test_a_revoked_peer_is_refused_and_an_unusable_crl_refuses_everyone(
+    tmp_path: Path, federation: dict[str, Path], pki
+) -> None:
+    from cryptography import x509
+
+    from fedaudit.pki.enrolment import RevocationList
+
+    revoked_m02 = x509.load_pem_x509_certificate(pki.nodes["M02"].cert.read_bytes())
+    crl = [
+        RevocationList(
+            frozenset({revoked_m02.serial_number}), dt.datetime.max.replace(tzinfo=dt.UTC)
+        )
+    ]
+    services = {}
+    for code in ("M01", "M02"):
+        engine = make_engine(f"sqlite:///{tmp_path / code}.db")
+        import_bundle(engine, federation[code])
+        policy = example_policy({REQUESTER: 2.0}, reconciliation=True)
+        services[code] = ReconcileService(
+            engine, policy, identity=_identity(pki, code), revocations=lambda: crl[0]
+        )
+    batch = services["M02"].ask(REQUESTER, "crl-run", "M01")
+    with pytest.raises(RefusedError, match="revoked by the federation CA"):
+        services["M01"].answer(REQUESTER, batch)
+    crl[0] = None
+    other = services["M01"].ask(REQUESTER, "crl-run", "M02")
+    with pytest.raises(RefusedError, match="CRL is unusable"):
+        services["M02"].answer(REQUESTER, other)

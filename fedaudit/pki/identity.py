@@ -33,7 +33,7 @@ class NodeIdentity:
     name: str
     certificate_pem: bytes
     key: ec.EllipticCurvePrivateKey
-    ca: x509.Certificate
+    ca: tuple[x509.Certificate, ...]  # a bundle during a CA rotation
 
     @classmethod
     def load(cls, cert: Path, key: Path, ca: Path) -> NodeIdentity:
@@ -45,7 +45,7 @@ class NodeIdentity:
             name=common_name(certificate),
             certificate_pem=certificate.public_bytes(Encoding.PEM),
             key=private,
-            ca=x509.load_pem_x509_certificate(ca.read_bytes()),
+            ca=tuple(x509.load_pem_x509_certificates(ca.read_bytes())),
         )
 
     def sign(self, statement: bytes) -> bytes:
@@ -75,7 +75,7 @@ def common_name(certificate: x509.Certificate) -> str:
 
 
 def verify_node_statement(
-    ca: x509.Certificate,
+    ca: x509.Certificate | tuple[x509.Certificate, ...],
     certificate_pem: bytes,
     statement: bytes,
     signature: bytes,
@@ -88,12 +88,14 @@ def verify_node_statement(
         certificate = x509.load_pem_x509_certificate(certificate_pem)
     except ValueError as exc:
         raise IdentityError("the peer's certificate is not a PEM X.509 certificate") from exc
+    authorities = ca if isinstance(ca, tuple) else (ca,)
+    if not any(_issued_by(certificate, authority) for authority in authorities):
+        raise IdentityError("the peer's certificate was not issued by this federation's CA")
     try:
-        certificate.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature) as exc:
-        raise IdentityError(
-            "the peer's certificate was not issued by this federation's CA"
-        ) from exc
+        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise IdentityError("the peer's certificate is a CA certificate, not a node's")
+    except x509.ExtensionNotFound:
+        pass
     moment = now or dt.datetime.now(dt.UTC)
     if not certificate.not_valid_before_utc <= moment <= certificate.not_valid_after_utc:
         raise IdentityError("the peer's certificate is not valid now")
@@ -115,3 +117,11 @@ def verify_node_statement(
         public.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
     except InvalidSignature as exc:
         raise IdentityError(f"the signature of {claimed_name} does not verify") from exc
+
+
+def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(authority)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

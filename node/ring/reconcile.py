@@ -29,6 +29,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import structlog
+from cryptography import x509
 from sqlalchemy import Engine, select
 
 from fedaudit.common import psi
@@ -53,6 +54,7 @@ from fedaudit.node.store.models import (
     DataVersion,
     Municipality,
 )
+from fedaudit.pki.enrolment import RevocationList
 from fedaudit.pki.identity import IdentityError, NodeIdentity
 
 log = structlog.get_logger(__name__)
@@ -144,10 +146,12 @@ class ReconcileService:
         pool: Executor | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
         run_ttl: float = RUN_TTL_SECONDS,
+        revocations: Callable[[], RevocationList | None] | None = None,
     ) -> None:
         """`identity` is the node's federation certificate and key; without one (a node
         served with --insecure) the node takes no part: nothing would bind its messages
-        to the federation."""
+        to the federation. `revocations` gives the CRL in force (`node serve --tls-crl`):
+        a revoked peer is refused, and so is everyone while the CRL cannot be trusted."""
         self._engine = engine
         self._policy = policy
         self._identity = identity
@@ -155,6 +159,7 @@ class ReconcileService:
         self._pool = pool
         self._clock = clock
         self._ttl = run_ttl
+        self._revocations = revocations
         self._asked: dict[tuple[str, str], _Asked] = {}
         self._answered: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -381,6 +386,16 @@ class ReconcileService:
             )
         except IdentityError as exc:
             raise ReconcileRefusedError(f"refused a message said to be from {name}: {exc}") from exc
+        if self._revocations is not None:
+            crl = self._revocations()
+            if crl is None:
+                raise ReconcileRefusedError(
+                    "this node cannot check certificate revocation (its CRL is unusable)"
+                )
+            if crl.is_revoked(x509.load_pem_x509_certificate(certificate_pem)):
+                raise ReconcileRefusedError(
+                    f"refused a message from {name}: its certificate was revoked by the federation CA"
+                )
 
     def _expire(self) -> None:
         now = time.monotonic()

@@ -274,6 +274,7 @@ def node_serve(args: argparse.Namespace) -> int:
         policy,
         identity=identity,
         ledger=service.ledger,
+        revocations=revocation[0].current if revocation else None,
     )
     obs = NodeObservability.from_args(args)
     try:
