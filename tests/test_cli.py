@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INPUT, EXIT_OK
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INCOMPLETE, EXIT_INPUT, EXIT_OK
 from fedaudit.cli.groups.audit import exit_code_for
 from fedaudit.cli.main import build_parser, main
 
@@ -161,16 +161,33 @@ def test_malformed_node_option_is_explained(capsys) -> None:
 
 
 @pytest.mark.parametrize(
-    ("severities", "fail_on", "expected"),
+    ("status", "severities", "fail_on", "allow_partial", "expected"),
     [
-        ([], "info", EXIT_OK),
-        (["warning"], None, EXIT_OK),
-        (["warning"], "warning", EXIT_FINDINGS),
-        (["warning"], "critical", EXIT_OK),
-        (["critical"], "warning", EXIT_FINDINGS),
+        ("complete", [], "info", False, EXIT_OK),
+        ("complete", ["warning"], None, False, EXIT_OK),
+        ("complete", ["warning"], "warning", False, EXIT_FINDINGS),
+        ("complete", ["warning"], "critical", False, EXIT_OK),
+        ("complete", ["critical"], "warning", False, EXIT_FINDINGS),
+        ("partial", [], None, False, EXIT_INCOMPLETE),
+        ("partial", ["critical"], "warning", False, EXIT_INCOMPLETE),
+        ("partial", [], "warning", True, EXIT_OK),
+        ("partial", ["critical"], "warning", True, EXIT_FINDINGS),
+        ("failed", [], None, False, EXIT_INCOMPLETE),
+        ("failed", [], "warning", True, EXIT_INCOMPLETE),
     ],
 )
-def test_fail_on_sets_the_exit_code(severities, fail_on, expected) -> None:
-    """Exit 1 only for findings at or above --fail-on."""
-    report = {"findings": [{"severity": s} for s in severities]}
-    assert exit_code_for(report, fail_on) == expected
+def test_exit_code_follows_design_6_2(status, severities, fail_on, allow_partial, expected) -> None:
+    """0 complete and clean, 1 a finding at --fail-on, 3 incomplete unless --allow-partial."""
+    report = {"audit": {"status": status}, "findings": [{"severity": s} for s in severities]}
+    assert exit_code_for(report, fail_on, allow_partial=allow_partial) == expected
+
+
+def test_cli_and_coordinator_agree_on_exit_codes() -> None:
+    """The scheduler reports the same numbers the CLI exits with."""
+    from fedaudit.coordinator.running import outcome
+
+    assert (outcome.EXIT_OK, outcome.EXIT_FINDINGS, outcome.EXIT_INCOMPLETE) == (
+        EXIT_OK,
+        EXIT_FINDINGS,
+        EXIT_INCOMPLETE,
+    )

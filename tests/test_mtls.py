@@ -275,3 +275,53 @@ def _self_signed(directory: Path, name: str) -> CertKeyPaths:
         )
     )
     return paths
+
+
+def test_a_node_with_another_identity_is_named_in_plain_words(serve, pki) -> None:
+    """The coordinator says which node answered instead of gRPC's C-core text."""
+    from fedaudit.pki.tls import peer_certificate_names
+
+    node = serve("M02")
+    auditor = pki.auditors[REQUESTER]
+    files = TlsFiles(auditor.cert, auditor.key, pki.ca.cert)
+    transport = GrpcNodeTransport(
+        "M01",
+        f"127.0.0.1:{node.port}",
+        requester=REQUESTER,
+        credentials=channel_credentials(files),
+        channel_options=pinned_channel_options("M01"),
+        retries=0,
+        peer_names=lambda address: peer_certificate_names(address, files),
+    )
+    try:
+        with pytest.raises(NodeUnavailableError) as exc:
+            transport.info(timeout=5)
+    finally:
+        transport.close()
+    assert exc.value.message.startswith(
+        f"the node at 127.0.0.1:{node.port} is not M01: its certificate names M02"
+    )
+
+
+def test_nothing_listening_is_said_in_plain_words(pki) -> None:
+    """Connection refused reads as such, with the address and what to check."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    auditor = pki.auditors[REQUESTER]
+    transport = GrpcNodeTransport(
+        "M01",
+        f"127.0.0.1:{port}",
+        requester=REQUESTER,
+        credentials=channel_credentials(TlsFiles(auditor.cert, auditor.key, pki.ca.cert)),
+        channel_options=pinned_channel_options("M01"),
+        retries=0,
+    )
+    try:
+        with pytest.raises(NodeUnavailableError) as exc:
+            transport.info(timeout=5)
+    finally:
+        transport.close()
+    assert exc.value.message.startswith(f"nothing is listening at 127.0.0.1:{port}")

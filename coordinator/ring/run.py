@@ -87,7 +87,7 @@ def run_dedup(
             progress=progress,
         )
     except RingFailedError as exc:
-        log.warning("dedup.failed", run_id=run_id)
+        log.warning("dedup.failed", run_id=run_id, reason=exc.reason)
         return DedupOutcome(
             duplicates_section=_empty("failed", exc.reason),
             findings=[],

@@ -14,7 +14,7 @@ import datetime as dt
 import hashlib
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -134,21 +134,22 @@ def run_audit(
     answering = [o for o in outcomes.values() if o.status in ("answered", "partial")]
     status, status_reason = "complete", ""
     parts: dict[str, Any] = {"findings": [], "metrics": [], "error_control": None}
+    missing = _missing_words(outcomes.values(), answering)
     if len(answering) < plan.min_answering_nodes:
         status = "failed"
         status_reason = (
             f"only {len(answering)} of {len(outcomes)} nodes answered; the plan needs at least "
             f"{plan.min_answering_nodes}, so no regional comparison was made"
+            + (f"; {missing}" if missing else "")
         )
     else:
         evaluation = evaluate(family_plan, {o.name: o.answers() for o in answering})
         parts = evaluation.to_report_parts()
         if len(answering) < len(outcomes) or any(o.status == "partial" for o in answering):
             status = "partial"
-            missing = sorted(o.name for o in outcomes.values() if o not in answering)
             status_reason = (
                 f"{len(answering)} of {len(outcomes)} nodes answered"
-                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; {missing}" if missing else "")
                 + "; findings cover the answering nodes only"
             )
     duplicates = _not_run(
@@ -183,6 +184,13 @@ def run_audit(
         reconciliation = run_reconciliation(
             reconcile_transports, run_id, rho=rho, confidence=plan.confidence
         ).to_report()
+    ring_status = dedup.duplicates_section["status"] if dedup is not None else "not_run"
+    if dedup is not None and ring_status in ("failed", "partial") and status != "failed":
+        # The plan asked for duplicate detection: without it the audit is not complete.
+        ring_why = _ring_reason(ring_status, dedup.duplicates_section["reason"])
+        status_reason = f"{status_reason}; {ring_why}" if status_reason else ring_why
+        status = "partial"
+    parts["findings"] = _by_severity(parts["findings"])
     finished = clock()
     log.info(
         "audit_finished",
@@ -216,6 +224,37 @@ def run_audit(
     if reconciliation is not None:
         report["reconciliation"] = reconciliation
     return report
+
+
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+
+
+def _missing_words(outcomes: Iterable[NodeOutcome], answering: list[NodeOutcome]) -> str:
+    """Each node that did not answer (fully), with why in its own words."""
+    lines = []
+    for o in sorted(outcomes, key=lambda o: o.name):
+        if o.status == "answered":
+            continue
+        why = o.message or o.reason or o.status
+        what = "answered only some queries" if o in answering else o.status.replace("_", " ")
+        lines.append(f"{o.name} {what}: {why}")
+    return "; ".join(lines)
+
+
+def _by_severity(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Findings most severe first (stable within a severity), numbered F001... in that order."""
+    ordered = sorted(findings, key=lambda f: SEVERITY_ORDER[f["severity"]])
+    return [{**f, "id": f"F{i:03d}"} for i, f in enumerate(ordered, start=1)]
+
+
+def _ring_reason(ring_status: str, reason: str) -> str:
+    """Why the audit is partial when the blinding ring failed or covered only some nodes."""
+    if ring_status == "failed":
+        return (
+            f"duplicate detection could not run ({reason}), so duplicates, assessment "
+            "shopping and revoked-but-recognised certificates were not checked"
+        )
+    return f"duplicate detection covered only some nodes ({reason})"
 
 
 def _not_run(reason: str) -> dict[str, Any]:

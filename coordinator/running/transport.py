@@ -30,6 +30,7 @@ from fedaudit.coordinator.errors import (
     NodeTimeoutError,
     NodeUnavailableError,
 )
+from fedaudit.coordinator.running.failures import PeerNames, plain_failure
 from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
 from fedaudit.node.errors import RefusedError
 from fedaudit.wire.v1 import node_pb2 as pb
@@ -104,9 +105,11 @@ class GrpcNodeTransport:
         retries: int = 2,
         retry_backoff: float = 0.2,
         channel_options: list[tuple[str, object]] | None = None,
+        peer_names: PeerNames | None = None,
     ) -> None:
         self.name = name
         self.address = address
+        self._peer_names = peer_names
         self._channel = open_channel(address, credentials, channel_options)
         self._stub = pb_grpc.AuditNodeStub(self._channel)
         self._metadata = call_metadata(requester)
@@ -158,7 +161,7 @@ class GrpcNodeTransport:
             if remaining <= 0:
                 raise NodeTimeoutError(self.name, f"no answer within {timeout:.1f} s")
             try:
-                with translate_rpc_errors(self.name):
+                with translate_rpc_errors(self.name, self.address, peer_names=self._peer_names):
                     return fn(remaining)
             except NodeUnavailableError:
                 attempt += 1
@@ -168,17 +171,29 @@ class GrpcNodeTransport:
 
 
 @contextmanager
-def translate_rpc_errors(node: str) -> Iterator[None]:
-    """Turn gRPC failures into the coordinator's errors; the only place that reads status codes."""
+def translate_rpc_errors(
+    node: str, address: str = "", *, peer_names: PeerNames | None = None
+) -> Iterator[None]:
+    """Turn gRPC failures into the coordinator's errors; the only place that reads status codes.
+
+    Connection and TLS failures become one plain sentence (`failures.plain_failure`):
+    with `address` it names where the node was dialled, with `peer_names` whose
+    certificate answered there.
+    """
     try:
         yield
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         details = exc.details() if hasattr(exc, "details") else str(exc)
+        code_name = code.name if code else ""
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            raise NodeTimeoutError(node, "deadline exceeded") from exc
+            raise NodeTimeoutError(
+                node, plain_failure(node, address, code_name, details or "")
+            ) from exc
         if code == grpc.StatusCode.UNAVAILABLE:
-            raise NodeUnavailableError(node, details or "unavailable") from exc
+            raise NodeUnavailableError(
+                node, plain_failure(node, address, code_name, details, peer_names=peer_names)
+            ) from exc
         status = rpc_status.from_call(exc)  # type: ignore[arg-type]
         if status is not None:
             for detail in status.details:
@@ -188,7 +203,9 @@ def translate_rpc_errors(node: str) -> Iterator[None]:
                     raise NodeRefusedError(
                         node, info.reason, status.message, dict(info.metadata)
                     ) from exc
-        raise NodeUnavailableError(node, f"{code.name if code else 'error'}: {details}") from exc
+        raise NodeUnavailableError(
+            node, plain_failure(node, address, code_name, details, peer_names=peer_names)
+        ) from exc
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.reconcile import ReconcileTransport
 from fedaudit.coordinator.ring.relay import DedupTransport
 from fedaudit.coordinator.running.audit import run_audit
+from fedaudit.coordinator.running.outcome import exit_code
 from fedaudit.coordinator.running.transport import NodeTransport
 from fedaudit.coordinator.scheduling.alerts import Alert, Notifier, evaluate_alert
 from fedaudit.coordinator.scheduling.archive import Archive
@@ -180,9 +181,10 @@ class RunRecord:
 class Scheduler:
     """Runs each plan at its cron slots, archives every report and raises alerts.
 
-    `fail_on` (info | warning | critical) sets the alert threshold for findings and the
-    exit code of a run (1 when a finding reaches it). `fail_on_incomplete` also makes a
-    partial or failed audit exit 1; such runs alert either way.
+    `fail_on` (info | warning | critical) sets the alert threshold for findings. Each
+    run's exit code follows DESIGN.md 6.2 (`running.outcome.exit_code`): 3 when the audit
+    was incomplete (failed, or partial unless `allow_partial`), else 1 when a finding
+    reached `fail_on`, else 0. Incomplete runs alert either way.
     """
 
     def __init__(
@@ -194,7 +196,7 @@ class Scheduler:
         clock: Clock = utcnow,
         sleep: Sleep | None = None,
         fail_on: str | None = None,
-        fail_on_incomplete: bool = False,
+        allow_partial: bool = False,
         notifier: Notifier | None = None,
         dedup_transports: DedupTransportFactory | None = None,
         reconcile_transports: ReconcileTransportFactory | None = None,
@@ -213,7 +215,7 @@ class Scheduler:
         self._clock = clock
         self._sleep = sleep or threading.Event().wait
         self._fail_on = fail_on
-        self._fail_on_incomplete = fail_on_incomplete
+        self._allow_partial = allow_partial
         self._notifier = notifier
 
     # -- planning ----------------------------------------------------------------------------
@@ -324,7 +326,7 @@ class Scheduler:
             report_dir=report_dir,
             missed=due.missed,
             alert=alert,
-            exit_code=self._exit_code(alert),
+            exit_code=exit_code(report, self._fail_on, allow_partial=self._allow_partial),
             report=report,
         )
         log.info(
@@ -336,15 +338,6 @@ class Scheduler:
             report=str(report_dir),
         )
         return record
-
-    def _exit_code(self, alert: Alert | None) -> int:
-        if alert is None:
-            return 0
-        if "findings" in alert.reasons:
-            return 1
-        if "incomplete" in alert.reasons and self._fail_on_incomplete:
-            return 1
-        return 0
 
     def run_forever(self, *, max_runs: int | None = None) -> list[RunRecord]:
         """Run due slots, sleep until the next one, repeat until `sleep` says stop.

@@ -82,29 +82,43 @@ def progress_reporter(total: int, *, quiet: bool) -> Iterator[ProgressCallback |
 
 
 def print_summary(report: Mapping[str, Any]) -> None:
-    """Print the audit's status, coverage and findings: what the officer reads before the HTML."""
+    """Print what the audit can say, its coverage and findings: what is read before the HTML.
+
+    The first line is the verdict (`outcome.verdict`): a failed or partial audit says so
+    before anything else, and never reads as "no gap found". Findings come most severe
+    first; nodes that did not answer show the reason in words.
+    """
+    from fedaudit.coordinator.running.outcome import verdict
+
     audit = report["audit"]
-    console.print(
-        f"\n[bold]{audit['plan']}[/] ({audit['run_id']}): status {audit['status']}"
-        + (f" — {audit['status_reason']}" if audit.get("status_reason") else "")
-    )
+    status = audit["status"]
+    style = {"complete": "bold green", "partial": "bold yellow", "failed": "bold red"}[status]
+    console.print(f"\n[bold]{audit['plan']}[/] ({audit['run_id']}): [{style}]{status}[/]")
+    console.print(Text(verdict(report)), soft_wrap=True)
     cov = Table(title="Coverage", show_lines=False)
-    for col in ("node", "status", "reason"):
-        cov.add_column(col)
+    for col in ("node", "status", "why"):
+        cov.add_column(col, overflow="fold")
     for n in report["coverage"]["nodes"]:
-        cov.add_row(n["node"], n["status"], n["reason"] or "")
+        why = n.get("message") or n["reason"] or ""
+        if n["reason"] and n.get("message") and n["reason"] not in why:
+            why = f"{n['reason']}: {why}"
+        cov.add_row(n["node"], n["status"], why)
     console.print(cov)
-    findings = report["findings"]
-    ec = audit.get("error_control") or {}
-    if not findings:
+    dup = report.get("duplicates") or {}
+    if dup.get("status") in ("failed", "partial"):
+        console.print(Text(f"Duplicate detection {dup['status']}: {dup['reason']}"), soft_wrap=True)
+    for item in report.get("not_assessable") or []:
         console.print(
-            f"No findings at {audit['confidence']:.0%} confidence "
-            f"({ec.get('tests', 0)} tests, {ec.get('method', 'bonferroni')} correction)."
+            Text(f"not assessable: {item['check']} {item['where']}: {item['reason']}"),
+            soft_wrap=True,
         )
+    findings = report["findings"]
+    if not findings:
         return
+    ec = audit.get("error_control") or {}
     console.print(
-        f"\n[bold]Findings[/] ({len(findings)}; {ec.get('tests', 0)} tests, "
-        f"{ec.get('method', '')} correction, {audit['confidence']:.0%} confidence)"
+        f"\n[bold]Findings[/] ({len(findings)}, most severe first; {ec.get('tests', 0)} tests, "
+        f"{ec.get('method', '')} correction, {audit['confidence']:.0%} confidence audit-wide)"
     )
     styles = {"critical": "bold red", "warning": "yellow", "info": "cyan"}
     for f in findings:
@@ -113,3 +127,5 @@ def print_summary(report: Mapping[str, Any]) -> None:
             f"[{styles.get(f['severity'], '')}]{f['severity']:>8}[/] {f['kind']} ({subject})"
         )
         console.print(Padding(Text(f["summary"]), (0, 0, 0, 9), expand=False))
+        if f.get("next_step"):
+            console.print(Padding(Text(f"next step: {f['next_step']}"), (0, 0, 0, 9), expand=False))

@@ -214,3 +214,16 @@ def open_node_database(url: str, *, table: str, missing: str) -> Any:
         engine.dispose()
         raise CliError(f"{url}: {missing}")
     return engine
+
+
+def peer_probe(args: argparse.Namespace) -> Any:
+    """With `--tls-*`, a probe naming whose certificate answers at an address (else None).
+
+    The coordinator uses it only to explain a failed pinned handshake in plain words.
+    """
+    if args.insecure or not all((args.tls_cert, args.tls_key, args.tls_ca)):
+        return None
+    from fedaudit.pki.tls import TlsFiles, peer_certificate_names
+
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    return lambda address: peer_certificate_names(address, files)

@@ -20,6 +20,8 @@ certificates are valid, issued by the same CA and may list the same host.
 from __future__ import annotations
 
 import datetime as dt
+import socket
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -132,6 +134,40 @@ def channel_credentials(
 def pinned_channel_options(node_name: str) -> list[tuple[str, object]]:
     """Channel options that make gRPC accept only a certificate naming `node_name` (a DNS SAN)."""
     return [("grpc.ssl_target_name_override", node_name)]
+
+
+def peer_certificate_names(address: str, files: TlsFiles, *, timeout: float = 3.0) -> list[str]:
+    """The DNS names of the certificate served at `address`, verified against the federation CA.
+
+    A diagnosis only: when the pinned handshake fails because the node at an address
+    is not the one the plan names, this reads whose certificate answered there (a
+    separate TLS connection that presents the auditor certificate and sends nothing).
+    Returns [] when the certificate cannot be read or does not chain to the CA.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(cadata=Path(files.ca).read_text(encoding="ascii"))
+        context.load_cert_chain(str(files.cert), str(files.key))
+        context.set_alpn_protocols(["h2"])
+        with (
+            socket.create_connection((host, int(port)), timeout=timeout) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            der = tls.getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return []
+    if not der:
+        return []
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.DNSName))
 
 
 def _read(path: Path, what: str) -> bytes:

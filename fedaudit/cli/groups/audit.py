@@ -2,8 +2,9 @@
 
     fedaudit audit run PLAN [--node NAME=HOST:PORT ...] (--tls-* | --insecure) [--fail-on SEV]
 
-Exit 0 when the audit ran (whatever it found), 1 when a finding reached `--fail-on`,
-2 on a usage or input problem. Re-using `--run-id` replays the answers the nodes stored,
+Exit codes (DESIGN.md 6.2): 0 the audit is complete and no finding reached `--fail-on`;
+1 a finding reached `--fail-on`; 2 a usage or input problem; 3 the audit was incomplete
+(failed, or partial without `--allow-partial`). Re-using `--run-id` replays the answers the nodes stored,
 so a rerun costs no budget.
 """
 
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from fedaudit.cli.console import console, err_console, print_summary, progress_reporter
-from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_INTERRUPTED, EXIT_OK, SEVERITIES, CliError
+from fedaudit.cli.errors import EXIT_INTERRUPTED, SEVERITIES, CliError
 from fedaudit.cli.interrupt import AnswerCounter, interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
     channel_credentials,
     load_plan,
     parse_node_args,
+    peer_probe,
     with_node_overrides,
 )
 
@@ -60,6 +62,12 @@ def register(parsers: Parsers) -> None:
         "--fail-on",
         choices=SEVERITIES,
         help="exit 1 when a finding has this severity or higher (default: exit 0 whatever is found)",
+    )
+    run.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept a partial audit (a node missing): exit 0/1 by findings instead of 3; "
+        "a failed audit still exits 3",
     )
     run.add_argument("--tls-cert", type=Path, help="auditor certificate (PEM)")
     run.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
@@ -105,6 +113,7 @@ def audit_run(args: argparse.Namespace) -> int:
             f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"
         )
     credentials = channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
+    probe = peer_probe(args)
     transports = {
         n.name: GrpcNodeTransport(
             n.name,
@@ -113,6 +122,7 @@ def audit_run(args: argparse.Namespace) -> int:
             credentials=credentials,
             # mTLS: the node must present a certificate for the name the plan gives it.
             channel_options=pinned_channel_options(n.name) if credentials is not None else None,
+            peer_names=probe,
         )
         for n in plan.nodes
     }
@@ -195,7 +205,7 @@ def audit_run(args: argparse.Namespace) -> int:
     json_path, html_path = write_report(report, args.out)
     print_summary(report)
     console.print(f"\nreport: {json_path}\n        {html_path}")
-    return exit_code_for(report, args.fail_on)
+    return exit_code_for(report, args.fail_on, allow_partial=args.allow_partial)
 
 
 def interrupted_message(counter: AnswerCounter, run_id: str) -> str:
@@ -213,13 +223,13 @@ def interrupted_message(counter: AnswerCounter, run_id: str) -> str:
     )
 
 
-def exit_code_for(report: Mapping[str, Any], fail_on: str | None) -> int:
-    """EXIT_FINDINGS when a finding is at or above `fail_on`, so CI can gate on the audit."""
-    if fail_on is None:
-        return EXIT_OK
-    threshold = SEVERITIES.index(fail_on)
-    hit = any(SEVERITIES.index(f["severity"]) >= threshold for f in report["findings"])
-    return EXIT_FINDINGS if hit else EXIT_OK
+def exit_code_for(
+    report: Mapping[str, Any], fail_on: str | None, *, allow_partial: bool = False
+) -> int:
+    """EXIT_INCOMPLETE for an incomplete audit, else EXIT_FINDINGS at `fail_on`, else EXIT_OK."""
+    from fedaudit.coordinator.running.outcome import exit_code
+
+    return exit_code(report, fail_on, allow_partial=allow_partial)
 
 
 def _revoked_nodes(args: argparse.Namespace, plan: Any) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Any
 from rich.table import Table
 
 from fedaudit.cli.console import console, err_console, print_summary, progress_reporter
-from fedaudit.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, EXIT_OK, CliError
+from fedaudit.cli.errors import EXIT_INPUT, EXIT_INTERRUPTED, CliError
 from fedaudit.cli.interrupt import interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import load_plan
@@ -91,11 +91,13 @@ def register(parsers: Parsers) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     """Import, serve and audit a local federation; check the planted anomalies were found."""
     from fedaudit.audit_reports.render import write_report
+    from fedaudit.coordinator.errors import PlanError
     from fedaudit.coordinator.planning.checks import planned_queries
     from fedaudit.coordinator.planning.default_plan import default_plan_path
     from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport
     from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.audit import run_audit
+    from fedaudit.coordinator.running.outcome import exit_code
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
     from fedaudit.node.errors import BundleError
     from fedaudit.node.ingest.bundle import import_bundle
@@ -198,7 +200,10 @@ def run_demo(args: argparse.Namespace) -> int:
             nodes[code] = f"127.0.0.1:{node.port}"
         console.print(f"demo PKI (mTLS, throw-away CA): {pki.directory}")
 
-        plan = load_plan(args.plan or default_plan_path()).with_nodes(nodes)
+        try:
+            plan = load_plan(args.plan or default_plan_path()).with_nodes(nodes)
+        except PlanError as exc:
+            raise CliError(f"{exc} (pass --plan with a smaller min_answering_nodes)") from exc
         if plan.requester != DEMO_REQUESTER:
             raise CliError(
                 f"the demo's nodes serve requester '{DEMO_REQUESTER}', the plan asks as '{plan.requester}'"
@@ -273,12 +278,15 @@ def run_demo(args: argparse.Namespace) -> int:
 
     json_path, html_path = write_report(report, out)
     print_summary(report)
-    if federation is not None:
+    if federation is not None and report["audit"]["status"] == "failed":
+        console.print("planted anomalies: not checked, the audit failed (see above)")
+    elif federation is not None:
         checks = check_planted(report, federation)
         _print_planted(checks, report, federation.clean_municipalities)
         _print_reconciliation(federation, out / "reconciliation")
     console.print(f"\nreport: {json_path}\n        {html_path}")
-    return EXIT_OK
+    # No --fail-on here: findings are what the demo is for. An incomplete audit exits 3.
+    return exit_code(report, None)
 
 
 def _check_bundles(bundles: list[Path]) -> None:

@@ -6,9 +6,10 @@
 `check` only pre-flights the schedule against every node's remaining budget and exits 0
 (fits) or 2 (a node would run dry; the message says which, in which period and when).
 `run` does the same check first and refuses a schedule that would run dry; then, with
-`--once`, it runs whatever slot is due and exits 0, or 1 when a finding reached
-`--fail-on` (or the audit was incomplete with `--fail-on-incomplete`), which is what
-cron, a systemd timer or a Kubernetes CronJob needs. Without `--once` it stays up,
+`--once`, it runs whatever slot is due and exits as `audit run` does (DESIGN.md 6.2):
+0 complete with nothing at `--fail-on`, 1 a finding reached `--fail-on`, 3 an audit was
+incomplete (failed, or partial without `--allow-partial`); the worst run decides. That
+is what cron, a systemd timer or a Kubernetes CronJob needs. Without `--once` it stays up,
 sleeps until the next slot and stops cleanly on SIGTERM or Ctrl-C.
 """
 
@@ -64,7 +65,8 @@ def register(parsers: Parsers) -> None:
         description=(
             "Run scheduled plans unattended. Every report goes to ARCHIVE/<plan>/<slot>-<run id>/ "
             "and ARCHIVE/index.html shows findings over time. Exit 0; 1 when a run has findings "
-            "at or above --fail-on; 2 on input errors or a schedule that would run dry."
+            "at or above --fail-on; 2 on input errors or a schedule that would run dry; 3 when "
+            "an audit was incomplete (failed, or partial without --allow-partial)."
         ),
     )
     _common(run)
@@ -75,9 +77,17 @@ def register(parsers: Parsers) -> None:
         help="alert and exit 1 on findings of this severity or higher",
     )
     run.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="accept partial audits (a node missing): exit by findings instead of 3; a failed "
+        "audit still exits 3 (incomplete runs alert either way)",
+    )
+    run.add_argument(
+        # Before exit code 3 existed this made incomplete runs exit 1; they now exit 3
+        # unless --allow-partial, so the flag is accepted and has no further effect.
         "--fail-on-incomplete",
         action="store_true",
-        help="also exit 1 when a node did not answer (partial or failed audit); it alerts anyway",
+        help=argparse.SUPPRESS,
     )
     run.add_argument("--webhook", help="POST a JSON alert summary here (http or https URL)")
     run.add_argument(
@@ -137,7 +147,7 @@ def _run(args: argparse.Namespace) -> int:
         args.archive,
         sleep=stop.wait,
         fail_on=args.fail_on,
-        fail_on_incomplete=args.fail_on_incomplete,
+        allow_partial=args.allow_partial,
         notifier=notifier,
         dedup_transports=ring_factory,
         reconcile_transports=reconcile_factory,
@@ -334,10 +344,13 @@ def _print_forecast(result: Any) -> None:
 
 
 def _print_record(record: Any) -> None:
+    from fedaudit.coordinator.running.outcome import verdict
+
     missed = f" (stands in for {len(record.missed)} missed slot(s))" if record.missed else ""
     alert = f"; ALERT: {', '.join(record.alert.reasons)}" if record.alert else ""
     console.print(
         f"{record.run_id}: {record.status}, {record.findings} finding(s){missed}{alert}\n"
+        f"  {verdict(record.report)}\n"
         f"  {record.report_dir / 'report.html'}",
         markup=False,
         soft_wrap=True,
