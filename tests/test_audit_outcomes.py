@@ -216,3 +216,43 @@ def test_demo_with_too_few_bundles_for_the_plan_is_an_input_error(tmp_path) -> N
     assert run.returncode == 2, run.stderr
     assert "min_answering_nodes is 3" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_absent_outcomes_are_not_assessable_in_terminal_and_json(
+    node_factory, three_towns, tmp_path
+) -> None:
+    """Employment recorded only at 6 months in M03 while the plan asks for 12: the terminal
+    and report.json say the check is not assessable there, and why."""
+    import csv
+    import shutil
+
+    towns = {}
+    for bundle in three_towns:
+        source = bundle
+        if bundle.name == "M03":
+            source = tmp_path / "M03"
+            shutil.copytree(bundle, source)
+            path = source / "employment_outcomes.csv"
+            with path.open(encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+            assert any(r["months_after"] == "12" for r in rows)
+            with path.open("w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(r for r in rows if r["months_after"] != "12")
+        node = node_factory(f"sqlite:///{tmp_path / (bundle.name + '.db')}", bundle=source)
+        towns[bundle.name] = f"127.0.0.1:{node.port}"
+    plan = _plan_file(tmp_path / "plan.yaml", towns)
+    out = tmp_path / "r"
+    run = fedaudit("audit", "run", str(plan), "--insecure", "--quiet", "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    flat = " ".join(run.stdout.split())
+    assert "not assessable: employment in M03: no employment outcomes 12 months" in flat
+    report = json.loads((out / "report.json").read_text())
+    checks = {(n["check"], n["subject"]["municipality"]) for n in report["not_assessable"]}
+    assert ("employment", "M03") in checks
+    assert not [
+        m
+        for m in report["metrics"]
+        if m["subject"]["municipality"] == "M03" and m["metric"] == "employment_rate_12m"
+    ]

@@ -1,18 +1,37 @@
 """The ring's part of report.json: the `duplicates` section, its metrics and findings.
 
-Turns released (noisy) vectors into report items: every estimate is a metric; a tested
-one (an overall count) is also a finding where its interval lies above zero, and the
-untested breakdowns are there to locate it. Only `Release` values reach this module,
-never the exact counts, so the report can hold nothing but DP releases.
+Turns released (noisy) vectors into report items: every estimate is a metric; a count
+the audit's error control flags (`significance`: region-wide counts first, then the
+pairs, occupations and municipalities that locate them) is also a finding, naming the
+municipalities (and occupation) an oversight body can contact, with a suggested next
+step. Each tested count's interval is shown at the level its test was decided at.
+Only `Release` values reach this module, never the exact counts, so the report can
+hold nothing but DP releases. Estimates are reported raw, negative ones included
+(noise can push a small count below zero); displays clamp them, report.json does not.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from fedaudit.common.mechanisms import noise_accuracy
 from fedaudit.coordinator.ring.config import DedupConfig
 from fedaudit.coordinator.ring.release import Release, Releases, ordered_pairs, unordered_pairs
+from fedaudit.coordinator.ring.significance import Decision
+
+
+@dataclass(frozen=True)
+class Item:
+    """One released count as the report shows it."""
+
+    estimate: float
+    ci: tuple[float, float]
+    decision: Decision | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"estimate": self.estimate, "ci": list(self.ci)}
 
 
 def report_parts(
@@ -29,51 +48,74 @@ def report_parts(
     pairs = unordered_pairs(munis)
     released = releases.values
 
-    def ewc(rel: Release, i: int) -> dict[str, Any]:
+    def item(name: str, i: int) -> Item:
+        rel: Release = released[name]
         v = float(rel.values[i])
-        return {"estimate": v, "ci": [v - rel.half_width, v + rel.half_width]}
+        decision = releases.decisions.get((name, i))
+        half = (
+            rel.half_width
+            if decision is None
+            else noise_accuracy(releases.mechanism, rel.scale, decision.level)
+        )
+        return Item(v, (v - half, v + half), decision)
 
-    dup_overall = ewc(released["dup_overall"], 0)
     status = "partial" if refused else "complete"
     reason = ""
     if refused:
         reason = "counts cover the nodes that joined; " + "; ".join(
             f"{k}: {v}" for k, v in sorted(refused.items())
         )
+    dup_overall = item("dup_overall", 0)
     section = {
         "status": status,
         "reason": reason,
-        "overall": dup_overall,
+        "overall": dup_overall.as_dict(),
         "per_occupation": [
-            {"isco_code": o, **ewc(released["dup_per_occupation"], i)} for i, o in enumerate(occs)
+            {"isco_code": o, **item("dup_per_occupation", i).as_dict()} for i, o in enumerate(occs)
         ],
         "overlap_histogram": [
-            {"k": k, **ewc(released["overlap"], i)} for i, k in enumerate(range(2, n + 1))
+            {"k": k, **item("overlap", i).as_dict()} for i, k in enumerate(range(2, n + 1))
         ],
         "pairwise": [
-            {"a": a, "b": b, **ewc(released["pairwise"], i)} for i, (a, b) in enumerate(pairs)
+            {"a": a, "b": b, **item("pairwise", i).as_dict()} for i, (a, b) in enumerate(pairs)
         ],
     }
-    builder = FindingsBuilder(releases.confidence)
+    builder = FindingsBuilder(1.0 - releases.alpha)
+    dup_label = "Persons certified for the same occupation in two or more municipalities"
     builder.add(
         "cross_municipality_duplicates",
         "duplicated_persons",
-        "Persons certified for the same occupation in two or more municipalities",
+        dup_label,
         {"municipality": None, "isco_code": None},
         dup_overall,
         severity="warning",
         phrase="persons were certified for the same occupation in two or more municipalities",
+        next_step="see the pairwise counts for the municipalities involved; where none is a "
+        "finding, ask every municipality to check candidates certified elsewhere",
     )
+    for i, (a, b) in enumerate(pairs):
+        builder.add(
+            "cross_municipality_duplicates",
+            "duplicated_persons_pair",
+            "Persons certified for the same occupation in both municipalities",
+            {"municipality": a, "other_municipality": b, "isco_code": None},
+            item("pairwise", i),
+            severity="warning",
+            phrase=f"persons were certified for the same occupation in both {a} and {b}",
+            next_step=f"ask {a} and {b} to compare their registers for candidates certified "
+            "in both and check that each certificate was earned where it was issued",
+        )
     for i, o in enumerate(occs):
         builder.add(
             "cross_municipality_duplicates",
             "duplicated_persons",
-            "Persons certified for the same occupation in two or more municipalities",
+            dup_label,
             {"municipality": None, "isco_code": o},
-            ewc(released["dup_per_occupation"], i),
+            item("dup_per_occupation", i),
             severity="warning",
-            tested=False,
             phrase=f"persons were certified for ISCO {o} in two or more municipalities",
+            next_step=f"review the ISCO {o} assessments of the municipalities the pairwise "
+            "findings name",
         )
     if config.shopping:
         label = "Persons who passed within 12 months of failing the same occupation elsewhere"
@@ -82,9 +124,11 @@ def report_parts(
             "assessment_shopping",
             label,
             {"municipality": None},
-            ewc(released["shopping_overall"], 0),
+            item("shopping_overall", 0),
             severity="warning",
-            phrase="persons passed an assessment within 12 months of failing it in another municipality",
+            phrase="persons passed an assessment within 12 months of failing it in another "
+            "municipality",
+            next_step="see the per-municipality counts for where they passed",
         )
         for i, m in enumerate(munis):
             builder.add(
@@ -92,11 +136,12 @@ def report_parts(
                 "assessment_shopping",
                 label,
                 {"municipality": m, "other_municipality": None},
-                ewc(released["shopping_by_passing"], i),
+                item("shopping_by_passing", i),
                 severity="warning",
-                tested=False,
                 phrase=f"persons passed in {m} within 12 months of failing the same occupation "
                 "in another municipality",
+                next_step=f"ask {m} to review recent passes of candidates who had failed "
+                "elsewhere, and whether its assessment is easier to pass",
             )
     if config.revoked:
         label = "Reciprocity certificates still valid whose origin certificate is revoked"
@@ -105,9 +150,11 @@ def report_parts(
             "revoked_still_recognised",
             label,
             {"municipality": None},
-            ewc(released["revoked_overall"], 0),
+            item("revoked_overall", 0),
             severity="critical",
-            phrase="reciprocity certificates are still valid although the origin certificate is revoked",
+            phrase="reciprocity certificates are still valid although the origin certificate "
+            "is revoked",
+            next_step="see the per-pair counts for which municipality must withdraw them",
         )
         for i, (b, a) in enumerate(ordered_pairs(munis)):
             builder.add(
@@ -115,17 +162,18 @@ def report_parts(
                 "revoked_still_recognised",
                 label,
                 {"municipality": b, "other_municipality": a},
-                ewc(released["revoked_by_pair"], i),
+                item("revoked_by_pair", i),
                 severity="critical",
-                tested=False,
-                phrase=f"certificates recognised in {b} are still valid although {a} revoked the "
-                "origin certificate",
+                phrase=f"certificates recognised in {b} are still valid although {a} revoked "
+                "the origin certificate",
+                next_step=f"ask {b} to run `fedaudit node reconcile` against {a} and withdraw "
+                "the recognitions that rest on revoked certificates",
             )
     return section, builder.findings, builder.metrics
 
 
 class FindingsBuilder:
-    """Builds metrics (every tested estimate) and findings (interval above zero)."""
+    """Builds metrics (every released count) and findings (counts the error control flags)."""
 
     def __init__(self, confidence: float) -> None:
         self.confidence = confidence
@@ -138,12 +186,28 @@ class FindingsBuilder:
         metric: str,
         label: str,
         subject: dict[str, Any],
-        value: dict[str, Any],
+        value: Item,
         *,
         severity: str,
         phrase: str,
-        tested: bool = True,
+        next_step: str,
     ) -> None:
+        decision = value.decision
+        tested = decision is not None and decision.tested
+        if decision is None:
+            note = "DP count from the blinding ring (not tested)"
+        elif tested:
+            note = (
+                "DP count from the blinding ring; tested against zero at "
+                f"{_conf(1 - decision.level)} confidence (its step of the audit's error control)"
+            )
+        else:
+            note = (
+                "not tested: the region-wide count is not a finding, so the breakdown that "
+                "would locate it was not tested"
+            )
+        low, high = value.ci
+        level = None if decision is None else 1.0 - decision.level
         self.metrics.append(
             {
                 "id": f"M{9001 + len(self.metrics):04d}",
@@ -151,20 +215,16 @@ class FindingsBuilder:
                 "label": label,
                 "unit": "count",
                 "subject": subject,
-                "estimate": value["estimate"],
-                "ci": value["ci"],
+                "estimate": value.estimate,
+                "ci": [low, high],
                 "denominator": None,
                 "reference": None,
                 "tested": tested,
-                "note": (
-                    "DP count from the blinding ring; a finding when its interval excludes zero"
-                    if tested
-                    else "DP count from the blinding ring (breakdown, not tested)"
-                ),
+                **({} if level is None else {"ci_level": level}),
+                "note": note,
             }
         )
-        low, high = value["ci"]
-        if not tested or low <= 0:
+        if decision is None or not decision.flagged:
             return
         self.findings.append(
             {
@@ -172,16 +232,21 @@ class FindingsBuilder:
                 "kind": kind,
                 "subject": subject,
                 "metric": metric,
-                "estimate": value["estimate"],
-                "ci": value["ci"],
+                "estimate": value.estimate,
+                "ci": [low, high],
                 "reference": {"description": "zero", "estimate": None, "ci": None},
                 "gap": None,
                 "gap_ci": None,
                 "tolerance": None,
                 "severity": severity,
                 "summary": (
-                    f"About {value['estimate']:.0f} {phrase} "
-                    f"({self.confidence:.1%} interval {low:.0f} to {high:.0f})."
+                    f"About {value.estimate:.0f} {phrase} ({low:.0f} to {high:.0f}), at "
+                    f"{100 * self.confidence:g}% confidence."
                 ),
+                "next_step": next_step[0].upper() + next_step[1:] + ".",
             }
         )
+
+
+def _conf(c: float) -> str:
+    return f"{100 * c:.4g}%"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fedaudit.common.mechanisms import add_noise, plan_noise
@@ -19,6 +19,7 @@ from fedaudit.coordinator.errors import CoordinatorError
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.config import DedupConfig
 from fedaudit.coordinator.ring.counting import DedupCounts
+from fedaudit.coordinator.ring.significance import Branch, CountTest, Decision, decide
 from fedaudit.node.domain import Mechanism
 
 
@@ -137,6 +138,14 @@ def release(
     )
 
 
+BREAKDOWNS: dict[str, tuple[str, ...]] = {
+    "dup_overall": ("pairwise", "dup_per_occupation"),
+    "shopping_overall": ("shopping_by_passing",),
+    "revoked_overall": ("revoked_by_pair",),
+}
+"""Per region-wide count, the breakdowns that locate it (tested only once it is a finding)."""
+
+
 @dataclass(frozen=True)
 class Releases:
     """Every noisy vector of one run, the budget they were charged to, and the tests."""
@@ -144,8 +153,32 @@ class Releases:
     values: dict[str, Release]
     budget: CoordinatorBudget
     confidence: float
-    """The per-test confidence of the tested (overall) releases."""
+    """The confidence of the region-wide tests (each branch's share of the error budget)."""
     tests: int
+    decisions: dict[tuple[str, int], Decision] = field(default_factory=dict)
+    """(release, cell) -> how the count was decided (`significance.decide`)."""
+    alpha: float = 0.05
+    """The ring's share of the audit's error budget (all its tests together)."""
+    mechanism: Mechanism = Mechanism.DISCRETE_GAUSSIAN
+    """The mechanism of every release of the run."""
+
+
+def decide_counts(releases: dict[str, Release], mechanism: Mechanism, alpha: float) -> dict:
+    """Decide every tested count of the run at the ring's error budget `alpha`."""
+    branches = []
+    for overall, parts in BREAKDOWNS.items():
+        if overall not in releases:
+            continue
+
+        def tests(name: str) -> list[CountTest]:
+            r = releases[name]
+            return [
+                CountTest(name, i, float(v), r.scale, mechanism) for i, v in enumerate(r.values)
+            ]
+
+        cells = [t for name in parts if name in releases for t in tests(name)]
+        branches.append(Branch(tests(overall)[0], tuple(cells)))
+    return decide(branches, alpha)
 
 
 def unordered_pairs(municipalities: Sequence[str]) -> list[tuple[str, str]]:
@@ -198,11 +231,12 @@ def release_counts(
     munis = municipalities
     n = len(munis)
     occs = counts.occupations
-    # Findings are tested on the overall counts only; the breakdowns (per occupation,
-    # per municipality, per pair) are reported with plain intervals to locate them. Fewer
-    # tests keep the Bonferroni correction from eating the signal of small counts.
-    tests = 1 + int(config.shopping) + int(config.revoked)
-    confidence = per_test_confidence or 1.0 - (1.0 - plan.confidence) / tests
+    # Region-wide counts are tested first, each at its share of the error budget; their
+    # breakdowns (per pair, occupation, municipality) only once the region-wide count is a
+    # finding (gatekeeping, `significance`), so locating a finding costs it no power.
+    branches = 1 + int(config.shopping) + int(config.revoked)
+    alpha = (1.0 - per_test_confidence) * branches if per_test_confidence else 1 - plan.confidence
+    confidence = 1.0 - alpha / branches
     sens = sensitivities(len(config.keys), config.bound, n)
     vectors = count_vectors(counts, munis, occs, shopping=config.shopping, revoked=config.revoked)
     gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
@@ -230,7 +264,16 @@ def release_counts(
             confidence=confidence if name.endswith("_overall") else plan.confidence,
             budget=budget,
         )
-    return Releases(values=released, budget=budget, confidence=confidence, tests=tests)
+    decisions = decide_counts(released, plan.mechanism, alpha)
+    return Releases(
+        values=released,
+        budget=budget,
+        confidence=confidence,
+        tests=len(decisions),
+        decisions=decisions,
+        alpha=alpha,
+        mechanism=plan.mechanism,
+    )
 
 
 def privacy_summary(releases: Releases, mechanism: Mechanism) -> dict[str, Any]:

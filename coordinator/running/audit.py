@@ -35,8 +35,10 @@ from fedaudit.coordinator.ring.config import config_from_plan
 from fedaudit.coordinator.ring.reconcile import ReconcileTransport, run_reconciliation
 from fedaudit.coordinator.ring.relay import DedupTransport
 from fedaudit.coordinator.ring.run import DedupOutcome, run_dedup
+from fedaudit.coordinator.running.outcome import verdict
 from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
 from fedaudit.coordinator.statistics.gaps import evaluate
+from fedaudit.coordinator.statistics.wording import split_sentence
 from fedaudit.node.domain import Answer, BudgetStatus
 
 log = structlog.get_logger(__name__)
@@ -101,7 +103,8 @@ def run_audit(
 
     With a `duplicates` check and `dedup_transports`, the blinding ring runs after the
     quality queries. The audit's error budget is then split in two halves (Bonferroni
-    across the two families), so the stated confidence holds for the audit as a whole.
+    across the two families, Holm or gatekeeping within each), so the stated confidence
+    holds for the audit as a whole.
     """
     run_ring = config_from_plan(plan) is not None and bool(dedup_transports)
     family_plan = replace(plan, confidence=1.0 - (1.0 - plan.confidence) / 2) if run_ring else plan
@@ -143,7 +146,9 @@ def run_audit(
             + (f"; {missing}" if missing else "")
         )
     else:
-        evaluation = evaluate(family_plan, {o.name: o.answers() for o in answering})
+        evaluation = evaluate(
+            plan, {o.name: o.answers() for o in answering}, alpha_share=0.5 if run_ring else 1.0
+        )
         parts = evaluation.to_report_parts()
         if len(answering) < len(outcomes) or any(o.status == "partial" for o in answering):
             status = "partial"
@@ -163,20 +168,15 @@ def run_audit(
         duplicates = dedup.duplicates_section
         parts["findings"] = [*parts["findings"], *_renumber(dedup.findings, "F", parts["findings"])]
         parts["metrics"] = [*parts["metrics"], *_renumber(dedup.metrics, "M", parts["metrics"])]
-        # Each half is tested at 1 - alpha/2; the sentences state the audit-wide level.
+        # The ring's half is tested at 1 - alpha/2; its sentences state the audit-wide level.
         family = f"at {100 * family_plan.confidence:g}% confidence"
-        audit_wide = f"at {100 * plan.confidence:g}% confidence (audit-wide)"
+        audit_wide = f"at {100 * plan.confidence:g}% confidence"
         parts["findings"] = [
             {**f, "summary": f["summary"].replace(family, audit_wide)} for f in parts["findings"]
         ]
         if parts["error_control"] is not None:
             ec = dict(parts["error_control"])
-            ec["family_confidence"] = plan.confidence
-            ec["description"] += (
-                f" The audit's error budget ({1 - plan.confidence:.0%}) is split evenly between "
-                f"these quality tests and the {dedup.tests} duplicate-detection tests, each half "
-                "Bonferroni-corrected within itself."
-            )
+            ec["description"] += split_sentence(plan.confidence, ec["tests"], dedup.tests)
             parts["error_control"] = ec
     reconciliation = None
     if plan.checks.revocation is not None and reconcile_transports:
@@ -216,6 +216,7 @@ def run_audit(
             "status_reason": status_reason,
         },
         "findings": parts["findings"],
+        "not_assessable": parts.get("not_assessable", []),
         "duplicates": duplicates,
         "metrics": parts["metrics"],
         "coverage": _coverage(plan, outcomes),
@@ -223,6 +224,7 @@ def run_audit(
     }
     if reconciliation is not None:
         report["reconciliation"] = reconciliation
+    report["audit"]["verdict"] = verdict(report)
     return report
 
 
@@ -485,7 +487,7 @@ def _left(reported: float, spent_after: float) -> float:
 
 def _no_tests(plan: AuditPlan) -> dict[str, Any]:
     return {
-        "method": "bonferroni",
+        "method": "none",
         "tests": 0,
         "family_confidence": plan.confidence,
         "per_test_confidence": plan.confidence,

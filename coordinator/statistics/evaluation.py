@@ -14,7 +14,7 @@ from typing import Any
 from fedaudit.coordinator.statistics.error_control import ErrorControl
 from fedaudit.coordinator.statistics.findings import Finding
 from fedaudit.coordinator.statistics.gap_tests import GapTest
-from fedaudit.coordinator.statistics.metrics import Metric
+from fedaudit.coordinator.statistics.metrics import Metric, NotAssessable
 
 
 @dataclass(frozen=True)
@@ -27,9 +27,11 @@ class Evaluation:
     error_control: ErrorControl
     skipped: tuple[str, ...] = ()
     """Subjects or answers that produced no metric, and why (e.g. all cells suppressed)."""
+    not_assessable: tuple[NotAssessable, ...] = ()
+    """Checks whose data are absent at a node (no outcomes at the horizon, no appeals...)."""
 
     def to_report_parts(self) -> dict[str, Any]:
-        """`findings`, `metrics` and `error_control` in the report.json shape."""
+        """`findings`, `metrics`, `error_control` and `not_assessable` in the report.json shape."""
         findings = [
             {
                 "id": f"F{i:03d}",
@@ -48,6 +50,7 @@ class Evaluation:
                 "tolerance": f.tolerance,
                 "severity": f.severity,
                 "summary": f.summary,
+                "next_step": f.next_step,
             }
             for i, f in enumerate(self.findings, start=1)
         ]
@@ -69,6 +72,7 @@ class Evaluation:
                     "ci": _ci(m.reference_ci),
                 },
                 "tested": m.tested,
+                **({} if m.ci_level is None else {"ci_level": round(m.ci_level, 8)}),
                 "note": m.note,
             }
             for i, m in enumerate(self.metrics, start=1)
@@ -77,6 +81,7 @@ class Evaluation:
             "findings": findings,
             "metrics": metrics,
             "error_control": self.error_control.to_dict(),
+            "not_assessable": [n.to_dict() for n in self.not_assessable],
         }
 
 

@@ -1,6 +1,6 @@
 """Findings: the tests whose whole adjusted interval lies beyond the tolerance.
 
-A finding is raised only when the whole interval of d, at the audit's Bonferroni z,
+A finding is raised only when the whole interval of d, at the z of its Holm step,
 lies beyond the check's tolerance in the flagged direction (critical beyond twice the
 tolerance; see `GapTest.severity`). A gap the noise could explain is never a finding,
 and neither is a real gap smaller than the tolerance. This module turns the audit's
@@ -10,12 +10,13 @@ most severe first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.coordinator.statistics.error_control import ErrorControl
 from fedaudit.coordinator.statistics.gap_tests import GapTest, Reference, Subject
-from fedaudit.coordinator.statistics.wording import finding_summary
+from fedaudit.coordinator.statistics.wording import finding_summary, next_step
 
 KIND_ORDER = {
     k: i
@@ -49,12 +50,16 @@ class Finding:
     tolerance: float
     severity: str
     summary: str
+    next_step: str = ""
 
 
-def raise_findings(tests: Iterable[GapTest], z: float, plan: AuditPlan) -> tuple[Finding, ...]:
-    """The findings among `tests` at the audit's z: critical first, then by kind."""
+def raise_findings(
+    tests: Sequence[GapTest], control: ErrorControl, plan: AuditPlan
+) -> tuple[Finding, ...]:
+    """The findings among `tests`, each at the z its step was decided at: critical first."""
     findings: list[Finding] = []
-    for test in tests:
+    for index, test in enumerate(tests):
+        z = control.z_of(index)
         severity = test.severity(z)
         if severity is None:
             continue
@@ -72,6 +77,7 @@ def raise_findings(tests: Iterable[GapTest], z: float, plan: AuditPlan) -> tuple
                 tolerance=test.tolerance,
                 severity=severity,
                 summary=finding_summary(test, z, severity, plan),
+                next_step=next_step(test, plan),
             )
         )
     findings.sort(key=lambda f: (f.severity != "critical", KIND_ORDER[f.kind]))

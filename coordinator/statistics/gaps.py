@@ -10,11 +10,11 @@
   region (other municipalities), all other providers of the region, or the rest of the
   subject's own municipality (group disparities). The difference d has variance
   var_subject + var_reference (independent noise and disjoint people);
-- **error control**: Bonferroni over every test the audit actually performed. With m
-  tests and alpha = 1 - confidence, every test interval uses
-  z = NormalDist().inv_cdf(1 - alpha / (2 m)), so the probability that any interval
-  of the audit misses its true value (and so of any false finding) is at most alpha;
-- **findings**: raised only when the whole adjusted interval of d lies beyond the
+- **error control**: Holm's step-down procedure over every test the audit actually
+  performed (alpha = 1 - confidence): the strongest test at alpha / m, the next at
+  alpha / (m - 1), ..., so the probability of any false finding is at most alpha, and
+  never fewer findings than Bonferroni;
+- **findings**: raised only when the whole interval of d at its step's z lies beyond the
   check's tolerance in the flagged direction (critical beyond twice the tolerance).
   A gap the noise could explain is never a finding, and neither is a real gap smaller
   than the tolerance.
@@ -27,7 +27,7 @@ This module only runs the steps in order; each lives in its own module:
 - `metrics`: the collector of metrics and candidate tests, and the min-denominator rule;
 - `outcome_checks`, `procedure_checks`, `descriptive_metrics`: what each check computes;
 - `gap_tests`: the comparison d = estimate - reference and when it is beyond tolerance;
-- `error_control`: the Bonferroni split and the adjusted intervals of tested metrics;
+- `error_control`: Holm's steps and the adjusted intervals of tested metrics;
 - `findings` and `wording`: which tests become findings, and their sentences;
 - `evaluation`: the result and its report.json shape.
 """
@@ -38,7 +38,7 @@ from collections.abc import Mapping
 
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.statistics.descriptive_metrics import certificates, earnings
-from fedaudit.coordinator.statistics.error_control import adjust_tested, bonferroni
+from fedaudit.coordinator.statistics.error_control import adjust_tested, holm
 from fedaudit.coordinator.statistics.evaluation import Evaluation
 from fedaudit.coordinator.statistics.findings import raise_findings
 from fedaudit.coordinator.statistics.metrics import MetricCollector
@@ -54,21 +54,25 @@ from fedaudit.coordinator.statistics.procedure_checks import appeals, recognitio
 from fedaudit.node.domain import Answer
 
 
-def evaluate(plan: AuditPlan, answers: Mapping[str, Mapping[str, Answer]]) -> Evaluation:
+def evaluate(
+    plan: AuditPlan, answers: Mapping[str, Mapping[str, Answer]], *, alpha_share: float = 1.0
+) -> Evaluation:
     """Metrics, tests and findings from node name -> query key -> Answer.
 
     Missing nodes or queries are simply absent: every comparison pools the nodes that
-    answered, and its reference says which.
+    answered, and its reference says which. `alpha_share` is the part of the audit's
+    error budget these tests may use (the rest goes to the blinding ring's tests).
     """
     book = MetricCollector(plan, answers)
     _run_checks(book)
-    control = bonferroni(plan, len(book.tests), book.metrics)
+    control = holm(plan, book.tests, book.metrics, alpha_share=alpha_share)
     return Evaluation(
-        metrics=adjust_tested(book.metrics, book.tests, book.pending, control.z),
+        metrics=adjust_tested(book.metrics, book.tests, book.pending, control),
         tests=tuple(book.tests),
-        findings=raise_findings(book.tests, control.z, plan),
+        findings=raise_findings(book.tests, control, plan),
         error_control=control,
         skipped=tuple(book.skipped),
+        not_assessable=tuple(book.not_assessable),
     )
 
 

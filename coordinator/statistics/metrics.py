@@ -66,6 +66,25 @@ class Metric:
     reference_ci: tuple[float, float] | None = None
     tested: bool = False
     note: str = ""
+    ci_level: float | None = None
+    """The confidence of `ci` (the plan's, or its test's step under the error control)."""
+
+
+@dataclass(frozen=True)
+class NotAssessable:
+    """A check that could not be assessed for a subject, and why (its data are absent)."""
+
+    check: str
+    subject: Subject
+    reason: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "check": self.check,
+            "subject": self.subject.to_dict(),
+            "where": place_words(self.subject),
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -92,6 +111,7 @@ class MetricCollector:
         self.tests: list[GapTest] = []
         self.pending: dict[int, int] = {}  # metric index -> test index
         self.skipped: list[str] = []
+        self.not_assessable: list[NotAssessable] = []
 
     # answers ---------------------------------------------------------------------
 
@@ -131,6 +151,35 @@ class MetricCollector:
         except AnswerError as exc:
             self.skip(f"{node}: answer not used: {exc}")
             return None
+
+    def assessable(self, check: str, node: str, parts: RateParts, what: str) -> bool:
+        """False (and a `not_assessable` entry) when a node's data for a check are absent.
+
+        The test is on the released total itself (post-processing, so it costs and
+        reveals nothing more): when the noisy denominator lies within its own interval
+        of zero, the node holds no (or too few) records of `what`, e.g. no employment
+        outcomes at the plan's horizon. Such a node is left out of the check and of
+        every reference, instead of adding a noisy near-zero rate.
+        """
+        sd = (parts.numerator.noise_var + parts.rest.noise_var) ** 0.5
+        if parts.rows and parts.denominator > self.z_plain * sd:
+            return True
+        subject = Subject(self.code[node])
+        reason = (
+            f"no {what} recorded at this node: the released total "
+            f"({parts.denominator:.0f}) cannot be told apart from zero"
+        )
+        self.not_assessable.append(NotAssessable(check, subject, reason))
+        self.skip(f"{check} {place_words(subject)}: not assessable: {reason}")
+        return False
+
+    def was_not_assessable(self, check: str, node: str) -> bool:
+        """True when `check` was found not assessable at `node` (see `assessable`)."""
+        code = self.code[node]
+        return any(
+            n.check == check and n.subject.municipality == code and n.subject.provider_id is None
+            for n in self.not_assessable
+        )
 
     def skip(self, message: str) -> None:
         """Record why something produced no metric (Evaluation.skipped)."""
@@ -198,6 +247,7 @@ class MetricCollector:
                 ci=r.interval(self.z_plain),
                 denominator=parts.denominator,
                 note="; ".join(notes),
+                ci_level=self.plan.confidence,
             )
         )
         if testable and test is not None and ref_rate is not None:
@@ -246,6 +296,7 @@ class MetricCollector:
                 ci=value.interval(self.z_plain),
                 denominator=None,
                 note=note,
+                ci_level=self.plan.confidence,
             )
         )
 
@@ -270,6 +321,7 @@ class MetricCollector:
                 ci=(median.low, median.high),
                 denominator=median.total,
                 note=open_note if median.open_ended else "",
+                ci_level=self.plan.confidence,
             )
         )
 
@@ -300,6 +352,7 @@ __all__ = [
     "NO_PROVIDER",
     "Metric",
     "MetricCollector",
+    "NotAssessable",
     "Outcome",
     "RateReference",
     "RateTest",

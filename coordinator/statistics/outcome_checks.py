@@ -7,8 +7,9 @@ pooled from disjoint data:
 
 - a municipality with the rest of the region, a provider with all other providers of
   the region (`outcome_gaps`);
-- a municipality's pass-rate gap with its employment gap (`credential_inflation`):
-  pass rates that outrun job outcomes suggest certificates are easier to get there;
+- credential inflation (`credential_inflation`): a pass rate above its reference while
+  employment is below its own, each beyond its interval, and the spread between the two
+  gaps beyond the tolerance: certificates easier to get than the outcomes justify;
 - within a municipality, one group with the other (`disparity`), one test per
   dimension (see `DISPARITY_GROUPS`).
 """
@@ -24,6 +25,7 @@ from fedaudit.coordinator.statistics.gap_tests import (
     ABOVE,
     BELOW,
     TWO_SIDED,
+    Condition,
     GapTest,
     Reference,
     Subject,
@@ -32,6 +34,7 @@ from fedaudit.coordinator.statistics.gap_tests import (
 from fedaudit.coordinator.statistics.metrics import (
     NO_PROVIDER,
     MetricCollector,
+    NotAssessable,
     Outcome,
     equals,
     keys_of,
@@ -60,6 +63,8 @@ def pass_rate_gaps(book: MetricCollector, check: PassRatesCheck) -> Outcomes:
     """Pass rates per municipality and provider, each tested two-sided against its reference."""
     return outcome_gaps(
         book,
+        check="pass_rates",
+        what="assessment results",
         key=q.KEY_PASS_RATES,
         kind="pass_rate_gap",
         tolerance=check.tolerance,
@@ -76,6 +81,8 @@ def employment_gaps(book: MetricCollector, check: EmploymentCheck) -> Outcomes:
     m = check.months_after
     return outcome_gaps(
         book,
+        check="employment",
+        what=f"employment outcomes {m} months after certification",
         key=q.KEY_EMPLOYMENT,
         kind="employment_gap",
         tolerance=check.tolerance,
@@ -90,6 +97,8 @@ def employment_gaps(book: MetricCollector, check: EmploymentCheck) -> Outcomes:
 def outcome_gaps(
     book: MetricCollector,
     *,
+    check: str,
+    what: str,
     key: str,
     kind: str,
     tolerance: float,
@@ -104,7 +113,7 @@ def outcome_gaps(
     prov: dict[tuple[str, str], RateParts] = {}
     for node, answer in book.node_answers(key).items():
         parts = book.parts(node, answer, numerator, rest)
-        if parts is None:
+        if parts is None or not book.assessable(check, node, parts, what):
             continue
         muni[node] = parts
         for p in keys_of(answer, "provider"):
@@ -150,6 +159,8 @@ def outcome_gaps(
 def in_field(book: MetricCollector, months: int) -> None:
     """Share of the employed who work in their certificate's field (descriptive)."""
     for node, answer in book.node_answers(q.KEY_EMPLOYMENT).items():
+        if book.was_not_assessable("employment", node):
+            continue
         subjects: list[tuple[Subject, RowPredicate | None]] = [(Subject(book.code[node]), None)]
         subjects += [
             (Subject(book.code[node], provider_id=p), equals("provider", p))
@@ -180,11 +191,25 @@ def credential_inflation(
     emp_out: Mapping[tuple[str, str | None], Outcome],
     tolerance: float,
 ) -> None:
-    """(pass - pass_ref) - (emp - emp_ref) > tolerance, for municipalities and providers.
+    """Pass rate above its reference AND employment below its own, for municipalities and providers.
 
-    Pass and employment estimates come from different queries (independent noise)
-    and are treated as independent; the variance of d is the sum of all four.
+    Credential inflation means passing more people than the outcomes justify. So the
+    test flags only when three things hold, each by its own interval (an
+    intersection-union test, one test in the audit's family): the pass rate lies above
+    its reference, employment lies below its reference, and the spread
+    (pass - pass_ref) - (emp - emp_ref) exceeds the tolerance. Low employment with an
+    ordinary pass rate is an employment gap, not inflation. Pass and employment come
+    from different queries (independent noise); every variance is the sum of its parts.
     """
+    for node in sorted({n for n, p in pass_out if p is None}):
+        if book.was_not_assessable("employment", node):
+            book.not_assessable.append(
+                NotAssessable(
+                    "credential_inflation",
+                    Subject(book.code[node]),
+                    "needs employment outcomes, which are not assessable here (see employment)",
+                )
+            )
     for key in sorted(pass_out.keys() & emp_out.keys(), key=_subject_order):
         p, e = pass_out[key], emp_out[key]
         if not (p.testable and e.testable) or p.reference is None or e.reference is None:
@@ -195,6 +220,12 @@ def credential_inflation(
             p.reference.value - e.reference.value,
             p.reference.var + e.reference.var,
             bounded=False,
+        )
+        pass_gap = Value(
+            p.rate.value - p.reference.value, p.rate.var + p.reference.var, bounded=False
+        )
+        emp_gap = Value(
+            e.rate.value - e.reference.value, e.rate.var + e.reference.var, bounded=False
         )
         book.add_test(
             None,
@@ -211,7 +242,13 @@ def credential_inflation(
                     "pass_ref": p.reference.value,
                     "emp": e.rate.value,
                     "emp_ref": e.reference.value,
+                    "pass_gap_sd": pass_gap.var**0.5,
+                    "emp_gap_sd": emp_gap.var**0.5,
                 },
+                also=(
+                    Condition("pass_rate_above_reference", pass_gap, 0.0, ABOVE),
+                    Condition("employment_below_reference", emp_gap, 0.0, BELOW),
+                ),
             ),
         )
 
@@ -243,7 +280,10 @@ def _disparity_sources(
 def disparity(book: MetricCollector, tolerance: float, by: Sequence[str]) -> None:
     """Within a municipality: each group vs the rest of that municipality, two-sided."""
     for key, metric, label, num, rest in _disparity_sources(book.plan):
+        check = "pass_rates" if key == q.KEY_PASS_RATES else "employment"
         for node, answer in book.node_answers(key).items():
+            if book.was_not_assessable(check, node):
+                continue
             code = book.code[node]
             for dim in by:
                 if dim not in answer.group_by:

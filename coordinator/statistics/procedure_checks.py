@@ -91,7 +91,9 @@ def recognition(book: MetricCollector, tolerance: float, limit: int) -> None:
     for node, answer in answers.items():
         on_time, late_cats, pending_ok, _ = classes[node]
         parts = book.parts(node, answer, late_cats, [*on_time, *pending_ok])
-        if parts is not None:
+        if parts is not None and book.assessable(
+            "recognition", node, parts, "recognition requests"
+        ):
             late[node] = parts
     for node, parts in late.items():
         book.rate_metric(
@@ -177,7 +179,7 @@ def appeals(book: MetricCollector, tolerance: float) -> None:
     answers = book.node_answers(q.KEY_APPEALS)
     for node, answer in answers.items():
         parts = book.parts(node, answer, ("upheld",), ("dismissed",))
-        if parts is not None:
+        if parts is not None and book.assessable("appeals", node, parts, "decided appeals"):
             upheld[node] = parts
     label = "Appeals upheld (of upheld and dismissed)"
     for node, parts in upheld.items():

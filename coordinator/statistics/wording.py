@@ -62,12 +62,17 @@ def finding_summary(test: GapTest, z: float, severity: str, plan: AuditPlan) -> 
         low, high = test.gap_interval(z)
         who = "the other providers" if s.provider_id else "the rest of the region"
         place = place_words(s)
+        pg, eg = c["pass"] - c["pass_ref"], c["emp"] - c["emp_ref"]
+        pg_sd, eg_sd = c.get("pass_gap_sd", 0.0), c.get("emp_gap_sd", 0.0)
         return (
             f"{place[0].upper()}{place[1:]}, the pass rate is {_pct(c['pass'])} against "
-            f"{_pct(c['pass_ref'])} for {who}, while employment {months} months after "
-            f"certification is {_pct(c['emp'])} against {_pct(c['emp_ref'])}: pass rates "
-            f"outrun job outcomes by {_pts(gap)} ({100 * low:.0f} to {100 * high:.0f}), "
-            f"beyond {beyond} at {conf}."
+            f"{_pct(c['pass_ref'])} for {who} ({_pts(pg)} above, "
+            f"{100 * (pg - z * pg_sd):.0f} to {100 * (pg + z * pg_sd):.0f}), while employment "
+            f"{months} months after certification is {_pct(c['emp'])} against "
+            f"{_pct(c['emp_ref'])} ({_pts(eg)} below, {100 * (eg - z * eg_sd):.0f} to "
+            f"{100 * (eg + z * eg_sd):.0f}): more people pass than the job outcomes justify, "
+            f"a spread of {_pts(gap)} ({100 * low:.0f} to {100 * high:.0f}), beyond {beyond} "
+            f"at {conf}."
         )
     if s.provider_id:
         reference = "the region's other providers"
@@ -105,7 +110,55 @@ def finding_summary(test: GapTest, z: float, severity: str, plan: AuditPlan) -> 
     )
 
 
-def control_sentence(plan: AuditPlan, m: int, per_test: float, untested: int) -> str:
+def next_step(test: GapTest, plan: AuditPlan) -> str:
+    """What the oversight body could do about a finding: whom to contact, what to check."""
+    s = test.subject
+    m = s.municipality
+    who = f"{m} about provider {s.provider_id}" if s.provider_id else m
+    above = test.gap > 0
+    if test.kind == "credential_inflation":
+        return (
+            f"Ask {who} to review recent assessment sessions (marking, assessor independence): "
+            "more candidates pass there than find work."
+        )
+    if test.kind == "pass_rate_gap":
+        if above:
+            return f"Ask {who} how assessments are set and marked: more pass than elsewhere."
+        return (
+            f"Ask {who} why more candidates fail than elsewhere: preparation, assessment "
+            "difficulty or the candidates admitted."
+        )
+    if test.kind == "employment_gap":
+        return (
+            f"Ask {who} in which occupations certificate holders do not find work, and compare "
+            "with the regional labour market."
+        )
+    if test.kind == "recognition_delay":
+        limit = plan.checks.recognition.limit_days if plan.checks.recognition else 90
+        return (
+            f"Ask {m}'s recognition office for its backlog and the requests overdue beyond the "
+            f"{limit}-day limit."
+        )
+    if test.kind == "appeal_anomaly":
+        if above:
+            return f"Ask {m} for its upheld appeals: first decisions often do not hold."
+        return f"Ask {m} how appeals are reviewed: few are upheld compared with the region."
+    dim, _, key = (s.group or "").partition("=")
+    return (
+        f"Ask {m} to examine its assessments and support for {group_words(dim, key)} "
+        "(language of the assessment, adjustments, admission)."
+    )
+
+
+def control_sentence(
+    plan: AuditPlan,
+    m: int,
+    per_test: float,
+    untested: int,
+    *,
+    flagged: int = 0,
+    method: str = "holm",
+) -> str:
     """The error control's description in report.json and the HTML report."""
     conf = f"{100 * plan.confidence:g}%"
     skipped = (
@@ -116,14 +169,41 @@ def control_sentence(plan: AuditPlan, m: int, per_test: float, untested: int) ->
     )
     if m == 0:
         return "No test could be performed, so no finding was possible." + skipped
+    risk = f"{100 - 100 * plan.confidence:.3g}%"
+    if method == "bonferroni":
+        return (
+            f"Bonferroni correction over all {m} tests of this audit: each test's interval is at "
+            f"{100 * per_test:.4g}% confidence, so the chance of even one false finding in the "
+            f"whole audit is at most {risk} (confidence {conf}). A finding needs the whole "
+            "interval of its gap, DP noise and sampling variability included, beyond the "
+            "check's tolerance." + skipped
+        )
     return (
-        f"Bonferroni correction over all {m} tests of this audit: each test's interval is at "
-        f"{100 * per_test:.4g}% confidence, so the chance of even one false finding in the "
-        f"whole audit is at most {100 - 100 * plan.confidence:.3g}% (family-wise confidence "
-        f"{conf}). A finding needs the whole interval of its gap, DP noise and sampling "
-        "variability included, beyond the check's tolerance. Tested metrics and their "
-        f"references show these adjusted intervals; other metrics show {conf} intervals." + skipped
+        f"Holm's step-down correction over all {m} tests of this audit: the strongest gap is "
+        f"tested at {100 * per_test:.4g}% confidence, the next a little less strictly, and so "
+        f"on until a test does not flag; the chance of even one false finding in the whole "
+        f"audit is at most {risk} (confidence {conf}). A finding needs the whole interval of "
+        "its gap, DP noise and sampling variability included, beyond the check's tolerance; "
+        "each tested metric shows its interval at the confidence of the step that decided "
+        f"it, other metrics at {conf}." + skipped
     )
 
 
-__all__ = ["control_sentence", "finding_summary", "group_words", "place_words"]
+def split_sentence(confidence: float, quality_tests: int, ring_tests: int) -> str:
+    """How the audit's error budget is shared between quality and duplicate-detection tests."""
+    return (
+        f" The audit's error budget ({100 - 100 * confidence:.3g}%) is split evenly between "
+        f"the {quality_tests} quality tests and the {ring_tests} duplicate-detection tests, "
+        "each half corrected within itself, so the statement above holds for the audit as a "
+        "whole."
+    )
+
+
+__all__ = [
+    "control_sentence",
+    "finding_summary",
+    "group_words",
+    "next_step",
+    "place_words",
+    "split_sentence",
+]

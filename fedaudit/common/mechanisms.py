@@ -204,3 +204,16 @@ def epsilon_equivalent(rho: float, delta: float = 1e-7) -> float:
         step *= 2.0
     converted = dp_c.make_fix_delta(dp_c.make_zCDP_to_approxDP(gaussian), delta)
     return float(converted.map(1.0)[0])
+
+
+def noise_accuracy(mechanism: Mechanism, scale: float, alpha: float) -> float:
+    """Half-width a with P(|noise| > a) <= alpha for one cell at `scale` (OpenDP's bound).
+
+    The same bound `plan_noise` states as `ci_half_width`, at any level: the coordinator
+    uses it to test released counts at the level of each step of its error control.
+    """
+    import opendp.accuracy as dp_accuracy
+
+    if mechanism is Mechanism.DISCRETE_GAUSSIAN:
+        return float(dp_accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha))
+    return float(dp_accuracy.discrete_laplacian_scale_to_accuracy(scale, alpha))
