@@ -39,16 +39,16 @@ PERIOD_KINDS = ("month", "quarter", "year")
 DEFAULT_BOUNDS: Mapping[str, int] = MappingProxyType(
     {
         # One record per person where the metric is about a person's first event
-        # (first assessment, first certificate's outcome, a recognition request): the
-        # noise is then as small as a count of persons allows. Two where people
-        # commonly have several (certificates, appeals).
+        # (first assessment, first certificate's outcome, a recognition request, a
+        # person's first appeal): the noise is then as small as a count of persons
+        # allows. Two where the count itself is of several records (certificates).
         "assessment_results": 1,
         "certificates_issued": 2,
         "employment_outcomes": 1,
         "earnings_distribution": 1,
         "recognition_decision_time": 1,
         "recognition_decisions": 1,
-        "appeal_outcomes": 2,
+        "appeal_outcomes": 1,
         # The blinding ring: occupations per person a node puts into one dedup run.
         "dedup_ring": 1,
         # Revocation reconciliation: its one release counts persons, each once.
