@@ -256,3 +256,42 @@ def test_absent_outcomes_are_not_assessable_in_terminal_and_json(
         for m in report["metrics"]
         if m["subject"]["municipality"] == "M03" and m["metric"] == "employment_rate_12m"
     ]
+
+
+def test_preview_prints_detectable_gaps_and_spends_nothing(towns, tmp_path) -> None:
+    """`audit preview` is free: node budgets are unchanged; every check of the plan has a row
+    per subject size, and noise never makes a gap easier to detect."""
+    from fedaudit.coordinator.running.transport import GrpcNodeTransport
+
+    def remaining() -> list[float]:
+        out = []
+        for name, address in towns.items():
+            t = GrpcNodeTransport(name, address, requester=REQUESTER)
+            try:
+                out.append(t.info(timeout=5).budget.requester_rho_remaining)
+            finally:
+                t.close()
+        return out
+
+    before = remaining()
+    plan = _plan_file(tmp_path / "plan.yaml", towns, ring=True)
+    run = fedaudit("audit", "preview", str(plan), "--insecure", "--sizes", "300,3000")
+    assert run.returncode == 0, run.stderr
+    assert remaining() == before
+    lines = [line for line in run.stdout.splitlines() if "│" in line]
+    for label in ("pass rate", "employment", "late recognitions", "appeals upheld"):
+        assert any(label in line for line in lines), label
+    rows = [line.split("│") for line in lines if "municipality" in line or "provider" in line]
+    assert len(rows) == 2 * (2 + 2 + 1 + 1)  # pass, emp x {municipality, provider}; rec; appeals
+    for cells in rows:
+        with_noise, no_noise, ratio = (float(c) for c in cells[-4:-1])
+        assert with_noise >= no_noise
+        assert ratio >= 1.0
+    assert "price of privacy" in " ".join(run.stdout.split())
+
+
+def test_preview_sizes_must_be_numbers(towns, tmp_path) -> None:
+    plan = _plan_file(tmp_path / "plan.yaml", towns)
+    run = fedaudit("audit", "preview", str(plan), "--insecure", "--sizes", "many")
+    assert run.returncode == 2
+    assert "--sizes" in run.stderr
