@@ -203,18 +203,19 @@ def test_mechanism_decides_between_rho_and_epsilon():
 
 
 def test_laplace_total_rho_is_what_the_nodes_charge():
-    """Under Laplace each query costs eps^2/2; recognition splits its epsilon over two queries."""
+    """Under Laplace each query costs eps^2/2; recognition shares its epsilon 80/20 between
+    the tested decision-time query and the described decisions query."""
     checks = {
         "pass_rates": {"epsilon": 0.4, "tolerance": 0.08},
         "recognition": {"epsilon": 0.6, "tolerance": 0.1},
     }
     plan = parse_plan(_plan(mechanism="discrete_laplace", checks=checks), source="p.yaml")
     queries = planned_queries(plan)
-    assert [q.spec.epsilon for q in queries] == pytest.approx([0.4, 0.3, 0.3])
+    assert [q.spec.epsilon for q in queries] == pytest.approx([0.4, 0.48, 0.12])
     assert all(q.spec.rho is None for q in queries)
     charged = sum(q.spec.epsilon**2 / 2 for q in queries if q.spec.epsilon is not None)
     assert plan.total_rho_per_node() == pytest.approx(charged)
-    assert plan.total_rho_per_node() == pytest.approx(0.4**2 / 2 + 2 * 0.3**2 / 2)
+    assert plan.total_rho_per_node() == pytest.approx(0.4**2 / 2 + 0.48**2 / 2 + 0.12**2 / 2)
 
 
 def test_total_rho_is_the_sum_over_planned_queries():
@@ -310,9 +311,9 @@ def test_planned_queries_per_check():
     rec = _spec(plan, "recognition_time")
     assert rec.group_by == ()
     assert rec.params == {"limit_days": 90}
-    assert rec.rho == pytest.approx(0.025)
+    assert rec.rho == pytest.approx(0.04)  # 80% of the check's 0.05: the tested query
     assert _spec(plan, "recognition_decisions").group_by == ()
-    assert _spec(plan, "recognition_decisions").rho == pytest.approx(0.025)
+    assert _spec(plan, "recognition_decisions").rho == pytest.approx(0.01)
     assert _spec(plan, "appeals").group_by == ("subject_type",)
     assert _spec(plan, "certificates").group_by == ("provider",)
     earn = _spec(plan, "earnings")

@@ -66,7 +66,7 @@ def planned_queries(plan: AuditPlan) -> list[PlannedQuery]:
         filters: dict[str, tuple[str, ...]] | None = None,
         params: dict[str, int] | None = None,
     ) -> None:
-        budget = plan.query_budget(check)
+        budget = plan.query_budget(check, sum(1 for q in out if q.check == check))
         all_filters = dict(filters or {})
         if plan.periods:
             all_filters["period"] = tuple(plan.periods)
