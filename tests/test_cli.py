@@ -23,6 +23,7 @@ SUBCOMMANDS = [
     ["node", "budget"],
     ["audit"],
     ["audit", "run"],
+    ["audit", "preview"],
 ]
 
 

@@ -190,6 +190,11 @@ def run_audit(
         ring_why = _ring_reason(ring_status, dedup.duplicates_section["reason"])
         status_reason = f"{status_reason}; {ring_why}" if status_reason else ring_why
         status = "partial"
+    if reconciliation is not None and reconciliation["status"] != "complete" and status != "failed":
+        # Likewise for revocation reconciliation: pairs it could not check were not checked.
+        why = _reconcile_reason(reconciliation)
+        status_reason = f"{status_reason}; {why}" if status_reason else why
+        status = "partial"
     parts["findings"] = _by_severity(parts["findings"])
     finished = clock()
     log.info(
@@ -257,6 +262,19 @@ def _ring_reason(ring_status: str, reason: str) -> str:
             "shopping and revoked-but-recognised certificates were not checked"
         )
     return f"duplicate detection covered only some nodes ({reason})"
+
+
+def _reconcile_reason(reconciliation: Mapping[str, Any]) -> str:
+    """Why the audit is partial when revocation reconciliation failed or skipped pairs."""
+    refused = reconciliation.get("refused") or {}
+    skipped = reconciliation.get("skipped_pairs") or []
+    details = [f"{node}: {why}" for node, why in sorted(refused.items())]
+    if skipped:
+        details.append(f"{len(skipped)} pair(s) of nodes not checked")
+    listing = f" ({'; '.join(details)})" if details else ""
+    if reconciliation["status"] == "failed":
+        return f"revocation reconciliation could not run{listing}"
+    return f"revocation reconciliation covered only some nodes{listing}"
 
 
 def _not_run(reason: str) -> dict[str, Any]:
