@@ -45,15 +45,20 @@ def test_a_pairwise_count_names_the_two_municipalities() -> None:
     """Issue 11: 160 persons in both M02 and M04 is a finding about M02 and M04, not only
     a region-wide one, and the next step says whom to contact."""
     _, findings, metrics = _parts(_counts(160, occupation=1))
-    pairs = [f for f in findings if f["metric"] == "duplicated_persons_pair"]
-    assert [(f["subject"]["municipality"], f["subject"]["other_municipality"]) for f in pairs] == [
-        ("M02", "M04")
-    ]
-    assert "in both M02 and M04" in pairs[0]["summary"]
-    assert pairs[0]["next_step"].startswith("Ask M02 and M04")
-    assert pairs[0]["ci"][0] > 0
+    pairs = {
+        (f["subject"]["municipality"], f["subject"]["other_municipality"]): f
+        for f in findings
+        if f["metric"] == "duplicated_persons_pair"
+    }
+    # The noise is real (OpenDP), so another pair may be flagged by chance, at most at the
+    # ring's error rate (see the gatekeeping simulation below); the real pair is named.
+    assert ("M02", "M04") in pairs
+    found = pairs[("M02", "M04")]
+    assert "in both M02 and M04" in found["summary"]
+    assert found["next_step"].startswith("Ask M02 and M04")
+    assert found["ci"][0] > 0
     occupations = [f["subject"]["isco_code"] for f in findings if f["subject"].get("isco_code")]
-    assert occupations == ["7212"]
+    assert "7212" in occupations
     region = [
         f for f in findings if f["metric"] == "duplicated_persons" and not f["subject"]["isco_code"]
     ]

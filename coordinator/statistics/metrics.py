@@ -157,18 +157,32 @@ class MetricCollector:
 
         The test is on the released total itself (post-processing, so it costs and
         reveals nothing more): when the noisy denominator lies within its own interval
-        of zero, the node holds no (or too few) records of `what`, e.g. no employment
-        outcomes at the plan's horizon. Such a node is left out of the check and of
-        every reference, instead of adding a noisy near-zero rate.
+        of zero, or when most group rows were withheld as small and what was released
+        stays below `min_denominator`, the node holds no (or too few) records of `what`,
+        e.g. no employment outcomes at the plan's horizon. Such a node is left out of the
+        check and of every reference, instead of adding a noisy near-zero rate.
         """
         sd = (parts.numerator.noise_var + parts.rest.noise_var) ** 0.5
-        if parts.rows and parts.denominator > self.z_plain * sd:
+        min_den = self.plan.min_denominator
+        # A node that suppresses small groups releases only the rows whose noise happened
+        # to be large: when most rows were withheld and what is left is small, that
+        # remainder is selected noise, not data.
+        mostly_withheld = parts.withheld_rows > parts.rows and parts.denominator < min_den
+        if parts.rows and parts.denominator > self.z_plain * sd and not mostly_withheld:
             return True
         subject = Subject(self.code[node])
-        reason = (
-            f"no {what} recorded at this node: the released total "
-            f"({parts.denominator:.0f}) cannot be told apart from zero"
-        )
+        if parts.rows and mostly_withheld:
+            total = parts.rows + parts.withheld_rows
+            reason = (
+                f"no {what} recorded at this node, or too few to assess: the released total "
+                f"({parts.denominator:.0f}) is below {min_den} and {parts.withheld_rows} of "
+                f"{total} group rows were withheld as small"
+            )
+        else:
+            reason = (
+                f"no {what} recorded at this node: the released total "
+                f"({parts.denominator:.0f}) cannot be told apart from zero"
+            )
         self.not_assessable.append(NotAssessable(check, subject, reason))
         self.skip(f"{check} {place_words(subject)}: not assessable: {reason}")
         return False
