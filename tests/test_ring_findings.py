@@ -21,7 +21,9 @@ from fedaudit.node.domain import Mechanism
 
 PLAN = AuditPlan(name="ring", requester="oversight-board", confidence=0.95, checks=Checks())
 MUNIS = ("M01", "M02", "M03", "M04", "M05")
-CONFIG = DedupConfig(rho=1.0, bound=1)
+CONFIG = DedupConfig(rho=10.0, bound=1)
+"""A generous cost: with the person-level sensitivities a pair count needs a large budget
+(or a large count) to clear its noise; what is tested here is where a finding points."""
 
 
 def _counts(pair: int, occupation: int = 0) -> DedupCounts:
