@@ -111,9 +111,12 @@ def test_readme_audit_command_creates_the_record_directory(node_factory, tmp_pat
     result = run(
         "audit", "run", str(DEFAULT_PLAN), *node_args, "--insecure", "--quiet",
         "--out", "reports/2026-11", "--record", "reports/answers.jsonl", "--fail-on", "critical",
+        "--allow-partial",
         cwd=tmp_path,
     )  # fmt: skip
     no_traceback(result)
+    # These test nodes serve no blinding ring, so the default plan's duplicates check cannot
+    # run and the audit is partial (exit 3 without --allow-partial, issue 15 item 11).
     assert result.returncode in (0, 1), result.stderr  # 1 only for a critical finding
     lines = (tmp_path / "reports" / "answers.jsonl").read_text().splitlines()
     assert lines
