@@ -49,12 +49,17 @@ def _policy(
     *,
     node_total: float = 1.5,
     per_request: float = 0.5,
+    shares: dict[str, float] | None = None,
 ) -> Policy:
+    """By default the board may spend 1.25 of the node's 1.5 over all periods, `other` 0.25."""
+    if requesters is None and shares is None:
+        shares = {"board": 1.25, "other": 0.25}
     return example_policy(
         requesters or {"board": 1.0, "other": 1.0},
         node_rho_total=node_total,
         max_rho_per_request=per_request,
         period="quarter",
+        node_shares=shares,
     )
 
 
@@ -126,7 +131,7 @@ def test_charges_add_up_exactly_and_caps_are_inclusive(engine: Engine) -> None:
     status = ledger.status("board", NOW)
     assert status.requester_rho_spent == 1.0
     assert status.requester_rho_remaining == 0.0
-    assert status.node_rho_remaining == 0.5
+    assert status.node_rho_remaining == 0.25  # what is left of the board's share
     assert _stored_units(engine) == 1_000_000_000_000
     with pytest.raises(BudgetExhaustedError) as info:
         _reserve(ledger, "one-unit-more", 1e-12)
@@ -150,12 +155,14 @@ def test_status_tracks_remaining_with_rounded_up_units(engine: Engine) -> None:
     assert status.requester_rho_cap == 1.0
     assert status.requester_rho_spent == units_to_rho(spent_units)
     assert status.requester_rho_remaining == units_to_rho(10**12 - spent_units)
-    assert status.node_rho_cap == 1.5
-    assert status.node_rho_remaining == units_to_rho(1_500_000_000_000 - spent_units)
+    assert status.node_rho_cap == 1.25  # the board's share of the node's 1.5
+    assert status.node_rho_remaining == units_to_rho(1_250_000_000_000 - spent_units)
     assert status.max_rho_per_request == 0.5
     other = ledger.status("other", NOW)
     assert other.requester_rho_spent == 0.0
     assert other.requester_rho_remaining == 1.0
+    # The board's spending does not show in what `other` is told about the node.
+    assert (other.node_rho_cap, other.node_rho_remaining) == (0.25, 0.25)
 
 
 def test_per_request_maximum(engine: Engine) -> None:
@@ -170,27 +177,40 @@ def test_per_request_maximum(engine: Engine) -> None:
     assert _stored_units(engine) == 500_000_000_000
 
 
-def test_requester_cap_and_shared_node_cap(engine: Engine) -> None:
-    """Each requester has its own cap; the node cap binds all requesters together."""
+def test_requester_cap_and_share_of_the_node_cap(engine: Engine) -> None:
+    """Each requester has its own cap per period and its own share of the node's cap."""
     ledger = Ledger(engine, _policy({"board": 1.0, "other": 1.0}, node_total=1.5))
     _reserve(ledger, "b1", 0.5)
-    _reserve(ledger, "b2", 0.5)
+    _reserve(ledger, "b2", 0.25)
+    # Equal shares of 0.75: the board's share binds before its cap per period.
     with pytest.raises(BudgetExhaustedError) as info:
         _reserve(ledger, "b3", 0.125)
-    assert info.value.details["scope"] == "requester"
+    assert info.value.details["scope"] == "share"
     assert info.value.details["remaining_rho"] == "0"
-
-    _reserve(ledger, "o1", 0.25, requester="other")
-    # `other` has 0.75 of its own left, but the node only 0.25.
+    # `other` is untouched by the board's spending: its whole share is there.
+    assert ledger.status("other", NOW).node_rho_remaining == 0.75
+    _reserve(ledger, "o1", 0.5, requester="other")
     with pytest.raises(BudgetExhaustedError) as info:
         _reserve(ledger, "o2", 0.5, requester="other")
+    assert info.value.details["scope"] == "share"
+    assert info.value.details["remaining_rho"] == "0.25"
+    _reserve(ledger, "o3", 0.25, requester="other")
+    assert _stored_units(engine) == 1_500_000_000_000
+
+
+def test_node_cap_still_binds_when_a_policy_change_over_commits_shares(engine: Engine) -> None:
+    """Shares changed after spending can promise more than the node has: the node cap wins."""
+    before = Ledger(engine, _policy(shares={"board": 1.0, "other": 0.5}))
+    _reserve(before, "b1", 0.5)
+    _reserve(before, "b2", 0.5)
+    after = Ledger(engine, _policy(shares={"board": 0.5, "other": 1.0}))
+    status = after.status("other", NOW)
+    assert (status.node_rho_cap, status.node_rho_remaining) == (1.0, 0.5)
+    _reserve(after, "o1", 0.25, requester="other")
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(after, "o2", 0.5, requester="other")
     assert info.value.details["scope"] == "node"
     assert info.value.details["remaining_rho"] == "0.25"
-    assert info.value.details["requested_rho"] == "0.5"
-    _reserve(ledger, "o3", 0.25, requester="other")
-    assert ledger.status("other", NOW).node_rho_remaining == 0.0
-    assert ledger.status("other", NOW).requester_rho_remaining == 0.5
-    assert _stored_units(engine) == 1_500_000_000_000
 
 
 def test_refusal_writes_nothing(engine: Engine) -> None:
@@ -215,13 +235,24 @@ def test_duplicate_request_id(engine: Engine) -> None:
     before = _rows(engine)
     with pytest.raises(DuplicateRequestError):
         _reserve(ledger, "same", 0.25)
-    with pytest.raises(DuplicateRequestError):
-        _reserve(ledger, "same", 0.125, requester="other")
     assert _rows(engine) == before
-    found = ledger.find_by_request_id("same")
+    found = ledger.find_by_request_id("same", requester="board")
     assert found is not None
     assert found.id == entry_id
     assert found.rho == 0.25
+
+
+def test_request_ids_are_per_requester(engine: Engine) -> None:
+    """Another requester's use of an id neither blocks nor reveals this requester's."""
+    ledger = Ledger(engine, _policy())
+    squatted = _reserve(ledger, "same", 0.125, requester="other", query_hash="q-other")
+    ledger.complete(squatted, '{"answer": "other"}')
+    assert ledger.find_by_request_id("same", requester="board") is None
+    assert ledger.find_released("q-other", "v1", requester="board") is None
+    mine = _reserve(ledger, "same", 0.25, requester="board")
+    assert mine != squatted
+    assert ledger.find_by_request_id("same", requester="board").id == mine
+    assert ledger.find_by_request_id("same", requester="other").id == squatted
 
 
 def test_invalid_reservations_are_refused(engine: Engine) -> None:
@@ -242,8 +273,8 @@ def test_invalid_reservations_are_refused(engine: Engine) -> None:
 
 
 def test_period_rollover_renews_requester_cap_not_node_cap(engine: Engine) -> None:
-    """A new quarter gives the requester a fresh cap; the node cap keeps counting."""
-    ledger = Ledger(engine, _policy({"board": 1.0, "other": 1.0}, node_total=1.5))
+    """A new quarter gives the requester a fresh cap; its share of the node cap keeps counting."""
+    ledger = Ledger(engine, _policy())
     _reserve(ledger, "q4-a", 0.5)
     _reserve(ledger, "q4-b", 0.5)
     with pytest.raises(BudgetExhaustedError):
@@ -253,13 +284,13 @@ def test_period_rollover_renews_requester_cap_not_node_cap(engine: Engine) -> No
     assert status.period == "2027-Q1"
     assert status.requester_rho_spent == 0.0
     assert status.requester_rho_remaining == 1.0
-    assert status.node_rho_remaining == 0.5
-    _reserve(ledger, "q1-a", 0.5, now=next_quarter)
+    assert status.node_rho_remaining == 0.25
+    _reserve(ledger, "q1-a", 0.25, now=next_quarter)
     with pytest.raises(BudgetExhaustedError) as info:
         _reserve(ledger, "q1-b", 0.125, now=next_quarter)
-    assert info.value.details["scope"] == "node"
+    assert info.value.details["scope"] == "share"
     assert info.value.details["period"] == "2027-Q1"
-    assert ledger.spent_by_requester(next_quarter) == {"board": 0.5, "other": 0.0}
+    assert ledger.spent_by_requester(next_quarter) == {"board": 0.25, "other": 0.0}
     assert ledger.spent_by_requester(NOW) == {"board": 1.0, "other": 0.0}
 
 
@@ -270,12 +301,12 @@ def test_complete_stores_the_answer_for_replay(engine: Engine) -> None:
     """A completed entry is released with its answer and found by request id and query."""
     ledger = Ledger(engine, _policy())
     first = _reserve(ledger, "r1", 0.125, query_hash="qh", data_version="v1")
-    assert ledger.find_released("qh", "v1") is None  # reserved is not released
+    assert ledger.find_released("qh", "v1", requester="board") is None  # reserved is not released
     ledger.complete(first, '{"answer": 1}')
     second = _reserve(ledger, "r2", 0.125, query_hash="qh", data_version="v1")
     ledger.complete(second, '{"answer": 2}')
 
-    stored = ledger.find_by_request_id("r1")
+    stored = ledger.find_by_request_id("r1", requester="board")
     assert stored is not None
     assert (stored.state, stored.answer_json, stored.requester) == (
         "released",
@@ -283,13 +314,15 @@ def test_complete_stores_the_answer_for_replay(engine: Engine) -> None:
         "board",
     )
     assert (stored.query_hash, stored.data_version, stored.epsilon) == ("qh", "v1", None)
-    newest = ledger.find_released("qh", "v1")
+    newest = ledger.find_released("qh", "v1", requester="board")
     assert newest is not None
     assert newest.id == second
     assert newest.answer_json == '{"answer": 2}'
-    assert ledger.find_released("qh", "v2") is None  # a new data version re-opens the question
-    assert ledger.find_released("other", "v1") is None
-    assert ledger.find_by_request_id("nope") is None
+    assert (
+        ledger.find_released("qh", "v2", requester="board") is None
+    )  # a new data version re-opens the question
+    assert ledger.find_released("other", "v1", requester="board") is None
+    assert ledger.find_by_request_id("nope", requester="board") is None
     assert ledger.status("board", NOW).requester_rho_spent == 0.25
     with pytest.raises(LedgerStateError, match="released"):
         ledger.complete(first, "{}")
@@ -300,12 +333,12 @@ def test_fail_keeps_the_charge(engine: Engine) -> None:
     ledger = Ledger(engine, _policy())
     entry = _reserve(ledger, "r1", 0.5)
     ledger.fail(entry)
-    stored = ledger.find_by_request_id("r1")
+    stored = ledger.find_by_request_id("r1", requester="board")
     assert stored is not None
     assert stored.state == "failed"
     assert stored.answer_json is None
     assert ledger.status("board", NOW).requester_rho_spent == 0.5
-    assert ledger.status("board", NOW).node_rho_remaining == 1.0
+    assert ledger.status("board", NOW).node_rho_remaining == 0.75
     with pytest.raises(LedgerStateError, match="failed"):
         ledger.cancel(entry)
     with pytest.raises(DuplicateRequestError):
@@ -317,7 +350,7 @@ def test_cancel_refunds_and_frees_the_request_id(engine: Engine) -> None:
     ledger = Ledger(engine, _policy())
     entry = _reserve(ledger, "r1", 0.5)
     ledger.cancel(entry)
-    assert ledger.find_by_request_id("r1") is None
+    assert ledger.find_by_request_id("r1", requester="board") is None
     assert ledger.status("board", NOW).requester_rho_spent == 0.0
     assert _stored_units(engine) == 0
     again = _reserve(ledger, "r1", 0.5)
@@ -342,7 +375,7 @@ def test_epsilon_and_delta_are_recorded(engine: Engine) -> None:
         charge=Charge(rho=0.125, epsilon=0.5),
         now=NOW,
     )
-    stored = ledger.find_by_request_id("lap")
+    stored = ledger.find_by_request_id("lap", requester="board")
     assert stored is not None
     assert stored.epsilon == 0.5
     assert stored.rho == 0.125
@@ -389,24 +422,33 @@ def test_race_for_the_last_requester_budget(engine: Engine) -> None:
         assert _stored_units(engine, requester) <= cap_to_units(requesters[requester])
 
 
-def test_race_for_the_last_node_budget(engine: Engine) -> None:
-    """Two requesters racing for a shared node cap: it admits exactly its worth, repeatedly."""
+def test_race_for_shares_of_the_node_budget(engine: Engine) -> None:
+    """Two requesters racing for the last of the node cap each get exactly their share."""
     charge = 0.0625
-    ledger_total = 0.0
-    for round_no, fits in enumerate((3, 8, 1)):
-        ledger_total += fits * charge
+    spent = {"board": 0, "other": 0}
+    for round_no, (board_fits, other_fits) in enumerate(((2, 1), (5, 3), (1, 1))):
+        spent["board"] += board_fits
+        spent["other"] += other_fits
+        shares = {name: count * charge for name, count in spent.items()}
         ledger = Ledger(
             engine,
-            _policy({"board": 10.0, "other": 10.0}, node_total=ledger_total, per_request=charge),
+            _policy(
+                {"board": 10.0, "other": 10.0},
+                node_total=sum(shares.values()),
+                per_request=charge,
+                shares=shares,
+            ),
         )
         jobs = [(f"n{round_no}-{i}", "board" if i % 2 else "other", charge) for i in range(THREADS)]
         outcomes = _race(ledger, jobs)
         wins = [o for o in outcomes if isinstance(o, int)]
         refusals = [o for o in outcomes if isinstance(o, BudgetExhaustedError)]
-        assert len(wins) == fits
-        assert len(refusals) == THREADS - fits
-        assert {r.details["scope"] for r in refusals} == {"node"}
-        assert _stored_units(engine) == cap_to_units(ledger_total)
+        assert len(wins) == board_fits + other_fits
+        assert len(refusals) == THREADS - len(wins)
+        assert {r.details["scope"] for r in refusals} == {"share"}
+        for name in ("board", "other"):
+            assert _stored_units(engine, name) == cap_to_units(shares[name])
+        assert _stored_units(engine) == cap_to_units(sum(shares.values()))
 
 
 def test_race_with_one_request_id(engine: Engine) -> None:
@@ -430,7 +472,12 @@ def test_race_with_one_request_id(engine: Engine) -> None:
 def _process_worker(db_url: str, worker: int, attempts: int, start: object, out: object) -> None:
     """In a separate process: wait for the others, then try `attempts` reservations."""
     engine = make_engine(db_url)
-    policy = _policy({"board": 10.0, "other": 10.0}, node_total=0.3125, per_request=0.0625)
+    policy = _policy(
+        {"board": 10.0, "other": 10.0},
+        node_total=0.3125,
+        per_request=0.0625,
+        shares={"board": 0.1875, "other": 0.125},
+    )
     ledger = Ledger(engine, policy)
     start.wait()  # type: ignore[attr-defined]
     wins = 0
@@ -446,7 +493,7 @@ def _process_worker(db_url: str, worker: int, attempts: int, start: object, out:
 
 @pytest.mark.slow
 def test_race_across_processes(engine: Engine, db_url: str) -> None:
-    """Four node processes sharing one database never spend past the node cap (5 charges)."""
+    """Four node processes sharing one database never spend past the shares (3 + 2 charges)."""
     context = multiprocessing.get_context("spawn")
     start = context.Barrier(4)
     out = context.Queue()
@@ -460,4 +507,5 @@ def test_race_across_processes(engine: Engine, db_url: str) -> None:
         process.join(timeout=10)
         assert process.exitcode == 0
     assert sum(wins) == 5
-    assert _stored_units(engine) == cap_to_units(0.3125)
+    assert _stored_units(engine, "board") == cap_to_units(0.1875)
+    assert _stored_units(engine, "other") == cap_to_units(0.125)

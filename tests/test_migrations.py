@@ -193,10 +193,10 @@ def test_ensure_schema_creates_empty_databases_but_upgrades_only_when_allowed(
     assert ensure_schema(engine).current == head_revision()
     if len(revisions()) < 2:
         pytest.skip("only one revision exists")
-    with engine.begin() as conn:  # back to the first revision's tables
-        conn.execute(text(f"UPDATE alembic_version SET version_num = '{FIRST}'"))
-        for table in set(inspect(conn).get_table_names()) - _first_revision_tables():
-            conn.execute(text(f"DROP TABLE {table}"))
+    with engine.begin() as conn:  # back to an empty database, then to the first revision
+        Base.metadata.drop_all(conn)
+        conn.execute(text("DROP TABLE alembic_version"))
+    upgrade(engine, FIRST)
     with pytest.raises(SchemaError, match="node migrate"):
         ensure_schema(engine)
     assert current_revision(engine) == FIRST

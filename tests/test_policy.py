@@ -65,6 +65,40 @@ def test_example_file_parses() -> None:
     assert dict(policy.bounds) == dict(DEFAULT_BOUNDS)
     assert policy.periods == tuple(str(y) for y in range(2019, 2027))
     assert policy.templates is None
+    assert policy.node_reserved_rho == 1.0
+    assert policy.node_share("oversight-board") == 8.0
+    assert policy.node_share("regional-statistics") == 1.0  # 10 - 1 reserved - 8 named
+
+
+def test_node_shares_default_to_equal_parts_of_what_is_not_reserved() -> None:
+    """Requesters without a named share split what neither a share nor the reserve takes."""
+    policy = parse_policy(VALID)
+    assert policy.node_share("oversight-board") == policy.node_share("stats") == 5.0
+    policy = parse_policy(_with("budget.node_reserved_rho", 4))
+    assert policy.node_share("stats") == 3.0
+    document = _with("requesters.stats.node_share", 1.5)
+    document["budget"]["node_reserved_rho"] = 0.5
+    policy = parse_policy(document)
+    assert (policy.node_share("stats"), policy.node_share("oversight-board")) == (1.5, 8.0)
+    assert policy.node_share("stranger") == 0.0
+
+
+def test_node_shares_cannot_promise_more_than_the_node_has() -> None:
+    """Named shares plus the reserve above the total, or nothing left for the others: an error."""
+    document = _with("requesters.stats.node_share", 9.5)
+    document["budget"]["node_reserved_rho"] = 1.0
+    with pytest.raises(PolicyError, match=r"requesters: the node_share values .* add up to 10.5"):
+        parse_policy(document)
+    with pytest.raises(
+        PolicyError, match=r"nothing of budget.node_rho_total is left for oversight"
+    ):
+        parse_policy(_with("requesters.stats.node_share", 10.0))
+    with pytest.raises(PolicyError, match=r"budget.node_reserved_rho: must be less than"):
+        parse_policy(_with("budget.node_reserved_rho", 10.0))
+    with pytest.raises(PolicyError, match=r"budget.node_reserved_rho: must be a number >= 0"):
+        parse_policy(_with("budget.node_reserved_rho", -1))
+    with pytest.raises(PolicyError, match=r"requesters.stats.node_share: must be a finite number"):
+        parse_policy(_with("requesters.stats.node_share", 0))
 
 
 def test_allows_combines_node_and_requester_lists() -> None:

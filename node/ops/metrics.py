@@ -80,7 +80,9 @@ class NodeMetrics:
         )
         self.node_rho_remaining = Gauge(
             "fedaudit_node_rho_remaining",
-            "Node-wide privacy budget (rho) left over all requesters, as last reported.",
+            "Privacy budget (rho) the requester may still spend of its share of the node's "
+            "never-renewed total, as last reported to it.",
+            ["requester"],
             registry=r,
         )
         self.ready = Gauge(
@@ -95,7 +97,7 @@ class NodeMetrics:
             self.requester_rho_remaining.labels(requester=requester).set(
                 budget.requester_rho_remaining
             )
-        self.node_rho_remaining.set(budget.node_rho_remaining)
+            self.node_rho_remaining.labels(requester=requester).set(budget.node_rho_remaining)
 
 
 def refusal_reason(trailing_metadata: Any) -> str:

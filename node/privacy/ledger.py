@@ -9,8 +9,17 @@ transaction that
 2. locks them in a fixed order (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the
    whole transaction already holds the writer lock from `BEGIN IMMEDIATE`),
 3. sums what was spent (reserved, released and failed entries all count),
-4. checks the per-request maximum, the requester's cap for the period and the node's
-   never-renewed cap, and only then inserts the entry.
+4. checks the per-request maximum, the requester's cap for the period, the
+   requester's share of the node's never-renewed cap (`Policy.node_share`) and the
+   node's cap itself, and only then inserts the entry.
+
+Requests belong to the requester that sent them: a request id is unique per
+requester (another requester using the same id is a different request), and only a
+requester's own entries are ever found for it, so nobody can squat another's ids or
+learn what another asked. For the same reason `status` reports the node-wide budget
+as the caller's share of it: what the caller itself may still spend, which moves only
+with its own charges (unless the policy was changed so that shares over-commit the
+node, when the node's own remainder is lower and is reported instead).
 
 Because every charge locks the `node` row, charges are serialised node-wide across
 threads and processes; the sums are read after the lock is held, under READ
@@ -163,21 +172,30 @@ class Ledger:
         try:
             with self._connect() as conn, conn.begin():
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
-                if self._entry_id(conn, request_id) is not None:
+                if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
                 node_left = cap_to_units(self._policy.node_rho_total) - self._spent_node(conn)
+                share_left = cap_to_units(self._policy.node_share(requester)) - self._spent_node(
+                    conn, requester
+                )
                 requester_left = cap_to_units(entry.rho_per_period) - self._spent_requester(
                     conn, requester, period
                 )
                 failing = [
                     (left, scope)
-                    for scope, left in (("node", node_left), ("requester", requester_left))
+                    for scope, left in (
+                        ("node", node_left),
+                        ("share", share_left),
+                        ("requester", requester_left),
+                    )
                     if cost > left
                 ]
                 if failing:
-                    # Report the binding scope: the one with least left (node on a tie,
-                    # since waiting for the next period will not help there).
-                    left, scope = min(failing, key=lambda item: (item[0], item[1] != "node"))
+                    # Report the binding scope: the one with least left; on a tie the
+                    # caller's own share (it reveals nothing of others' spending), then
+                    # the node (waiting for the next period will not help there).
+                    order = {"share": 0, "node": 1, "requester": 2}
+                    left, scope = min(failing, key=lambda item: (item[0], order[item[1]]))
                     self._refuse(
                         scope,
                         left=left,
@@ -208,7 +226,7 @@ class Ledger:
         except IntegrityError:
             # Only the request id is unique among the columns we write; the explicit check
             # above makes this a last line of defence.
-            if self.find_by_request_id(request_id) is not None:
+            if self.find_by_request_id(request_id, requester=requester) is not None:
                 raise DuplicateRequestError(request_id) from None
             raise
         log.info(
@@ -253,23 +271,36 @@ class Ledger:
 
     # --- lookups ---------------------------------------------------------------------------
 
-    def find_by_request_id(self, request_id: str) -> StoredEntry | None:
-        """The entry charged for `request_id`, in whatever state, or None."""
+    def find_by_request_id(
+        self, request_id: str, *, requester: str | None = None
+    ) -> StoredEntry | None:
+        """The entry `requester` had charged for `request_id`, in whatever state, or None.
+
+        Request ids are per requester; without `requester`, the oldest entry of any
+        requester with this id (for node-internal ids such as a ring run's, which no
+        requester chooses).
+        """
+        query = select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
+        if requester is not None:
+            query = query.where(_ENTRIES.c.requester == requester)
         with self._connect() as conn, conn.begin():
-            row = conn.execute(
-                select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
-            ).one_or_none()
+            row = conn.execute(query.order_by(_ENTRIES.c.id).limit(1)).one_or_none()
         return None if row is None else _stored(row._mapping)
 
-    def find_released(self, query_hash: str, data_version: str) -> StoredEntry | None:
-        """The newest released answer to the identical query on the same data version.
+    def find_released(
+        self, query_hash: str, data_version: str, *, requester: str
+    ) -> StoredEntry | None:
+        """The newest answer released to `requester` for the same query on the same data.
 
         Replaying it costs nothing and gives a repeating requester nothing new to average.
+        Only the requester's own answers are found: another's would tell it what that
+        requester asked (and give it the answer without a charge).
         """
         with self._connect() as conn, conn.begin():
             row = conn.execute(
                 select(_ENTRIES)
                 .where(
+                    LedgerEntry.requester == requester,
                     LedgerEntry.query_hash == query_hash,
                     LedgerEntry.data_version == data_version,
                     LedgerEntry.state == RELEASED,
@@ -280,23 +311,34 @@ class Ledger:
         return None if row is None else _stored(row._mapping)
 
     def status(self, requester: str, now: dt.datetime) -> BudgetStatus:
-        """What `requester` has spent and may still spend now, and what the node has left."""
+        """What `requester` has spent and may still spend now, as it may see it.
+
+        `node_rho_cap` is the requester's share of the node's never-renewed cap and
+        `node_rho_remaining` what is left of that share after the requester's own
+        charges: other requesters' spending does not show. Only when the policy was
+        changed so that the shares over-commit the node (and the node itself has less
+        left than the share) is the node's own smaller remainder reported, because
+        that is what a query would meet.
+        """
         entry = self._policy.requesters.get(requester)
         if entry is None:
             raise RequesterNotAllowedError(f"requester {requester!r} is not in the node policy")
         period = self._policy.period_of(now)
         with self._connect() as conn, conn.begin():
             spent = self._spent_requester(conn, requester, period)
+            lifetime = self._spent_node(conn, requester)
             node_spent = self._spent_node(conn)
         requester_cap = cap_to_units(entry.rho_per_period)
-        node_cap = cap_to_units(self._policy.node_rho_total)
+        share = self._policy.node_share(requester)
+        share_left = cap_to_units(share) - lifetime
+        node_left = cap_to_units(self._policy.node_rho_total) - node_spent
         return BudgetStatus(
             period=period,
             requester_rho_cap=entry.rho_per_period,
             requester_rho_spent=units_to_rho(spent),
             requester_rho_remaining=units_to_rho(max(0, requester_cap - spent)),
-            node_rho_cap=self._policy.node_rho_total,
-            node_rho_remaining=units_to_rho(max(0, node_cap - node_spent)),
+            node_rho_cap=share,
+            node_rho_remaining=units_to_rho(max(0, min(share_left, node_left))),
             max_rho_per_request=self._policy.max_rho_per_request,
         )
 
@@ -349,15 +391,20 @@ class Ledger:
             conn.execute(query).one()
 
     @staticmethod
-    def _entry_id(conn: Connection, request_id: str) -> int | None:
+    def _entry_id(conn: Connection, requester: str, request_id: str) -> int | None:
         return conn.execute(
-            select(LedgerEntry.id).where(LedgerEntry.request_id == request_id)
+            select(LedgerEntry.id).where(
+                LedgerEntry.requester == requester, LedgerEntry.request_id == request_id
+            )
         ).scalar_one_or_none()
 
     @staticmethod
-    def _spent_node(conn: Connection) -> int:
-        total = conn.execute(select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))).scalar_one()
-        return int(total)
+    def _spent_node(conn: Connection, requester: str | None = None) -> int:
+        """Everything charged at this node, over all periods (by `requester` only, if given)."""
+        query = select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))
+        if requester is not None:
+            query = query.where(LedgerEntry.requester == requester)
+        return int(conn.execute(query).scalar_one())
 
     @staticmethod
     def _spent_requester(conn: Connection, requester: str, period: str) -> int:
@@ -389,6 +436,12 @@ class Ledger:
             message = (
                 f"a single request may cost at most {details['remaining_rho']} rho; "
                 f"this one costs {details['requested_rho']}"
+            )
+        elif scope == "share":
+            message = (
+                f"requester {requester!r} has {details['remaining_rho']} rho left of its share "
+                f"of the node's total privacy budget (never renewed); this request costs "
+                f"{details['requested_rho']}"
             )
         elif scope == "node":
             message = (

@@ -81,8 +81,9 @@ _TOP_KEYS = (
 )
 _RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
-_REQUESTER_KEYS = ("rho_per_period", "templates")
-_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
+_REQUESTER_KEYS = ("rho_per_period", "templates", "node_share")
+_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request", "node_reserved_rho")
+_REQUIRED_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
 _PERIODS_KEYS = ("first", "last")
 _RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho")
@@ -113,11 +114,15 @@ class RequesterPolicy:
     """One party allowed to query this node, with its budget per period.
 
     `templates` is None when every template the node allows is allowed.
+    `node_share` is the part of the node's never-renewed cap this requester may
+    spend over the node's lifetime, when the policy names it (else an equal share
+    of what is left, see `Policy.node_share`).
     """
 
     name: str
     rho_per_period: float
     templates: frozenset[str] | None
+    node_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,24 @@ class Policy:
     templates: frozenset[str] | None
     reconciliation: Reconciliation = Reconciliation()
     ring: RingPolicy = RingPolicy()
+    node_reserved_rho: float = 0.0
+
+    def node_share(self, requester: str) -> float:
+        """The part of `node_rho_total` that `requester` may spend, over all periods.
+
+        A share the policy names for the requester, else an equal part of what is
+        neither reserved (`budget.node_reserved_rho`) nor named for another
+        requester. Shares never add up to more than the node's total (the parser
+        checks), so no requester can spend what belongs to another.
+        """
+        entry = self.requesters.get(requester)
+        if entry is None:
+            return 0.0
+        if entry.node_share is not None:
+            return entry.node_share
+        named = math.fsum(r.node_share for r in self.requesters.values() if r.node_share)
+        unnamed = sum(1 for r in self.requesters.values() if r.node_share is None)
+        return max(0.0, self.node_rho_total - self.node_reserved_rho - named) / unnamed
 
     def period_of(self, now: dt.datetime) -> str:
         """The budget period key `now` falls in: "2026-11", "2026-Q4" or "2026".
@@ -271,17 +294,44 @@ def _requesters(value: object) -> dict[str, RequesterPolicy]:
         fields = _mapping(entry, path, _REQUESTER_KEYS)
         if "rho_per_period" not in fields:
             raise _Problem(_join(path, "rho_per_period"), "is required")
+        share = fields.get("node_share")
         result[name] = RequesterPolicy(
             name=name,
             rho_per_period=_positive_rho(fields["rho_per_period"], f"{path}.rho_per_period"),
             templates=_templates(fields.get("templates", "all"), f"{path}.templates"),
+            node_share=None if share is None else _positive_rho(share, f"{path}.node_share"),
         )
     return result
 
 
-def _budget(value: object) -> tuple[str, float, float]:
+def _check_shares(requesters: Mapping[str, RequesterPolicy], total: float, reserved: float) -> None:
+    """Named shares and the reserve fit in the node's total, and unnamed requesters get some."""
+    if reserved >= total:
+        raise _Problem(
+            "budget.node_reserved_rho",
+            f"must be less than budget.node_rho_total ({total:g}), got {reserved:g}",
+        )
+    named = {n: r.node_share for n, r in requesters.items() if r.node_share is not None}
+    committed = math.fsum(named.values()) + reserved
+    if committed > total * (1 + 1e-12):
+        raise _Problem(
+            "requesters",
+            f"the node_share values ({', '.join(f'{n}: {s:g}' for n, s in named.items())}) "
+            f"plus budget.node_reserved_rho ({reserved:g}) add up to {committed:g}, more than "
+            f"budget.node_rho_total ({total:g})",
+        )
+    unnamed = sorted(n for n, r in requesters.items() if r.node_share is None)
+    if unnamed and total - committed <= 0:
+        raise _Problem(
+            "requesters",
+            f"nothing of budget.node_rho_total is left for {', '.join(unnamed)} "
+            "(give them a node_share or lower the others')",
+        )
+
+
+def _budget(value: object) -> tuple[str, float, float, float]:
     fields = _mapping(value, "budget", _BUDGET_KEYS)
-    for key in _BUDGET_KEYS:
+    for key in _REQUIRED_BUDGET_KEYS:
         if key not in fields:
             raise _Problem(f"budget.{key}", "is required")
     period = fields["period"]
@@ -296,7 +346,13 @@ def _budget(value: object) -> tuple[str, float, float]:
             "budget.max_rho_per_request",
             f"must not exceed budget.node_rho_total ({total:g}), got {_show(per_request)}",
         )
-    return period, total, per_request
+    reserved = fields.get("node_reserved_rho", 0)
+    if isinstance(reserved, bool) or not isinstance(reserved, int | float) or reserved < 0:
+        raise _Problem("budget.node_reserved_rho", f"must be a number >= 0, got {_show(reserved)}")
+    reserved = (
+        float(reserved) if reserved == 0 else _positive_rho(reserved, "budget.node_reserved_rho")
+    )
+    return period, total, per_request, reserved
 
 
 def _bounds(value: object) -> dict[str, int]:
@@ -385,7 +441,8 @@ def _parse(data: object, today: dt.date) -> Policy:
     if isinstance(version, bool) or version != POLICY_VERSION:
         raise _Problem("version", f"must be {POLICY_VERSION}, got {_show(version)}")
     requesters = _requesters(top["requesters"])
-    period, total, per_request = _budget(top["budget"])
+    period, total, per_request, reserved = _budget(top["budget"])
+    _check_shares(requesters, total, reserved)
     reliability = _mapping(top.get("reliability", {}), "reliability", _RELIABILITY_KEYS)
     suppress_below = _integer(
         reliability.get("suppress_below", DEFAULT_SUPPRESS_BELOW),
@@ -404,6 +461,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         templates=_templates(top.get("templates", "all"), "templates"),
         reconciliation=_reconciliation(top.get("revocation_reconciliation", {})),
         ring=_ring(top.get("ring", {})),
+        node_reserved_rho=reserved,
     )
 
 
@@ -492,21 +550,32 @@ def example_policy(
     max_rho_per_request: float = 0.5,
     period: str = "quarter",
     reconciliation: bool = False,
+    node_shares: Mapping[str, float] | None = None,
 ) -> Policy:
     """A permissive but valid policy for demos and tests: all templates, default bounds.
 
     `requesters` maps each requester name to its rho per period. The node-wide total
     defaults to the sum of those caps (at least `max_rho_per_request`), i.e. one
-    period's worth of every requester. Goes through `parse_policy`, so it obeys every
-    rule a real file does.
+    period's worth of every requester. Each requester's share of the node total is
+    `node_shares[name]` when given, else in proportion to its cap per period (with
+    the default total: one period's worth). Goes through `parse_policy`, so it obeys
+    every rule a real file does.
     """
     total = node_rho_total
     if total is None:
         total = max(sum(requesters.values()), max_rho_per_request)
+    caps = math.fsum(requesters.values())
+    shares = (
+        dict(node_shares)
+        if node_shares is not None
+        else {name: total * rho / caps for name, rho in requesters.items()}
+    )
     document = {
         "version": POLICY_VERSION,
         "requesters": {
-            name: {"rho_per_period": rho, "templates": "all"} for name, rho in requesters.items()
+            name: {"rho_per_period": rho, "templates": "all"}
+            | ({"node_share": shares[name]} if name in shares else {})
+            for name, rho in requesters.items()
         },
         "budget": {
             "period": period,

@@ -4,6 +4,11 @@ The order of steps in `NodeService.query` is the node's privacy contract:
 validate everything from public information first (so a bad request costs
 nothing), replay stored answers (so retries and repeats cost nothing and averaging
 gains nothing), charge the ledger, and only then touch the data and draw noise.
+
+Request ids and stored answers belong to the requester that sent them (its mTLS
+identity): a requester replays only its own answers, and preflight tells it only
+about its own history, so one requester can neither squat another's request ids
+nor learn what another asked.
 """
 
 from __future__ import annotations
@@ -232,15 +237,17 @@ class NodeService:
     def _would_replay(
         self, requester: str, request_id: str, query_hash: str, data_version: str
     ) -> bool:
+        """Whether the query would replay one of the caller's own stored answers.
+
+        Only the caller's history is consulted: another requester's request ids and
+        answers are not its business (and are not replayed to it, see `_replay`).
+        """
         if request_id:
-            entry = self._ledger.find_by_request_id(request_id)
+            entry = self._ledger.find_by_request_id(request_id, requester=requester)
             if entry is not None:
-                return (
-                    entry.requester == requester
-                    and entry.query_hash == query_hash
-                    and entry.state == "released"
-                )
-        return self._ledger.find_released(query_hash, data_version) is not None
+                return entry.query_hash == query_hash and entry.state == "released"
+        found = self._ledger.find_released(query_hash, data_version, requester=requester)
+        return found is not None
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
@@ -418,9 +425,9 @@ class NodeService:
     def _replay(
         self, requester: str, request_id: str, query_hash: str, data_version: str
     ) -> Answer | None:
-        entry = self._ledger.find_by_request_id(request_id)
+        entry = self._ledger.find_by_request_id(request_id, requester=requester)
         if entry is not None:
-            if entry.requester != requester or entry.query_hash != query_hash:
+            if entry.query_hash != query_hash:
                 raise InvalidParametersError(
                     f"request_id {request_id} was already used for a different query"
                 )
@@ -431,7 +438,7 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
-        same = self._ledger.find_released(query_hash, data_version)
+        same = self._ledger.find_released(query_hash, data_version, requester=requester)
         if same is not None and same.answer_json:
             return answer_from_json(same.answer_json, request_id=request_id)
         return None

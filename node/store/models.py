@@ -196,7 +196,8 @@ class LedgerEntry(Base):
 
     __tablename__ = "ledger_entries"
     __table_args__ = (
-        UniqueConstraint("request_id", name="uq_ledger_request_id"),
+        # Request ids are the requester's own: unique per requester, not node-wide.
+        UniqueConstraint("requester", "request_id", name="uq_ledger_requester_request_id"),
         Index("ix_ledger_requester_period", "requester", "period"),
         Index("ix_ledger_query", "query_hash", "data_version"),
         # Never reuse the id of a cancelled entry: ids form the node's audit trail.

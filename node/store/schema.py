@@ -172,14 +172,16 @@ def _known_tables() -> frozenset[str]:
 
 
 def _match_revision(found: Fingerprint) -> tuple[str | None, tuple[str, ...]]:
-    """The newest revision whose node tables equal `found`, or None and why not.
+    """The oldest revision whose node tables equal `found`, or None and why not.
 
     Tables no revision ever had (an operator's own) are ignored; a node table that is
     missing, extra or has other columns than the revision's rules the revision out.
+    The oldest, because a revision may change only constraints (0004): a database
+    from before migrations has the older constraints, and the later steps must run.
     """
     known = _known_tables()
     ours = {name: cols for name, cols in found.items() if name in known}
-    for revision, expected in reversed(_revision_fingerprints()):
+    for revision, expected in _revision_fingerprints():
         if ours == dict(expected):
             return revision, ()
     # Explain the difference against the head, which is what the officer expects.

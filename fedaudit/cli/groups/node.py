@@ -393,8 +393,13 @@ def node_budget(args: argparse.Namespace) -> int:
     ledger = Ledger(engine, policy)
     now = utcnow()
     table = Table(title=f"Privacy budget, period {policy.period_of(now)}")
-    for col in ("requester", "cap (rho)", "spent", "remaining", "node remaining"):
-        table.add_column(col, justify="left" if col == "requester" else "right")
+    columns = ("requester", "cap (rho)", "spent", "remaining", "node share", "share left")
+    for col in columns:
+        table.add_column(
+            col,
+            justify="left" if col == "requester" else "right",
+            no_wrap=col == "requester",
+        )
     for name in sorted(policy.requesters):
         s = ledger.status(name, now)
         table.add_row(
@@ -402,9 +407,14 @@ def node_budget(args: argparse.Namespace) -> int:
             rho_text(s.requester_rho_cap),
             rho_text(s.requester_rho_spent),
             rho_text(s.requester_rho_remaining),
+            rho_text(s.node_rho_cap),
             rho_text(s.node_rho_remaining),
         )
     console.print(table)
+    console.print(
+        f"node total {policy.node_rho_total:.4g} rho (never renewed), "
+        f"reserved {policy.node_reserved_rho:.4g}; each requester may spend only its share"
+    )
     engine.dispose()
     return EXIT_OK
 

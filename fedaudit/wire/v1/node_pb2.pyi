@@ -205,6 +205,8 @@ Global___Template: _TypeAlias = Template  # noqa: Y015
 
 @_typing.final
 class Budget(_message.Message):
+    """The budget as the requester that asked may see it: its own spending only."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PERIOD_FIELD_NUMBER: _builtins.int
@@ -220,7 +222,14 @@ class Budget(_message.Message):
     requester_rho_spent: _builtins.float
     requester_rho_remaining: _builtins.float
     node_rho_cap: _builtins.float
+    """The requester's share of the node's never-renewed total (policy `node_share`, by
+    default an equal part of what is not reserved), not the node's whole total.
+    """
     node_rho_remaining: _builtins.float
+    """What the requester may still spend of that share. It moves with the requester's own
+    charges only, never with other requesters' (unless a policy change over-committed the
+    node, when the node's smaller remainder is given because that is what a query meets).
+    """
     max_rho_per_request: _builtins.float
     def __init__(
         self,
@@ -359,7 +368,10 @@ class QueryRequest(_message.Message):
     EPSILON_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-chosen idempotency key: a repeat returns the stored answer at no cost."""
+    """Client-chosen idempotency key, private to the requester: a repeat by the same
+    requester returns its stored answer at no cost; another requester's use of the same
+    id is a different request.
+    """
     template: _builtins.str
     mechanism: Global___Mechanism.ValueType
     rho: _builtins.float
@@ -516,7 +528,8 @@ class PreflightResponse(_message.Message):
     refusal_message: _builtins.str
     replay: _builtins.bool
     """True when this request id (or the identical query on this data version) already has a
-    stored answer: the query would replay it and charge nothing (`charge` is then zero).
+    stored answer for this requester: the query would replay it and charge nothing
+    (`charge` is then zero). Other requesters' history is never consulted.
     """
     @_builtins.property
     def noise(self) -> Global___NoiseSpec: ...
