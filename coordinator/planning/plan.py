@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 from cronsim import CronSim, CronSimError
 
 from fedaudit.common.ring_protocol import ALL_KEYS, NAME_KEYS
+from fedaudit.common.safe_yaml import MAX_BYTES, YamlError, load_yaml
 from fedaudit.coordinator.errors import PlanError
 from fedaudit.node.domain import Mechanism
 
@@ -312,15 +312,14 @@ def load_plan(path: str | Path) -> AuditPlan:
     """Read and validate a YAML plan file; PlanError names the file and the field."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)  # never read more than the loader would accept
     except OSError as exc:
         raise PlanError(f"{source}: cannot read the plan: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise PlanError(f"{source}: the plan is not UTF-8 text") from exc
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise PlanError(f"{source}: invalid YAML: {exc}") from exc
+        data = load_yaml(raw)  # size, alias, depth and duplicate-key limits
+    except YamlError as exc:
+        raise PlanError(f"{source}: {exc}") from None
     return parse_plan(data, source=source)
 
 
@@ -392,29 +391,6 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
 
 
 # --- validation helpers ---------------------------------------------------------------
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys: the second one would silently win."""
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)  # type: ignore[no-untyped-call]
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_StrictLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,  # type: ignore[arg-type]
-)
 
 
 def _kind(value: object) -> str:

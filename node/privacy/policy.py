@@ -19,8 +19,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
+from fedaudit.common.safe_yaml import YamlError, load_yaml
 from fedaudit.node.errors import PolicyError
 
 POLICY_VERSION = 1
@@ -476,49 +475,6 @@ def parse_policy(data: object, *, source: str = "<policy>") -> Policy:
         raise PolicyError(f"{source}: {problem}") from None
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys.
-
-    Plain PyYAML keeps the last of two equal keys, so a second `rho_per_period` further
-    down would silently replace the first one the data officer reviewed.
-    """
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    result: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-        try:
-            duplicate = key in result
-        except TypeError:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                "unhashable key",
-                key_node.start_mark,
-            ) from None
-        if duplicate:
-            raise yaml.constructor.ConstructorError(
-                "while constructing a mapping",
-                node.start_mark,
-                f"duplicate key {key!r}",
-                key_node.start_mark,
-            )
-        result[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
-    return result
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _yaml_error(source: str, exc: yaml.YAMLError) -> PolicyError:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    return PolicyError(f"{source}: {where}invalid YAML: {problem}")
-
-
 def load_policy(path: Path) -> Policy:
     """Read, parse and validate the policy file at `path`.
 
@@ -533,13 +489,9 @@ def load_policy(path: Path) -> Policy:
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError(f"{source}: the policy file is larger than {MAX_POLICY_BYTES} bytes")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-    try:
-        data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        raise _yaml_error(source, exc) from None
+        data = load_yaml(raw)  # size, alias, depth and duplicate-key limits
+    except YamlError as exc:
+        raise PolicyError(f"{source}: {exc}") from None
     return parse_policy(data, source=source)
 
 
