@@ -128,3 +128,75 @@ def _node_factory() -> Iterator[object]:
         node.stop(grace=None)
     for engine in engines:
         engine.dispose()
+
+
+# --- two auditors over mTLS (requester isolation, canonical queries) ------------------------
+
+MTLS_AUDITORS = ("oversight-board", "other-auditor")
+"""The two auditor certificates of the `mtls_pki`: the board, and a second requester."""
+
+
+@pytest.fixture(scope="module", name="mtls_pki")
+def _mtls_pki(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """A throw-away federation PKI: node M01 and both `MTLS_AUDITORS`, all in its policy."""
+    from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, issue_auditor_certificate
+
+    board, other = MTLS_AUDITORS
+    paths = create_throwaway_pki(tmp_path_factory.mktemp("pki"), ["M01"], board)
+    second = issue_auditor_certificate(paths.directory, other, days=2)
+    return PkiPaths(paths.directory, paths.ca, paths.nodes, {**paths.auditors, other: second})
+
+
+@pytest.fixture(name="mtls_node")
+def _mtls_node(mtls_pki, tmp_path: Path) -> Iterator[object]:
+    """Node M01 over mTLS on loopback; the board's share of the node's 6.0 is 4.0, the other's 2.0."""
+    from fedaudit.node.ingest.bundle import import_bundle
+    from fedaudit.node.privacy.policy import example_policy
+    from fedaudit.node.query.service import NodeService
+    from fedaudit.node.server import start_node_server
+    from fedaudit.node.store.db import make_engine
+    from fedaudit.pki.tls import TlsFiles, server_credentials
+
+    board, other = MTLS_AUDITORS
+    policy = example_policy({board: 2.0, other: 1.0}, node_rho_total=6.0, max_rho_per_request=1.0)
+    engine = make_engine(str(tmp_path / "mtls-node.db"))
+    import_bundle(engine, FIXTURE_BUNDLE)
+    cert = mtls_pki.nodes["M01"]
+    running = start_node_server(
+        NodeService(engine, policy),
+        host="127.0.0.1",
+        port=0,
+        server_credentials=server_credentials(TlsFiles(cert.cert, cert.key, mtls_pki.ca.cert)),
+    )
+    yield running
+    running.stop(grace=None)
+    engine.dispose()
+
+
+@pytest.fixture(name="connect")
+def _connect(mtls_pki, mtls_node) -> Iterator[object]:
+    """connect(auditor) -> a GrpcNodeTransport to M01 authenticated by that auditor's certificate.
+
+    Every transport claims the board in its requester header: only the certificate counts.
+    """
+    from fedaudit.coordinator.running.transport import GrpcNodeTransport
+    from fedaudit.pki.tls import TlsFiles, channel_credentials, pinned_channel_options
+
+    opened = []
+
+    def open_as(auditor: str) -> GrpcNodeTransport:
+        files = mtls_pki.auditors[auditor]
+        transport = GrpcNodeTransport(
+            "M01",
+            f"127.0.0.1:{mtls_node.port}",
+            requester=MTLS_AUDITORS[0],
+            credentials=channel_credentials(TlsFiles(files.cert, files.key, mtls_pki.ca.cert)),
+            channel_options=pinned_channel_options("M01"),
+            retries=0,
+        )
+        opened.append(transport)
+        return transport
+
+    yield open_as
+    for transport in opened:
+        transport.close()

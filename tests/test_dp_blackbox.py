@@ -40,14 +40,14 @@ from collections.abc import Callable, Iterator
 import pytest
 import structlog
 from factories import RegistryFactory
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 
 from fedaudit.common import mechanisms
 from fedaudit.node.domain import Answer, Mechanism, QuerySpec
 from fedaudit.node.privacy.policy import Policy, parse_policy
 from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.store.models import DataVersion
+from fedaudit.node.store.models import DataVersion, LedgerEntry
 
 TEMPLATE = "appeal_outcomes"
 CELL = "dismissed"
@@ -293,10 +293,17 @@ def node_sampler(engines: dict[str, Engine], spec: QuerySpec) -> tuple[Sampler, 
                 mechanism=spec.mechanism,
                 rho=spec.rho,
                 epsilon=spec.epsilon,
-                confidence=0.5 + i * 1e-9,  # a new query each time, so no free replay
             )
             answer = services[which].query("auditor", f"audit-{i}", fresh)
             assert not answer.replayed
+            # The node replays a stored answer to the same query (any spelling of it), so
+            # retire this one for the next sample to be fresh noise: its charge stays.
+            with engines[which].begin() as conn:
+                conn.execute(
+                    update(LedgerEntry)
+                    .where(LedgerEntry.state == "released")
+                    .values(state="failed")
+                )
             answers.append(answer)
             out.append(next(c.estimate for c in answer.cells if c.category == CELL))
         return out

@@ -101,6 +101,20 @@ def test_node_shares_cannot_promise_more_than_the_node_has() -> None:
         parse_policy(_with("requesters.stats.node_share", 0))
 
 
+def test_minimum_charges_default_and_are_checked() -> None:
+    """The least rho of a query and of a ring run: defaults, overrides, and bad values."""
+    policy = parse_policy(VALID)
+    assert (policy.min_rho_per_query, policy.min_rho_per_ring_run) == (0.001, 0.01)
+    document = _with("budget.min_rho_per_query", 0.01)
+    document["budget"]["min_rho_per_ring_run"] = 0.5
+    policy = parse_policy(document)
+    assert (policy.min_rho_per_query, policy.min_rho_per_ring_run) == (0.01, 0.5)
+    with pytest.raises(PolicyError, match=r"budget\.min_rho_per_query: must not exceed"):
+        parse_policy(_with("budget.min_rho_per_query", 0.6))
+    with pytest.raises(PolicyError, match=r"budget\.min_rho_per_ring_run: must be a finite"):
+        parse_policy(_with("budget.min_rho_per_ring_run", 0))
+
+
 def test_allows_combines_node_and_requester_lists() -> None:
     """A template must pass the node list and the requester list; strangers get nothing."""
     policy = parse_policy(_with("templates", ["certificates_issued", "assessment_results"]))

@@ -8,93 +8,28 @@ showed other requesters' spending. Real nodes, real certificates, real gRPC.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
+from fedaudit.coordinator.errors import NodeRefusedError
 from fedaudit.coordinator.planning.checks import planned_queries
 from fedaudit.coordinator.planning.default_plan import default_plan_path
 from fedaudit.coordinator.planning.plan import load_plan
 from fedaudit.coordinator.running.audit import request_id_for, run_audit
-from fedaudit.coordinator.running.transport import GrpcNodeTransport
-from fedaudit.node.domain import QuerySpec
-from fedaudit.node.ingest.bundle import import_bundle
-from fedaudit.node.privacy.policy import example_policy
-from fedaudit.node.query.service import NodeService
-from fedaudit.node.server import RunningNode, start_node_server
-from fedaudit.node.store.db import make_engine
-from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, issue_auditor_certificate
-from fedaudit.pki.tls import (
-    TlsFiles,
-    channel_credentials,
-    pinned_channel_options,
-    server_credentials,
-)
+from fedaudit.node.domain import Mechanism, QuerySpec
 
-FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
-BOARD = "oversight-board"
-OTHER = "other-auditor"
-POLICY = example_policy({BOARD: 2.0, OTHER: 1.0}, node_rho_total=6.0, max_rho_per_request=1.0)
+BOARD, OTHER = "oversight-board", "other-auditor"  # conftest's MTLS_AUDITORS
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PkiPaths:
-    """Node M01 and two auditor certificates, both named in the node's policy."""
-    paths = create_throwaway_pki(tmp_path_factory.mktemp("pki"), ["M01"], BOARD)
-    other = issue_auditor_certificate(paths.directory, OTHER, days=2)
-    return PkiPaths(paths.directory, paths.ca, paths.nodes, {**paths.auditors, OTHER: other})
-
-
-@pytest.fixture
-def node(pki: PkiPaths, tmp_path: Path) -> Iterator[RunningNode]:
-    engine = make_engine(str(tmp_path / "node.db"))
-    import_bundle(engine, FIXTURE_BUNDLE)
-    cert = pki.nodes["M01"]
-    running = start_node_server(
-        NodeService(engine, POLICY),
-        host="127.0.0.1",
-        port=0,
-        server_credentials=server_credentials(TlsFiles(cert.cert, cert.key, pki.ca.cert)),
-    )
-    yield running
-    running.stop(grace=None)
-    engine.dispose()
-
-
-@pytest.fixture
-def connect(pki: PkiPaths, node: RunningNode) -> Iterator[Callable[[str], GrpcNodeTransport]]:
-    """A transport to M01 that authenticates with the named auditor's certificate."""
-    opened: list[GrpcNodeTransport] = []
-
-    def open_as(auditor: str) -> GrpcNodeTransport:
-        files = pki.auditors[auditor]
-        transport = GrpcNodeTransport(
-            "M01",
-            f"127.0.0.1:{node.port}",
-            # The header claims the board; only the certificate counts.
-            requester=BOARD,
-            credentials=channel_credentials(TlsFiles(files.cert, files.key, pki.ca.cert)),
-            channel_options=pinned_channel_options("M01"),
-            retries=0,
-        )
-        opened.append(transport)
-        return transport
-
-    yield open_as
-    for transport in opened:
-        transport.close()
-
-
-def test_a_squatter_cannot_block_the_boards_audit(node, connect) -> None:
+def test_a_squatter_cannot_block_the_boards_audit(mtls_node, connect) -> None:
     """Attack 1: another requester pre-claims every request id the board's run will use.
 
     Before, the board's audit got a refusal per query ("already used for a different
     query"); now ids are per requester and the board's audit is answered in full.
     """
     plan = replace(load_plan(default_plan_path()), min_answering_nodes=1)
-    plan = plan.with_nodes({"M01": f"127.0.0.1:{node.port}"})
+    plan = plan.with_nodes({"M01": f"127.0.0.1:{mtls_node.port}"})
     run_id = "default-2026-12-07"
     squatter = connect(OTHER)
     queries = planned_queries(plan)
@@ -110,7 +45,7 @@ def test_a_squatter_cannot_block_the_boards_audit(node, connect) -> None:
     assert not any(q["replayed"] for q in coverage["queries"])
     assert report["privacy"]["nodes"][0]["queries"] == len(queries)
     # The board paid for its own answers; the squatter's stayed its own.
-    ledger = node.service.ledger
+    ledger = mtls_node.service.ledger
     for q in queries:
         rid = request_id_for(run_id, "M01", q.key)
         mine = ledger.find_by_request_id(rid, requester=BOARD)
@@ -118,10 +53,10 @@ def test_a_squatter_cannot_block_the_boards_audit(node, connect) -> None:
         assert mine is not None
         assert theirs is not None
         assert mine.id != theirs.id
-        assert mine.query_hash == q.spec.query_hash()
+        assert mine.query_hash != theirs.query_hash  # each has its own question
 
 
-def test_preflight_and_replay_show_only_the_callers_own_history(node, connect) -> None:
+def test_preflight_and_replay_show_only_the_callers_own_history(mtls_node, connect) -> None:
     """Attack 2: B learned from preflight that A asked a query, then got A's answer free."""
     board, other = connect(BOARD), connect(OTHER)
     spec = QuerySpec("certificates_issued", group_by=("isco_code",), rho=0.05)
@@ -138,16 +73,16 @@ def test_preflight_and_replay_show_only_the_callers_own_history(node, connect) -
     assert answer_b.charge.rho == pytest.approx(0.05)
     assert budget_b is not None
     assert budget_b.requester_rho_spent == pytest.approx(0.05)
-    assert node.service.ledger.status(BOARD, node.service.clock()).requester_rho_spent == (
-        pytest.approx(0.05)
-    )
+    assert mtls_node.service.ledger.status(
+        BOARD, mtls_node.service.clock()
+    ).requester_rho_spent == (pytest.approx(0.05))
     # A's id still replays A's answer for A, untouched by B's use of the same id.
     again, _ = board.query(spec, "a-1", timeout=10)
     assert again.replayed
     assert again.cells == answer_a.cells
 
 
-def test_budget_status_does_not_show_other_requesters_spending(node, connect) -> None:
+def test_budget_status_does_not_show_other_requesters_spending(mtls_node, connect) -> None:
     """Attack 2b: `node_rho_remaining` moved with everyone's spending; now only the caller's."""
     board, other = connect(BOARD), connect(OTHER)
     before = other.info(timeout=10).budget
@@ -161,3 +96,27 @@ def test_budget_status_does_not_show_other_requesters_spending(node, connect) ->
     assert board_status.node_rho_remaining == pytest.approx(4.0 - 0.78)
     other.query(QuerySpec("assessment_results", rho=0.1), "mine", timeout=10)
     assert other.info(timeout=10).budget.node_rho_remaining == pytest.approx(1.9)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuerySpec("assessment_results", rho=1e-6),
+        QuerySpec("assessment_results", rho=0.000999),
+        QuerySpec("assessment_results", mechanism=Mechanism.DISCRETE_LAPLACE, epsilon=0.04),
+    ],
+)
+def test_near_free_probes_are_refused_as_invalid(mtls_node, connect, spec) -> None:
+    """The squatter's 1e-6 rho queries: below the policy's least charge, refused, nothing spent."""
+    other = connect(OTHER)
+    for call in (other.preflight, other.query):
+        with pytest.raises(NodeRefusedError) as refused:
+            call(spec, "probe-1", timeout=10)
+        assert refused.value.reason == "INVALID_PARAMETERS"
+        assert "budget.min_rho_per_query" in refused.value.message
+    status = mtls_node.service.ledger.status(OTHER, mtls_node.service.clock())
+    assert status.requester_rho_spent == 0.0
+    assert mtls_node.service.ledger.find_by_request_id("probe-1", requester=OTHER) is None
+    # At the minimum it is a query like any other.
+    answer, _ = other.query(QuerySpec("assessment_results", rho=0.001), "at-min", timeout=10)
+    assert answer.charge.rho == pytest.approx(0.001)

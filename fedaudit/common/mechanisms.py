@@ -14,6 +14,7 @@ charges the map's value, never our arithmetic.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -217,3 +218,15 @@ def noise_accuracy(mechanism: Mechanism, scale: float, alpha: float) -> float:
     if mechanism is Mechanism.DISCRETE_GAUSSIAN:
         return float(dp_accuracy.discrete_gaussian_scale_to_accuracy(scale, alpha))
     return float(dp_accuracy.discrete_laplacian_scale_to_accuracy(scale, alpha))
+
+
+def with_confidence(noise: NoiseSpec, confidence: float) -> NoiseSpec:
+    """The same noise with its per-cell interval stated at `confidence` instead.
+
+    The interval is a statement about noise already drawn (post-processing), so a
+    stored answer can be replayed to a request asking another confidence level.
+    """
+    if noise.ci_level == confidence:
+        return noise
+    half_width = noise_accuracy(noise.mechanism, noise.scale, 1.0 - confidence)
+    return dataclasses.replace(noise, ci_level=float(confidence), ci_half_width=half_width)

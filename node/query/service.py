@@ -51,7 +51,7 @@ from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
 from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
-from fedaudit.node.query import catalogue
+from fedaudit.node.query import canonical, catalogue
 from fedaudit.node.store.models import DataVersion, Municipality
 
 log = structlog.get_logger(__name__)
@@ -197,15 +197,17 @@ class NodeService:
         event.data_version = state.version
         template, params = self._validate(requester, spec, state)
         event.template_version = template.version
+        canon = canonical.canonical_spec(template, spec, state.keys, params)
         noise, charge = mechanisms.plan_noise(
-            spec.mechanism,
-            rho=spec.rho,
-            epsilon=spec.epsilon,
+            canon.mechanism,
+            rho=canon.rho,
+            epsilon=canon.epsilon,
             sensitivity=self._policy.bound(template.name),
             confidence=spec.confidence,
         )
+        self._check_minimum(charge)
         budget = self._ledger.status(requester, self._clock())
-        replay = self._would_replay(requester, request_id, spec.query_hash(), state.version)
+        replay = self._would_replay(requester, request_id, _hashes(spec, canon), state.version)
         if replay:
             charge = Charge(rho=0.0)
         reason, message = "", ""
@@ -235,7 +237,7 @@ class NodeService:
         )
 
     def _would_replay(
-        self, requester: str, request_id: str, query_hash: str, data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
     ) -> bool:
         """Whether the query would replay one of the caller's own stored answers.
 
@@ -245,9 +247,11 @@ class NodeService:
         if request_id:
             entry = self._ledger.find_by_request_id(request_id, requester=requester)
             if entry is not None:
-                return entry.query_hash == query_hash and entry.state == "released"
-        found = self._ledger.find_released(query_hash, data_version, requester=requester)
-        return found is not None
+                return entry.query_hash in hashes and entry.state == "released"
+        return any(
+            self._ledger.find_released(h, data_version, requester=requester) is not None
+            for h in hashes
+        )
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
@@ -259,20 +263,26 @@ class NodeService:
         event.data_version = state.version
         template, params = self._validate(requester, spec, state)
         event.template_version = template.version
-        query_hash = spec.query_hash()
-
-        replay = self._replay(requester, request_id, query_hash, state.version)
-        if replay is not None:
-            return _replayed(event, replay)
-
+        canon = canonical.canonical_spec(template, spec, state.keys, params)
+        hashes = _hashes(spec, canon)
+        query_hash = hashes[0]
         bound = self._policy.bound(template.name)
         noise, charge = mechanisms.plan_noise(
-            spec.mechanism,
-            rho=spec.rho,
-            epsilon=spec.epsilon,
+            canon.mechanism,
+            rho=canon.rho,
+            epsilon=canon.epsilon,
             sensitivity=bound,
             confidence=spec.confidence,
         )
+        self._check_minimum(charge)
+
+        replay = self._replay(requester, request_id, hashes, state.version)
+        if replay is not None:
+            return _replayed(
+                event,
+                canonical.present(replay, spec, state.keys, request_id=request_id, replayed=True),
+            )
+
         now = self._clock()
         try:
             entry_id = self._ledger.reserve(
@@ -288,19 +298,22 @@ class NodeService:
             )
         except DuplicateRequestError:
             # A concurrent retry of the same request won the race; answer as a replay.
-            replay = self._replay(requester, request_id, query_hash, state.version)
+            replay = self._replay(requester, request_id, hashes, state.version)
             if replay is None:
                 raise RateLimitedError(
                     f"request {request_id} is being answered; retry shortly"
                 ) from None
-            return _replayed(event, replay)
+            return _replayed(
+                event,
+                canonical.present(replay, spec, state.keys, request_id=request_id, replayed=True),
+            )
 
         try:
             with self._query_engine.connect() as conn:
                 counts = catalogue.true_counts(
                     conn,
                     template,
-                    spec,
+                    canon,
                     state.keys,
                     params,
                     max_records_per_person=bound,
@@ -330,14 +343,17 @@ class NodeService:
                 catalogue_version=catalogue.CATALOGUE_VERSION,
                 data_version=state.version,
                 municipality_code=state.municipality_code,
-                group_by=spec.group_by,
+                group_by=canon.group_by,
                 categories=tuple(template.categories(params)),
                 cells=tuple(cells),
                 noise=noise,
                 charge=charge,
                 suppression_threshold=self._policy.suppress_below,
             )
-            self._ledger.complete(entry_id, answer_to_json(answer))
+            self._ledger.complete(entry_id, answer_to_json(answer))  # the canonical form
+            answer = canonical.present(
+                answer, spec, state.keys, request_id=request_id, replayed=False
+            )
         except Exception:
             self._ledger.fail(entry_id)  # noise was drawn on real data: the charge stands
             event.status, event.rho_units, event.epsilon = (
@@ -406,6 +422,16 @@ class NodeService:
             return
         querylog.mark_logged(exc)
 
+    def _check_minimum(self, charge: Charge) -> None:
+        """Refuse a near-free query: it could only probe the node (or squat an id) cheaply."""
+        least = self._policy.min_rho_per_query
+        if charge.rho < least * (1 - 1e-9):
+            raise InvalidParametersError(
+                f"this query would charge rho={charge.rho:.6g}; this node's policy asks at least "
+                f"rho={least:g} per query (budget.min_rho_per_query)",
+                {"field": "rho", "minimum_rho": f"{least:g}", "requested_rho": f"{charge.rho:.6g}"},
+            )
+
     def _check_requester(self, requester: str) -> None:
         if requester not in self._policy.requesters:
             raise RequesterNotAllowedError(
@@ -423,11 +449,12 @@ class NodeService:
         return template, params
 
     def _replay(
-        self, requester: str, request_id: str, query_hash: str, data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
     ) -> Answer | None:
+        """The caller's stored answer to this request id or query, as stored, or None."""
         entry = self._ledger.find_by_request_id(request_id, requester=requester)
         if entry is not None:
-            if entry.query_hash != query_hash:
+            if entry.query_hash not in hashes:
                 raise InvalidParametersError(
                     f"request_id {request_id} was already used for a different query"
                 )
@@ -438,9 +465,10 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
-        same = self._ledger.find_released(query_hash, data_version, requester=requester)
-        if same is not None and same.answer_json:
-            return answer_from_json(same.answer_json, request_id=request_id)
+        for query_hash in hashes:
+            same = self._ledger.find_released(query_hash, data_version, requester=requester)
+            if same is not None and same.answer_json:
+                return answer_from_json(same.answer_json, request_id=request_id)
         return None
 
     def _data_state(self) -> _DataState:
@@ -482,6 +510,12 @@ def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = ""
         template=spec.template,
         parameters=spec.canonical_json(),
     )
+
+
+def _hashes(spec: QuerySpec, canon: QuerySpec) -> tuple[str, ...]:
+    """The replay key of the canonical request, then the exact-bytes hash answers stored
+    before canonical queries existed were filed under (so they still replay)."""
+    return (canonical.replay_key(canon), spec.query_hash())
 
 
 def _replayed(event: LogEvent, answer: Answer) -> Answer:

@@ -370,12 +370,15 @@ class QueryRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen idempotency key, private to the requester: a repeat by the same
     requester returns its stored answer at no cost; another requester's use of the same
-    id is a different request.
+    id is a different request. An equivalent query (group_by order, repeated or complete
+    filters, confidence, rho/epsilon within 6 significant digits) replays too.
     """
     template: _builtins.str
     mechanism: Global___Mechanism.ValueType
     rho: _builtins.float
-    """Privacy loss asked for: rho for DISCRETE_GAUSSIAN, epsilon for DISCRETE_LAPLACE."""
+    """Privacy loss asked for: rho for DISCRETE_GAUSSIAN, epsilon for DISCRETE_LAPLACE.
+    Rounded to 6 significant digits; the answer states the charge actually made.
+    """
     epsilon: _builtins.float
     confidence: _builtins.float
     """Confidence level of the noise interval returned with the answer, e.g. 0.95."""
