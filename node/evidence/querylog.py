@@ -25,7 +25,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -88,6 +89,8 @@ class LogEvent:
     status: str = ANSWERED
     reason: str = ""
     message: str = ""
+    appended: bool = False
+    """Already written in the caller's transaction (a query's charge and its row commit together)."""
 
 
 @dataclass(frozen=True)
@@ -172,13 +175,18 @@ class QueryLog:
         self._engine = engine
         self._clock = clock
 
-    def append(self, event: LogEvent) -> LogRow:
-        """Add `event` as the next link, atomically with moving the head; return the row."""
+    def append(self, event: LogEvent, outer: Connection | None = None) -> LogRow:
+        """Add `event` as the next link, atomically with moving the head; return the row.
+
+        With `outer`, the link is written in the caller's transaction (the ledger's, so
+        a charge and its log row commit together) and the head stays locked until the
+        caller commits.
+        """
         if event.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {event.method!r}")
         if event.status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {event.status!r}")
-        with self._connect() as conn, conn.begin():
+        with self._tx(outer) as conn:
             prev_seq, prev_hash = self._lock_head(conn)
             values: dict[str, Any] = {
                 "seq": prev_seq + 1,
@@ -276,6 +284,14 @@ class QueryLog:
         return Verification(True, count, head_seq, head_hash)
 
     # --- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self._connect() as own, own.begin():
+            yield own
 
     def _connect(self) -> Connection:
         """READ COMMITTED on PostgreSQL, so the head read after locking is the newest one."""

@@ -3,7 +3,9 @@
 Implements research/dp-libraries.md §4.4 on the `budget_locks` and `ledger_entries`
 tables. Spent budget is always the sum of ledger entries (no running totals to
 drift). A charge is written as `reserved` before any noise is drawn, in one
-transaction that
+transaction that (a query passes its own, from `transaction`, so that the charge,
+the release and the query-log row commit together; the ring reserves in a
+transaction of its own and settles later)
 
 1. makes sure the lock rows of its scopes exist (`node`, `requester:{name}:{period}`),
 2. locks them in a fixed order (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the
@@ -34,7 +36,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -138,6 +141,7 @@ class Ledger:
         mechanism: Mechanism,
         charge: Charge,
         now: dt.datetime,
+        outer: Connection | None = None,
     ) -> int:
         """Charge `charge` to `requester` before anything is released; return the entry id.
 
@@ -145,6 +149,9 @@ class Ledger:
         only knows budgets. Raises `BudgetExhaustedError` (scope request, requester or
         node, with what remains), `DuplicateRequestError`, `RequesterNotAllowedError` or
         `InvalidParametersError`; in every such case nothing is written.
+
+        With `outer` (from `transaction`), the charge is part of the caller's
+        transaction and its locks are held until the caller commits or rolls back.
         """
         if not request_id or len(request_id) > MAX_REQUEST_ID_LENGTH:
             raise InvalidParametersError(
@@ -170,7 +177,7 @@ class Ledger:
             )
 
         try:
-            with self._connect() as conn, conn.begin():
+            with self._tx(outer) as conn:
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
                 if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
@@ -240,12 +247,13 @@ class Ledger:
         )
         return entry_id
 
-    def complete(self, entry_id: int, answer_json: str) -> None:
+    def complete(self, entry_id: int, answer_json: str, outer: Connection | None = None) -> None:
         """The answer was released: store it (replayed free of charge from now on)."""
         self._transition(
             entry_id,
             update(LedgerEntry).values(state=RELEASED, answer=answer_json),
             "released",
+            outer,
         )
 
     def fail(self, entry_id: int) -> None:
@@ -256,8 +264,10 @@ class Ledger:
         """Failure before any data was touched: remove the reservation (a full refund)."""
         self._transition(entry_id, delete(LedgerEntry), "cancelled")
 
-    def _transition(self, entry_id: int, statement: Any, event: str) -> None:
-        with self._connect() as conn, conn.begin():
+    def _transition(
+        self, entry_id: int, statement: Any, event: str, outer: Connection | None = None
+    ) -> None:
+        with self._tx(outer) as conn:
             result = conn.execute(
                 statement.where(LedgerEntry.id == entry_id, LedgerEntry.state == RESERVED)
             )
@@ -360,7 +370,27 @@ class Ledger:
             spent[requester] = units_to_rho(int(units))
         return spent
 
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction on the node's writer database, committed when the block ends.
+
+        Pass the connection to `reserve`, `complete` and `QueryLog.append` to make a
+        charge, its release and its log row one unit: all of them, or none (a crash or
+        an error inside the block rolls everything back).
+        """
+        with self._connect() as conn, conn.begin():
+            yield conn
+
     # --- internals -------------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self, conn: Connection | None) -> Iterator[Connection]:
+        """The caller's transaction when given one, else a transaction of our own."""
+        if conn is not None:
+            yield conn
+            return
+        with self.transaction() as own:
+            yield own
 
     def _connect(self) -> Connection:
         """A connection whose statements each see everything committed before them.

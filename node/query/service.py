@@ -17,11 +17,11 @@ import datetime as dt
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine, select
 
 from fedaudit.common import mechanisms
 from fedaudit.common.budget_units import rho_to_units
@@ -32,6 +32,7 @@ from fedaudit.node.domain import (
     Cell,
     Charge,
     Mechanism,
+    NoiseSpec,
     Preflight,
     QuerySpec,
     TemplateInfo,
@@ -52,6 +53,7 @@ from fedaudit.node.evidence.querylog import LogEvent, QueryLog
 from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import canonical, catalogue
+from fedaudit.node.store.db import is_sqlite
 from fedaudit.node.store.models import DataVersion, Municipality
 
 log = structlog.get_logger(__name__)
@@ -285,17 +287,43 @@ class NodeService:
 
         now = self._clock()
         try:
-            entry_id = self._ledger.reserve(
-                request_id=request_id,
-                requester=requester,
-                template=template.name,
-                template_version=template.version,
-                query_hash=query_hash,
-                data_version=state.version,
-                mechanism=spec.mechanism,
-                charge=charge,
-                now=now,
-            )
+            # The charge, the release and the log row are one transaction: a crash or an
+            # error anywhere before the commit leaves neither a charge nor a log row (and
+            # nothing was released: the answer is returned only after the commit).
+            with self._ledger.transaction() as tx:
+                entry_id = self._ledger.reserve(
+                    request_id=request_id,
+                    requester=requester,
+                    template=template.name,
+                    template_version=template.version,
+                    query_hash=query_hash,
+                    data_version=state.version,
+                    mechanism=spec.mechanism,
+                    charge=charge,
+                    now=now,
+                    outer=tx,
+                )
+                counts = self._true_counts(
+                    tx, template=template, canon=canon, state=state, params=params, bound=bound
+                )
+                answer = self._noisy_answer(
+                    request_id,
+                    template=template,
+                    canon=canon,
+                    state=state,
+                    params=params,
+                    counts=counts,
+                    noise=noise,
+                    charge=charge,
+                )
+                self._ledger.complete(entry_id, answer_to_json(answer), outer=tx)
+                answer = canonical.present(
+                    answer, spec, state.keys, request_id=request_id, replayed=False
+                )
+                event.rho_units, event.epsilon = rho_to_units(charge.rho), charge.epsilon
+                event.answer_digest = answer_digest(answer)
+                self._query_log.append(event, outer=tx)
+            event.appended = True
         except DuplicateRequestError:
             # A concurrent retry of the same request won the race; answer as a replay.
             replay = self._replay(requester, request_id, hashes, state.version)
@@ -307,10 +335,43 @@ class NodeService:
                 event,
                 canonical.present(replay, spec, state.keys, request_id=request_id, replayed=True),
             )
+        except Exception as exc:
+            # Rolled back: nothing charged, released or logged. `_logged` logs the outcome.
+            event.rho_units, event.epsilon, event.answer_digest = 0, None, ""
+            if not isinstance(exc, RefusedError) or isinstance(exc, DataUnavailableError):
+                event.status = querylog.FAILED
+            raise
+        log.info(
+            "query_answered",
+            requester=requester,
+            request_id=request_id,
+            template=template.name,
+            cells=len(answer.cells),
+            rho=charge.rho,
+            data_version=state.version,
+        )
+        return answer
 
+    def _true_counts(
+        self,
+        tx: Connection,
+        *,
+        template: catalogue.Template,
+        canon: QuerySpec,
+        state: _DataState,
+        params: dict[str, int],
+        bound: int,
+    ) -> list[tuple[tuple[str, ...], str, int]]:
+        """The exact bounded counts, read inside the charging transaction where possible.
+
+        On SQLite (one writer, whose lock the transaction holds) and when queries run
+        through the writer engine, on `tx` itself; through a separate read-only engine
+        (a PostgreSQL role) on a connection of its own.
+        """
+        shared = self._query_engine is self._engine or is_sqlite(self._engine)
         try:
-            with self._query_engine.connect() as conn:
-                counts = catalogue.true_counts(
+            with nullcontext(tx) if shared else self._query_engine.connect() as conn:
+                return catalogue.true_counts(
                     conn,
                     template,
                     canon,
@@ -320,60 +381,46 @@ class NodeService:
                     reference_date=state.reference_date,
                 )
         except Exception as exc:
-            self._ledger.cancel(entry_id)
-            event.status = querylog.FAILED  # refunded: nothing charged, nothing released
             log.error(
                 "query_failed_before_release", template=template.name, error=type(exc).__name__
             )
             raise DataUnavailableError("the node could not compute this query") from exc
 
-        try:
-            noisy = mechanisms.add_noise(noise, [count for _, _, count in counts])
-            cells = _suppress(
-                [
-                    (keys, category, value)
-                    for (keys, category, _), value in zip(counts, noisy, strict=True)
-                ],
-                self._policy.suppress_below,
-            )
-            answer = Answer(
-                request_id=request_id,
-                template=template.name,
-                template_version=template.version,
-                catalogue_version=catalogue.CATALOGUE_VERSION,
-                data_version=state.version,
-                municipality_code=state.municipality_code,
-                group_by=canon.group_by,
-                categories=tuple(template.categories(params)),
-                cells=tuple(cells),
-                noise=noise,
-                charge=charge,
-                suppression_threshold=self._policy.suppress_below,
-            )
-            self._ledger.complete(entry_id, answer_to_json(answer))  # the canonical form
-            answer = canonical.present(
-                answer, spec, state.keys, request_id=request_id, replayed=False
-            )
-        except Exception:
-            self._ledger.fail(entry_id)  # noise was drawn on real data: the charge stands
-            event.status, event.rho_units, event.epsilon = (
-                querylog.FAILED,
-                rho_to_units(charge.rho),
-                charge.epsilon,
-            )
-            raise
-        event.rho_units, event.epsilon = rho_to_units(charge.rho), charge.epsilon
-        event.answer_digest = answer_digest(answer)
-        log.info(
-            "query_answered",
-            requester=requester,
+    def _noisy_answer(
+        self,
+        request_id: str,
+        *,
+        template: catalogue.Template,
+        canon: QuerySpec,
+        state: _DataState,
+        params: dict[str, int],
+        counts: list[tuple[tuple[str, ...], str, int]],
+        noise: NoiseSpec,
+        charge: Charge,
+    ) -> Answer:
+        """Draw the noise and build the answer in its canonical form."""
+        noisy = mechanisms.add_noise(noise, [count for _, _, count in counts])
+        cells = _suppress(
+            [
+                (keys, category, value)
+                for (keys, category, _), value in zip(counts, noisy, strict=True)
+            ],
+            self._policy.suppress_below,
+        )
+        return Answer(
             request_id=request_id,
             template=template.name,
-            cells=len(cells),
-            rho=charge.rho,
+            template_version=template.version,
+            catalogue_version=catalogue.CATALOGUE_VERSION,
             data_version=state.version,
+            municipality_code=state.municipality_code,
+            group_by=canon.group_by,
+            categories=tuple(template.categories(params)),
+            cells=tuple(cells),
+            noise=noise,
+            charge=charge,
+            suppression_threshold=self._policy.suppress_below,
         )
-        return answer
 
     def reload(self) -> None:
         """Forget cached data state (after an import into a running node's database)."""
@@ -410,7 +457,8 @@ class NodeService:
             event.message = f"internal error ({type(exc).__name__})"
             self._append_for_error(event, exc)
             raise
-        self._query_log.append(event)
+        if not event.appended:  # a query's answer is appended in its charging transaction
+            self._query_log.append(event)
 
     def _append_for_error(self, event: LogEvent, exc: BaseException) -> None:
         try:
