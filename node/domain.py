@@ -101,6 +101,14 @@ class BudgetStatus:
 
 
 @dataclass(frozen=True)
+class LogHead:
+    """The node's query-log row that recorded a request: its seq and chain hash."""
+
+    seq: int
+    row_hash: str
+
+
+@dataclass(frozen=True)
 class Answer:
     """A released (noisy) answer, exactly as stored in the ledger and sent on the wire."""
 
@@ -117,6 +125,8 @@ class Answer:
     charge: Charge
     suppression_threshold: int
     replayed: bool = False
+    log_head: LogHead | None = None
+    """Where the node logged this release (not part of the stored answer or its digest)."""
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from fedaudit.node.evidence.querylog import (
     REFUSED,
     LogEvent,
     QueryLog,
+    head_details,
     was_logged,
 )
 from fedaudit.node.query.service import NodeService, utcnow
@@ -157,9 +158,12 @@ def _log_unlogged(
         else f"internal error ({type(exc).__name__})",
     )
     try:
-        query_log.append(event)
+        row = query_log.append(event)
     except Exception as append_exc:
         log.error("querylog.append_failed", method=method, error=type(append_exc).__name__)
+        return
+    if isinstance(exc, RefusedError):
+        exc.details.update(head_details(row))
 
 
 def capabilities_to_pb(caps: Capabilities) -> pb.Capabilities:

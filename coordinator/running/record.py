@@ -10,6 +10,10 @@ evidence of every release that does not depend on the node's database.
 Each line carries the hash of the line before it, so the record is itself a hash
 chain; re-running an audit after a crash appends to the same file and continues
 the chain (replayed answers are recorded with `replayed: true` and no charge).
+
+Each line also keeps the node's log head the answer carried (`log_seq`, `log_hash`):
+the node's own log row for that release. Because the node's log is a hash chain,
+that pair pins every row up to it; `fedaudit node log compare` checks them.
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ class RecordEntry:
     rho: float  # the answer's stated charge (for a replay: what the original cost)
     epsilon: float | None
     received_at: str
+    # The node's log head as the answer stated it (0 and "" from nodes that send none, and
+    # in records written before anchors existed): the row that logged this release.
+    log_seq: int = 0
+    log_hash: str = ""
 
 
 def _line_hash(entry: dict[str, Any], prev: str) -> str:
@@ -104,6 +112,8 @@ class AnswerRecord:
             rho=answer.charge.rho,
             epsilon=answer.charge.epsilon,
             received_at=self._clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            log_seq=answer.log_head.seq if answer.log_head else 0,
+            log_hash=answer.log_head.row_hash if answer.log_head else "",
         )
         data = asdict(entry)
         with self._lock:
@@ -132,7 +142,9 @@ class AnswerRecord:
         self.close()
 
 
-_ENTRY_FIELDS = tuple(f.name for f in fields(RecordEntry))
+_OPTIONAL_FIELDS = ("log_seq", "log_hash")
+"""Added later: hashed when a line has them, so older records still verify."""
+_ENTRY_FIELDS = tuple(f.name for f in fields(RecordEntry) if f.name not in _OPTIONAL_FIELDS)
 
 
 def read_record(path: Path) -> list[tuple[RecordEntry, str]]:
@@ -153,6 +165,7 @@ def read_record(path: Path) -> list[tuple[RecordEntry, str]]:
         try:
             raw = json.loads(line)
             data = {name: raw[name] for name in _ENTRY_FIELDS}
+            data.update({name: raw[name] for name in _OPTIONAL_FIELDS if name in raw})
             stated_prev, stated_hash = raw["prev"], raw["hash"]
         except (ValueError, KeyError, TypeError) as exc:
             raise RecordError(f"{path}:{number}: not a record line ({exc})") from exc

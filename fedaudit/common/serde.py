@@ -14,6 +14,7 @@ from fedaudit.node.domain import (
     BudgetStatus,
     Cell,
     Charge,
+    LogHead,
     Mechanism,
     NoiseSpec,
     Preflight,
@@ -148,6 +149,10 @@ def answer_to_pb(answer: Answer, budget: BudgetStatus | None) -> pb.QueryRespons
     )
     if budget is not None:
         msg.budget.CopyFrom(budget_to_pb(budget))
+    if answer.log_head is not None:
+        msg.log_head.CopyFrom(
+            pb.LogHead(seq=answer.log_head.seq, row_hash=answer.log_head.row_hash)
+        )
     return msg
 
 
@@ -174,6 +179,11 @@ def answer_from_pb(msg: pb.QueryResponse) -> Answer:
         charge=charge_from_pb(msg.charge),
         suppression_threshold=msg.suppression_threshold,
         replayed=msg.replayed,
+        log_head=(
+            LogHead(seq=msg.log_head.seq, row_hash=msg.log_head.row_hash)
+            if msg.HasField("log_head")
+            else None
+        ),
     )
 
 

@@ -6,6 +6,11 @@ recorded answer from this node, the log must hold a query row with the same requ
 id, template, data version and answer digest, the same outcome (answered or
 replayed) and the same charge. A difference means one side's evidence was altered,
 or the node released something it did not log.
+
+Each recorded answer also carries the node's log head at that release (seq and
+chain hash of its row). The log must still have exactly that hash at that seq:
+otherwise a row at or before it was removed or edited and the chain rewritten,
+which the chain alone (`verify`) cannot see.
 """
 
 from __future__ import annotations
@@ -40,6 +45,10 @@ class RecordEntry(Protocol):
     def template_version(self) -> str: ...
     @property
     def data_version(self) -> str: ...
+    @property
+    def log_seq(self) -> int: ...
+    @property
+    def log_hash(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -51,9 +60,39 @@ class Mismatch:
     problem: str
 
 
+def check_anchors(log: QueryLog, entries: Iterable[RecordEntry]) -> Mismatch | None:
+    """The first recorded log head (lowest seq) that the node's log no longer has, or None.
+
+    A head is the seq and chain hash of the row that logged a release. Each row's hash
+    covers the row before it, so if the row at `seq` still has the recorded hash (and the
+    chain verifies, which `compare` also checks), no row at or before it was changed,
+    removed or inserted since: a rewrite of the chain and head cannot hide that.
+    """
+    anchored = sorted((e for e in entries if e.log_seq > 0), key=lambda e: e.log_seq)
+    for entry in anchored:
+        row = log.row_at(entry.log_seq)
+        if row is None:
+            problem = f"the log has no row {entry.log_seq}, which the node named as this answer's"
+        elif row.row_hash != entry.log_hash:
+            problem = (
+                f"row {entry.log_seq} no longer has the hash the node sent with this answer "
+                f"({entry.log_hash[:16]}..., now {row.row_hash[:16]}...): the log was rewritten "
+                f"at or before row {entry.log_seq}"
+            )
+        else:
+            continue
+        return Mismatch(entry.request_id, entry.node, problem)
+    return None
+
+
 def compare_with_record(log: QueryLog, entries: Iterable[RecordEntry]) -> list[Mismatch]:
-    """Every recorded answer the log does not confirm (an empty list: they agree)."""
-    mismatches = []
+    """Every recorded answer the log does not confirm (an empty list: they agree).
+
+    The first anchor that no longer holds (`check_anchors`) comes first.
+    """
+    entries = list(entries)
+    anchor = check_anchors(log, entries)
+    mismatches = [] if anchor is None else [anchor]
     for entry in entries:
         rows = [
             r

@@ -15,9 +15,10 @@ concurrent appends can neither fork the chain nor leave gaps. The head also name
 the last link, so cutting rows off the end is detected.
 
 What this cannot detect on its own: someone with write access who rewrites the
-whole chain from a row onward, head included. Compare the head hash with one kept
-elsewhere (`fedaudit node log show` prints it), or the rows with the coordinator's
-own record (`fedaudit node log compare`).
+whole chain from a row onward, head included. So every answer and refusal carries
+the seq and hash of the row that logged it (`LogEvent.head`); the coordinator keeps
+them, and `fedaudit node log compare` (`logcompare.check_anchors`) finds a rewrite
+at or before any of them.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class LogEvent:
     reason: str = ""
     message: str = ""
     appended: bool = False
+    head: tuple[int, str] | None = None
+    """(seq, row_hash) of the row this request was logged as, once it is."""
     """Already written in the caller's transaction (a query's charge and its row commit together)."""
 
 
@@ -153,6 +156,11 @@ def canonical_parameters(text: str) -> str:
 def format_timestamp(moment: dt.datetime) -> str:
     """UTC, fixed width, so the text hashes the same everywhere and sorts in time order."""
     return moment.astimezone(dt.UTC).strftime(_TIMESTAMP_FORMAT)
+
+
+def head_details(row: LogRow) -> dict[str, str]:
+    """ErrorInfo metadata anchoring a refusal to the row that logged it."""
+    return {"log_seq": str(row.seq), "log_hash": row.row_hash}
 
 
 def mark_logged(exc: BaseException) -> None:
@@ -224,6 +232,14 @@ class QueryLog:
             reason=event.reason,
         )
         return LogRow(**values)
+
+    def row_at(self, seq: int) -> LogRow | None:
+        """The row with this seq, or None."""
+        with self._connect() as conn, conn.begin():
+            found = conn.execute(
+                select(QueryLogEntry.__table__).where(QueryLogEntry.seq == seq)
+            ).one_or_none()
+        return None if found is None else _row(found._mapping)
 
     def head(self) -> tuple[int, str]:
         """The last link's seq and hash: (0, GENESIS_HASH) for an empty log."""

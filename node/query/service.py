@@ -13,6 +13,7 @@ nor learn what another asked.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 import threading
@@ -31,6 +32,7 @@ from fedaudit.node.domain import (
     Capabilities,
     Cell,
     Charge,
+    LogHead,
     Mechanism,
     NoiseSpec,
     Preflight,
@@ -148,8 +150,10 @@ class NodeService:
         """
         event = _event(requester, "query", spec, request_id=request_id)
         with self._logged(event):
-            return self._query(requester, request_id, spec, event)
-        raise AssertionError("unreachable")  # pragma: no cover
+            answer = self._query(requester, request_id, spec, event)
+        if event.head is None:  # pragma: no cover - every path above logs or raises
+            raise AssertionError("a query answered without a log row")
+        return dataclasses.replace(answer, log_head=LogHead(*event.head))
 
     def _capabilities(self, requester: str, event: LogEvent) -> Capabilities:
         self._check_requester(requester)
@@ -322,8 +326,8 @@ class NodeService:
                 )
                 event.rho_units, event.epsilon = rho_to_units(charge.rho), charge.epsilon
                 event.answer_digest = answer_digest(answer)
-                self._query_log.append(event, outer=tx)
-            event.appended = True
+                row = self._query_log.append(event, outer=tx)
+            event.appended, event.head = True, (row.seq, row.row_hash)
         except DuplicateRequestError:
             # A concurrent retry of the same request won the race; answer as a replay.
             replay = self._replay(requester, request_id, hashes, state.version)
@@ -458,17 +462,20 @@ class NodeService:
             self._append_for_error(event, exc)
             raise
         if not event.appended:  # a query's answer is appended in its charging transaction
-            self._query_log.append(event)
+            row = self._query_log.append(event)
+            event.head = (row.seq, row.row_hash)
 
     def _append_for_error(self, event: LogEvent, exc: BaseException) -> None:
         try:
-            self._query_log.append(event)
+            row = self._query_log.append(event)
         except Exception as append_exc:
             log.error(
                 "querylog.append_failed", method=event.method, error=type(append_exc).__name__
             )
             return
         querylog.mark_logged(exc)
+        if isinstance(exc, RefusedError):
+            exc.details.update(querylog.head_details(row))
 
     def _check_minimum(self, charge: Charge) -> None:
         """Refuse a near-free query: it could only probe the node (or squat an id) cheaply."""

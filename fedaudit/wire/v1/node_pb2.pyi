@@ -563,6 +563,34 @@ class PreflightResponse(_message.Message):
 Global___PreflightResponse: _TypeAlias = PreflightResponse  # noqa: Y015
 
 @_typing.final
+class LogHead(_message.Message):
+    """The node's query log head right after it logged this request: the row that records it
+    (`seq`) and that row's chain hash. Kept by the coordinator, it anchors the node's log:
+    rewriting any row at or before `seq` changes that hash (`fedaudit node log compare`).
+    Refusals carry the same as ErrorInfo metadata `log_seq` and `log_hash`.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    ROW_HASH_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    row_hash: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        row_hash: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_hash", b"row_hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LogHead: _TypeAlias = LogHead  # noqa: Y015
+
+@_typing.final
 class QueryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -580,6 +608,7 @@ class QueryResponse(_message.Message):
     BUDGET_FIELD_NUMBER: _builtins.int
     MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
     SUPPRESSION_THRESHOLD_FIELD_NUMBER: _builtins.int
+    LOG_HEAD_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     template: _builtins.str
     template_version: _builtins.str
@@ -601,6 +630,8 @@ class QueryResponse(_message.Message):
     def charge(self) -> Global___PrivacyCharge: ...
     @_builtins.property
     def budget(self) -> Global___Budget: ...
+    @_builtins.property
+    def log_head(self) -> Global___LogHead: ...
     def __init__(
         self,
         *,
@@ -618,10 +649,11 @@ class QueryResponse(_message.Message):
         budget: Global___Budget | None = ...,
         municipality_code: _builtins.str = ...,
         suppression_threshold: _builtins.int = ...,
+        log_head: Global___LogHead | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "charge", b"charge", "noise", b"noise"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "charge", b"charge", "log_head", b"log_head", "noise", b"noise"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "catalogue_version", b"catalogue_version", "categories", b"categories", "cells", b"cells", "charge", b"charge", "data_version", b"data_version", "group_by", b"group_by", "municipality_code", b"municipality_code", "noise", b"noise", "replayed", b"replayed", "request_id", b"request_id", "suppression_threshold", b"suppression_threshold", "template", b"template", "template_version", b"template_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget", b"budget", "catalogue_version", b"catalogue_version", "categories", b"categories", "cells", b"cells", "charge", b"charge", "data_version", b"data_version", "group_by", b"group_by", "log_head", b"log_head", "municipality_code", b"municipality_code", "noise", b"noise", "replayed", b"replayed", "request_id", b"request_id", "suppression_threshold", b"suppression_threshold", "template", b"template", "template_version", b"template_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

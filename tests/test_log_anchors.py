@@ -1,0 +1,143 @@
+"""Anchored log heads: an operator who rewrites the log, chain and head included, is caught.
+
+Regression for attack 5 of issue 10: an operator removed rows of the query log and
+rewrote the chain and head; `verify` said intact and `compare` caught only the one
+answer the coordinator had recorded. Now every answer and refusal carries the node's
+log head (the seq and chain hash of the row that logged it), the coordinator's record
+keeps it, and `node log compare` reports the first anchored row that no longer matches.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import delete, select, update
+
+from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK
+from fedaudit.cli.main import main
+from fedaudit.coordinator.errors import NodeRefusedError
+from fedaudit.coordinator.running.record import AnswerRecord, read_record
+from fedaudit.node.domain import QuerySpec
+from fedaudit.node.evidence.logcompare import compare_with_record
+from fedaudit.node.evidence.querylog import GENESIS_HASH, HEAD_ID, QueryLog, row_hash
+from fedaudit.node.store.models import QueryLogEntry, QueryLogHead
+
+BOARD = "oversight-board"  # conftest's MTLS_AUDITORS[0]
+
+
+def _audit(connect, record_path: Path) -> list[tuple[str, int, str]]:
+    """Answers, a refusal and a replay over mTLS, recorded; returns (kind, seq, hash) seen."""
+    board = connect(BOARD)
+    seen = []
+    with AnswerRecord(record_path, run_id="anchors") as record:
+        for i, template in enumerate(("assessment_results", "certificates_issued")):
+            answer, _ = board.query(QuerySpec(template, rho=0.05), f"q{i}", timeout=10)
+            record("M01", f"q{i}", template, answer)
+            seen.append(("answer", answer.log_head.seq, answer.log_head.row_hash))
+        with pytest.raises(NodeRefusedError) as refused:
+            board.query(QuerySpec("no_such_template", rho=0.05), "bad", timeout=10)
+        seen.append(
+            ("refusal", int(refused.value.details["log_seq"]), refused.value.details["log_hash"])
+        )
+        answer, _ = board.query(QuerySpec("appeal_outcomes", rho=0.05), "q2", timeout=10)
+        record("M01", "q2", "appeal_outcomes", answer)
+        seen.append(("answer", answer.log_head.seq, answer.log_head.row_hash))
+        replay, _ = board.query(QuerySpec("appeal_outcomes", rho=0.05), "q2", timeout=10)
+        assert replay.replayed
+        record("M01", "q2", "appeal_outcomes", replay)
+        seen.append(("replay", replay.log_head.seq, replay.log_head.row_hash))
+    return seen
+
+
+def _rewrite(engine, *, drop: set[int] = frozenset(), edit: dict[int, str] | None = None) -> None:
+    """What a malicious operator does: change rows, then recompute every link and the head."""
+    edit = edit or {}
+    with engine.begin() as conn:
+        rows = [
+            dict(r._mapping) for r in conn.execute(select(QueryLogEntry.__table__).order_by("seq"))
+        ]
+        conn.execute(delete(QueryLogEntry))
+        prev, seq = GENESIS_HASH, 0
+        for row in rows:
+            if row["seq"] in drop:
+                continue
+            if row["seq"] in edit:
+                row["message"] = edit[row["seq"]]
+            seq += 1
+            row.update(seq=seq, prev_hash=prev)
+            row["row_hash"] = row_hash(row)
+            prev = row["row_hash"]
+            conn.execute(QueryLogEntry.__table__.insert().values(**row))
+        conn.execute(
+            update(QueryLogHead).where(QueryLogHead.id == HEAD_ID).values(seq=seq, row_hash=prev)
+        )
+
+
+def test_every_answer_and_refusal_carries_the_row_that_logged_it(
+    connect, mtls_node, tmp_path
+) -> None:
+    seen = _audit(connect, tmp_path / "record.jsonl")
+    log = mtls_node.service.query_log
+    for kind, seq, digest in seen:
+        row = log.row_at(seq)
+        assert row is not None, kind
+        assert row.row_hash == digest
+        assert row.method == "query"
+        assert (
+            row.status == {"answer": "answered", "refusal": "refused", "replay": "replayed"}[kind]
+        )
+    seqs = [seq for _, seq, _ in seen]
+    assert seqs == sorted(seqs)
+    recorded = [e for e, _ in read_record(tmp_path / "record.jsonl")]
+    assert [(e.log_seq, e.log_hash) for e in recorded] == [
+        (seq, digest) for kind, seq, digest in seen if kind != "refusal"
+    ]
+    assert compare_with_record(log, recorded) == []
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["remove the refusal", "remove an answer and a capabilities row", "edit the refusal's message"],
+)
+def test_a_rewritten_log_is_caught_at_the_first_anchor(
+    connect, mtls_node, tmp_path, tamper
+) -> None:
+    record = tmp_path / "record.jsonl"
+    seen = _audit(connect, record)
+    engine = mtls_node.service.engine
+    refusal_seq = next(seq for kind, seq, _ in seen if kind == "refusal")
+    first_answer = next(seq for kind, seq, _ in seen if kind == "answer")
+    if tamper == "remove the refusal":
+        _rewrite(engine, drop={refusal_seq})
+        first_broken = next(seq for kind, seq, _ in seen if kind != "refusal" and seq > refusal_seq)
+    elif tamper == "remove an answer and a capabilities row":
+        _rewrite(engine, drop={1, first_answer})  # row 1: the transport's capabilities call
+        first_broken = first_answer
+    else:
+        _rewrite(engine, edit={refusal_seq: "nothing to see here"})
+        first_broken = next(seq for kind, seq, _ in seen if kind != "refusal" and seq > refusal_seq)
+
+    log = QueryLog(engine)
+    assert log.verify().ok  # the chain alone cannot tell
+    entries = [e for e, _ in read_record(record)]
+    mismatches = compare_with_record(log, entries)
+    assert mismatches, tamper
+    assert f"at or before row {first_broken}" in mismatches[0].problem or (
+        f"no row {first_broken}" in mismatches[0].problem
+    )
+
+
+def test_node_log_compare_reports_the_rewrite(connect, mtls_node, tmp_path, capsys) -> None:
+    record = tmp_path / "record.jsonl"
+    seen = _audit(connect, record)
+    db = str(Path(mtls_node.service.engine.url.database))
+    assert main(["node", "log", "compare", "--db", db, "--record", str(record)]) == EXIT_OK
+    capsys.readouterr()
+    refusal_seq = next(seq for kind, seq, _ in seen if kind == "refusal")
+    _rewrite(mtls_node.service.engine, drop={refusal_seq})
+    assert main(["node", "log", "verify", "--db", db]) == EXIT_OK  # looks intact on its own
+    capsys.readouterr()
+    assert main(["node", "log", "compare", "--db", db, "--record", str(record)]) == EXIT_FINDINGS
+    err = capsys.readouterr().err
+    assert "the log was rewritten at or before row" in err
