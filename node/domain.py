@@ -106,6 +106,11 @@ class LogHead:
 
     seq: int
     row_hash: str
+    signature: bytes = b""
+    """The node's ECDSA signature over `common.digest.log_head_statement` (empty when the
+    node runs without a federation identity, i.e. --insecure)."""
+    certificate: bytes = b""
+    """The signing node's certificate (PEM), to verify `signature` against the CA."""
 
 
 @dataclass(frozen=True)

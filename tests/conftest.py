@@ -155,6 +155,7 @@ def _mtls_node(mtls_pki, tmp_path: Path) -> Iterator[object]:
     from fedaudit.node.query.service import NodeService
     from fedaudit.node.server import start_node_server
     from fedaudit.node.store.db import make_engine
+    from fedaudit.pki.identity import NodeIdentity
     from fedaudit.pki.tls import TlsFiles, server_credentials
 
     board, other = MTLS_AUDITORS
@@ -163,7 +164,11 @@ def _mtls_node(mtls_pki, tmp_path: Path) -> Iterator[object]:
     import_bundle(engine, FIXTURE_BUNDLE)
     cert = mtls_pki.nodes["M01"]
     running = start_node_server(
-        NodeService(engine, policy),
+        NodeService(
+            engine,
+            policy,
+            identity=NodeIdentity.load(cert.cert, cert.key, mtls_pki.ca.cert),  # signs log heads
+        ),
         host="127.0.0.1",
         port=0,
         server_credentials=server_credentials(TlsFiles(cert.cert, cert.key, mtls_pki.ca.cert)),

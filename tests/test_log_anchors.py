@@ -9,6 +9,7 @@ keeps it, and `node log compare` reports the first anchored row that no longer m
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ from sqlalchemy import delete, select, update
 from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK
 from fedaudit.cli.main import main
 from fedaudit.coordinator.errors import NodeRefusedError
-from fedaudit.coordinator.running.record import AnswerRecord, read_record
+from fedaudit.coordinator.running.record import GENESIS_HASH as RECORD_GENESIS
+from fedaudit.coordinator.running.record import (
+    AnswerRecord,
+    _line_hash,
+    read_record,
+)
 from fedaudit.node.domain import QuerySpec
 from fedaudit.node.evidence.logcompare import compare_with_record
 from fedaudit.node.evidence.querylog import GENESIS_HASH, HEAD_ID, QueryLog, row_hash
@@ -141,3 +147,36 @@ def test_node_log_compare_reports_the_rewrite(connect, mtls_node, tmp_path, caps
     assert main(["node", "log", "compare", "--db", db, "--record", str(record)]) == EXIT_FINDINGS
     err = capsys.readouterr().err
     assert "the log was rewritten at or before row" in err
+
+
+def test_heads_are_signed_by_the_node_and_a_forged_head_does_not_verify(
+    connect, mtls_node, mtls_pki, tmp_path, capsys
+) -> None:
+    """The node signs each head with its federation key; `compare --tls-ca` checks every one."""
+    record = tmp_path / "record.jsonl"
+    _audit(connect, record)
+    entries = [e for e, _ in read_record(record)]
+    assert all(e.log_signature and "BEGIN CERTIFICATE" in e.log_certificate for e in entries)
+    db = str(Path(mtls_node.service.engine.url.database))
+    ca = str(mtls_pki.ca.cert)
+    compare = ["node", "log", "compare", "--db", db, "--record", str(record), "--tls-ca", ca]
+    assert main(compare) == EXIT_OK
+    capsys.readouterr()
+
+    # A coordinator that invents a head (to accuse the node of a rewrite) cannot sign it.
+    lines = record.read_text(encoding="utf-8").splitlines()
+    forged = tmp_path / "forged.jsonl"
+    prev = RECORD_GENESIS
+    rewritten = []
+    for i, line in enumerate(lines):
+        data = json.loads(line)
+        data.pop("prev"), data.pop("hash")
+        if i == 0:
+            data["log_hash"] = "0" * 64
+        line_hash = _line_hash(data, prev)
+        rewritten.append(json.dumps({**data, "prev": prev, "hash": line_hash}, sort_keys=True))
+        prev = line_hash
+    forged.write_text("\n".join(rewritten) + "\n", encoding="utf-8")
+    compare[compare.index(str(record))] = str(forged)
+    assert main(compare) == EXIT_FINDINGS
+    assert "signature does not verify" in capsys.readouterr().err

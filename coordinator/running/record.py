@@ -67,6 +67,8 @@ class RecordEntry:
     # in records written before anchors existed): the row that logged this release.
     log_seq: int = 0
     log_hash: str = ""
+    log_signature: str = ""  # hex; the node's signature over its head (empty if unsigned)
+    log_certificate: str = ""  # PEM of the certificate that verifies it
 
 
 def _line_hash(entry: dict[str, Any], prev: str) -> str:
@@ -114,6 +116,8 @@ class AnswerRecord:
             received_at=self._clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
             log_seq=answer.log_head.seq if answer.log_head else 0,
             log_hash=answer.log_head.row_hash if answer.log_head else "",
+            log_signature=answer.log_head.signature.hex() if answer.log_head else "",
+            log_certificate=answer.log_head.certificate.decode() if answer.log_head else "",
         )
         data = asdict(entry)
         with self._lock:
@@ -142,7 +146,7 @@ class AnswerRecord:
         self.close()
 
 
-_OPTIONAL_FIELDS = ("log_seq", "log_hash")
+_OPTIONAL_FIELDS = ("log_seq", "log_hash", "log_signature", "log_certificate")
 """Added later: hashed when a line has them, so older records still verify."""
 _ENTRY_FIELDS = tuple(f.name for f in fields(RecordEntry) if f.name not in _OPTIONAL_FIELDS)
 

@@ -150,8 +150,14 @@ def answer_to_pb(answer: Answer, budget: BudgetStatus | None) -> pb.QueryRespons
     if budget is not None:
         msg.budget.CopyFrom(budget_to_pb(budget))
     if answer.log_head is not None:
+        head = answer.log_head
         msg.log_head.CopyFrom(
-            pb.LogHead(seq=answer.log_head.seq, row_hash=answer.log_head.row_hash)
+            pb.LogHead(
+                seq=head.seq,
+                row_hash=head.row_hash,
+                signature=head.signature,
+                certificate=head.certificate,
+            )
         )
     return msg
 
@@ -180,7 +186,12 @@ def answer_from_pb(msg: pb.QueryResponse) -> Answer:
         suppression_threshold=msg.suppression_threshold,
         replayed=msg.replayed,
         log_head=(
-            LogHead(seq=msg.log_head.seq, row_hash=msg.log_head.row_hash)
+            LogHead(
+                seq=msg.log_head.seq,
+                row_hash=msg.log_head.row_hash,
+                signature=msg.log_head.signature,
+                certificate=msg.log_head.certificate,
+            )
             if msg.HasField("log_head")
             else None
         ),

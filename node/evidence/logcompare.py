@@ -19,7 +19,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from cryptography import x509
+
+from fedaudit.common.digest import log_head_statement
 from fedaudit.node.evidence.querylog import ANSWERED, REPLAYED, LogRow, QueryLog
+from fedaudit.pki.identity import IdentityError, verify_node_statement
 
 
 class RecordEntry(Protocol):
@@ -49,6 +53,10 @@ class RecordEntry(Protocol):
     def log_seq(self) -> int: ...
     @property
     def log_hash(self) -> str: ...
+    @property
+    def log_signature(self) -> str: ...
+    @property
+    def log_certificate(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +68,30 @@ class Mismatch:
     problem: str
 
 
-def check_anchors(log: QueryLog, entries: Iterable[RecordEntry]) -> Mismatch | None:
+def signature_problem(entry: RecordEntry, ca: x509.Certificate) -> str:
+    """Why a recorded head does not prove the node stated it ("" when its signature holds).
+
+    The signature is checked against the federation CA and the node named in the record,
+    so a head the coordinator made up (to accuse the node) does not verify either.
+    """
+    if not entry.log_signature:
+        return "the node's log head for this answer is not signed"
+    try:
+        verify_node_statement(
+            ca,
+            entry.log_certificate.encode(),
+            log_head_statement(entry.node, entry.log_seq, entry.log_hash),
+            bytes.fromhex(entry.log_signature),
+            claimed_name=entry.node,
+        )
+    except (IdentityError, ValueError) as exc:
+        return f"the log head's signature does not verify: {exc}"
+    return ""
+
+
+def check_anchors(
+    log: QueryLog, entries: Iterable[RecordEntry], ca: x509.Certificate | None = None
+) -> Mismatch | None:
     """The first recorded log head (lowest seq) that the node's log no longer has, or None.
 
     A head is the seq and chain hash of the row that logged a release. Each row's hash
@@ -71,7 +102,10 @@ def check_anchors(log: QueryLog, entries: Iterable[RecordEntry]) -> Mismatch | N
     anchored = sorted((e for e in entries if e.log_seq > 0), key=lambda e: e.log_seq)
     for entry in anchored:
         row = log.row_at(entry.log_seq)
-        if row is None:
+        unproven = signature_problem(entry, ca) if ca is not None else ""
+        if unproven:
+            problem = unproven
+        elif row is None:
             problem = f"the log has no row {entry.log_seq}, which the node named as this answer's"
         elif row.row_hash != entry.log_hash:
             problem = (
@@ -85,13 +119,16 @@ def check_anchors(log: QueryLog, entries: Iterable[RecordEntry]) -> Mismatch | N
     return None
 
 
-def compare_with_record(log: QueryLog, entries: Iterable[RecordEntry]) -> list[Mismatch]:
+def compare_with_record(
+    log: QueryLog, entries: Iterable[RecordEntry], ca: x509.Certificate | None = None
+) -> list[Mismatch]:
     """Every recorded answer the log does not confirm (an empty list: they agree).
 
-    The first anchor that no longer holds (`check_anchors`) comes first.
+    The first anchor that no longer holds (`check_anchors`; with `ca`, also one whose
+    signature does not verify) comes first.
     """
     entries = list(entries)
-    anchor = check_anchors(log, entries)
+    anchor = check_anchors(log, entries, ca)
     mismatches = [] if anchor is None else [anchor]
     for entry in entries:
         rows = [

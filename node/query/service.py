@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, select
 
 from fedaudit.common import mechanisms
 from fedaudit.common.budget_units import rho_to_units
-from fedaudit.common.digest import answer_digest
+from fedaudit.common.digest import answer_digest, log_head_statement
 from fedaudit.node.domain import (
     Answer,
     Capabilities,
@@ -57,6 +57,7 @@ from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import canonical, catalogue
 from fedaudit.node.store.db import is_sqlite
 from fedaudit.node.store.models import DataVersion, Municipality
+from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +90,7 @@ class NodeService:
         *,
         query_engine: Engine | None = None,
         clock: Callable[[], dt.datetime] = utcnow,
+        identity: NodeIdentity | None = None,
     ) -> None:
         self._engine = engine
         # Aggregations may run through a read-only role (production: a PostgreSQL user with
@@ -96,6 +98,8 @@ class NodeService:
         self._query_engine = query_engine or engine
         self._policy = policy
         self._clock = clock
+        # Signs the log heads answers and refusals carry (none in --insecure mode).
+        self._identity = identity
         self._ledger = Ledger(engine, policy)
         self._query_log = QueryLog(engine, clock=clock)
         self._state: _DataState | None = None
@@ -153,7 +157,7 @@ class NodeService:
             answer = self._query(requester, request_id, spec, event)
         if event.head is None:  # pragma: no cover - every path above logs or raises
             raise AssertionError("a query answered without a log row")
-        return dataclasses.replace(answer, log_head=LogHead(*event.head))
+        return dataclasses.replace(answer, log_head=self._signed_head(*event.head))
 
     def _capabilities(self, requester: str, event: LogEvent) -> Capabilities:
         self._check_requester(requester)
@@ -476,6 +480,21 @@ class NodeService:
         querylog.mark_logged(exc)
         if isinstance(exc, RefusedError):
             exc.details.update(querylog.head_details(row))
+            signature = self._signed_head(row.seq, row.row_hash).signature
+            if signature:
+                exc.details["log_signature"] = signature.hex()
+
+    def _signed_head(self, seq: int, row_hash: str) -> LogHead:
+        """The log head as this node states it: signed with its federation key if it has one."""
+        if self._identity is None:
+            return LogHead(seq, row_hash)
+        statement = log_head_statement(self._identity.name, seq, row_hash)
+        return LogHead(
+            seq,
+            row_hash,
+            signature=self._identity.sign(statement),
+            certificate=self._identity.certificate_pem,
+        )
 
     def _check_minimum(self, charge: Charge) -> None:
         """Refuse a near-free query: it could only probe the node (or squat an id) cheaply."""

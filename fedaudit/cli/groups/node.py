@@ -251,10 +251,10 @@ def node_serve(args: argparse.Namespace) -> int:
     ensure_schema(engine)
     # Aggregations through a read-only role when one is given (docs/operations.md).
     query_engine = make_engine(args.query_db) if args.query_db else None
-    service = NodeService(engine, policy, query_engine=query_engine)
     # The node's federation identity (none in --insecure mode): the ring proves membership
-    # with it and revocation reconciliation signs with it.
+    # with it, revocation reconciliation and the query log's heads are signed with it.
     identity = _node_identity(args) if credentials else None
+    service = NodeService(engine, policy, query_engine=query_engine, identity=identity)
     # The CRL guard refuses revoked callers; the ring also refuses revoked roster members.
     revocation = _revocation_guard(args)
     # The blinding ring for duplicate detection, on the same port, ledger and query log.

@@ -70,6 +70,11 @@ def register(parsers: Parsers) -> None:
         "--node",
         help="the node's name in the record (default: the entries for this node's municipality)",
     )
+    compare.add_argument(
+        "--tls-ca",
+        type=Path,
+        help="the federation CA: also check that every recorded log head was signed by the node",
+    )
     compare.set_defaults(handler=log_compare)
 
 
@@ -144,6 +149,14 @@ def log_compare(args: argparse.Namespace) -> int:
         entries = [entry for entry, _ in read_record(args.record)]
     except RecordError as exc:
         raise CliError(str(exc)) from exc
+    ca = None
+    if args.tls_ca is not None:
+        from cryptography import x509
+
+        try:
+            ca = x509.load_pem_x509_certificate(args.tls_ca.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{args.tls_ca}: not a readable PEM certificate ({exc})") from exc
     engine = _engine(args.db)
     try:
         if args.node:
@@ -154,7 +167,7 @@ def log_compare(args: argparse.Namespace) -> int:
             mine = [e for e in entries if e.municipality_code == code]
         log = QueryLog(engine)
         verification = log.verify()
-        mismatches = compare_with_record(log, mine)
+        mismatches = compare_with_record(log, mine, ca)
     finally:
         engine.dispose()
     if not mine:

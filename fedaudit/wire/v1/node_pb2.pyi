@@ -567,24 +567,35 @@ class LogHead(_message.Message):
     """The node's query log head right after it logged this request: the row that records it
     (`seq`) and that row's chain hash. Kept by the coordinator, it anchors the node's log:
     rewriting any row at or before `seq` changes that hash (`fedaudit node log compare`).
-    Refusals carry the same as ErrorInfo metadata `log_seq` and `log_hash`.
+    Refusals carry the same as ErrorInfo metadata `log_seq`, `log_hash` and (hex)
+    `log_signature`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     SEQ_FIELD_NUMBER: _builtins.int
     ROW_HASH_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     row_hash: _builtins.str
+    signature: _builtins.bytes
+    """ECDSA (P-256, SHA-256) by the node's federation key over
+    "fedaudit-loghead-v1" 0x00 node-name 0x00 seq 0x00 row_hash; empty without TLS.
+    """
+    certificate: _builtins.bytes
+    """The node's certificate (PEM) that verifies `signature` against the federation CA."""
     def __init__(
         self,
         *,
         seq: _builtins.int = ...,
         row_hash: _builtins.str = ...,
+        signature: _builtins.bytes = ...,
+        certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["row_hash", b"row_hash", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate", "row_hash", b"row_hash", "seq", b"seq", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
