@@ -10,6 +10,7 @@ keeps it, and `node log compare` reports the first anchored row that no longer m
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from sqlalchemy import delete, select, update
 from fedaudit.cli.errors import EXIT_FINDINGS, EXIT_OK
 from fedaudit.cli.main import main
 from fedaudit.coordinator.errors import NodeRefusedError
+from fedaudit.coordinator.planning.default_plan import default_plan_path
+from fedaudit.coordinator.planning.plan import load_plan
+from fedaudit.coordinator.running.audit import run_audit
 from fedaudit.coordinator.running.record import GENESIS_HASH as RECORD_GENESIS
 from fedaudit.coordinator.running.record import (
     AnswerRecord,
@@ -43,6 +47,7 @@ def _audit(connect, record_path: Path) -> list[tuple[str, int, str]]:
             seen.append(("answer", answer.log_head.seq, answer.log_head.row_hash))
         with pytest.raises(NodeRefusedError) as refused:
             board.query(QuerySpec("no_such_template", rho=0.05), "bad", timeout=10)
+        record.refused("M01", "T01", "bad", "no_such_template", refused.value)
         seen.append(
             ("refusal", int(refused.value.details["log_seq"]), refused.value.details["log_hash"])
         )
@@ -96,9 +101,8 @@ def test_every_answer_and_refusal_carries_the_row_that_logged_it(
     seqs = [seq for _, seq, _ in seen]
     assert seqs == sorted(seqs)
     recorded = [e for e, _ in read_record(tmp_path / "record.jsonl")]
-    assert [(e.log_seq, e.log_hash) for e in recorded] == [
-        (seq, digest) for kind, seq, digest in seen if kind != "refusal"
-    ]
+    assert [(e.log_seq, e.log_hash) for e in recorded] == [(seq, digest) for _, seq, digest in seen]
+    assert [e.outcome for e in recorded].count("refusal") == 1
     assert compare_with_record(log, recorded) == []
 
 
@@ -116,13 +120,13 @@ def test_a_rewritten_log_is_caught_at_the_first_anchor(
     first_answer = next(seq for kind, seq, _ in seen if kind == "answer")
     if tamper == "remove the refusal":
         _rewrite(engine, drop={refusal_seq})
-        first_broken = next(seq for kind, seq, _ in seen if kind != "refusal" and seq > refusal_seq)
+        first_broken = refusal_seq  # the refusal's own head is in the record
     elif tamper == "remove an answer and a capabilities row":
         _rewrite(engine, drop={1, first_answer})  # row 1: the transport's capabilities call
         first_broken = first_answer
     else:
         _rewrite(engine, edit={refusal_seq: "nothing to see here"})
-        first_broken = next(seq for kind, seq, _ in seen if kind != "refusal" and seq > refusal_seq)
+        first_broken = refusal_seq
 
     log = QueryLog(engine)
     assert log.verify().ok  # the chain alone cannot tell
@@ -156,7 +160,9 @@ def test_heads_are_signed_by_the_node_and_a_forged_head_does_not_verify(
     record = tmp_path / "record.jsonl"
     _audit(connect, record)
     entries = [e for e, _ in read_record(record)]
-    assert all(e.log_signature and "BEGIN CERTIFICATE" in e.log_certificate for e in entries)
+    assert all(e.log_signature for e in entries)
+    answers = [e for e in entries if e.outcome == "answer"]
+    assert all("BEGIN CERTIFICATE" in e.log_certificate for e in answers)
     db = str(Path(mtls_node.service.engine.url.database))
     ca = str(mtls_pki.ca.cert)
     compare = ["node", "log", "compare", "--db", db, "--record", str(record), "--tls-ca", ca]
@@ -180,3 +186,45 @@ def test_heads_are_signed_by_the_node_and_a_forged_head_does_not_verify(
     compare[compare.index(str(record))] = str(forged)
     assert main(compare) == EXIT_FINDINGS
     assert "signature does not verify" in capsys.readouterr().err
+
+
+class _OneQueryGoesWrong:
+    """A transport whose appeals query reaches the node misspelt, so the node refuses it."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.name, self.address = inner.name, inner.address
+
+    def __getattr__(self, attr: str):
+        return getattr(self._inner, attr)
+
+    def query(self, spec, request_id, *, timeout):
+        if spec.template == "appeal_outcomes":
+            spec = replace(spec, template="appeal_outcome")
+        return self._inner.query(spec, request_id, timeout=timeout)
+
+
+def test_run_audit_records_refusals_with_their_log_heads(connect, mtls_node, tmp_path) -> None:
+    """`audit run --record` keeps the head of every refused query as well as every answer's."""
+    plan = replace(load_plan(default_plan_path()), min_answering_nodes=1)
+    plan = plan.with_nodes({"M01": f"127.0.0.1:{mtls_node.port}"})
+    record_path = tmp_path / "record.jsonl"
+    with AnswerRecord(record_path, run_id="r1") as record:
+        report = run_audit(
+            plan,
+            {"M01": _OneQueryGoesWrong(connect(BOARD))},
+            run_id="r1",
+            on_answer=record,
+            on_refusal=record.refused,
+        )
+    statuses = [q["status"] for q in report["coverage"]["nodes"][0]["queries"]]
+    assert "refused" in statuses
+    entries = [e for e, _ in read_record(record_path)]
+    refusals = [e for e in entries if e.outcome == "refusal"]
+    assert len(refusals) == statuses.count("refused")
+    assert all(e.reason == "INVALID_PARAMETERS" and e.log_seq > 0 for e in refusals)
+    log = mtls_node.service.query_log
+    assert compare_with_record(log, entries) == []
+    _rewrite(mtls_node.service.engine, edit={refusals[0].log_seq: "rewritten"})
+    mismatches = compare_with_record(QueryLog(mtls_node.service.engine), entries)
+    assert f"at or before row {refusals[0].log_seq}" in mismatches[0].problem

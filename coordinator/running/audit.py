@@ -51,6 +51,10 @@ AnswerCallback = Callable[[str, str, str, Answer], None]
 """Called with (node name, request id, query key, answer) for every answer received, e.g. to
 keep the coordinator's own record of what each node released."""
 
+RefusalCallback = Callable[[str, str, str, str, NodeRefusedError], None]
+"""Called with (node name, municipality code, request id, query key, refusal) for every query
+a node refused, e.g. to record the log head the refusal carries (`record.AnswerRecord`)."""
+
 
 @dataclass
 class QueryOutcome:
@@ -95,6 +99,7 @@ def run_audit(
     run_id: str | None = None,
     progress: ProgressCallback | None = None,
     on_answer: AnswerCallback | None = None,
+    on_refusal: RefusalCallback | None = None,
     dedup_transports: Mapping[str, DedupTransport] | None = None,
     reconcile_transports: Mapping[str, ReconcileTransport] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
@@ -129,6 +134,7 @@ def run_audit(
                 deadline=deadline,
                 progress=progress,
                 on_answer=on_answer,
+                on_refusal=on_refusal,
             )
             for name, t in transports.items()
         }
@@ -304,6 +310,7 @@ def _run_node(
     deadline: float,
     progress: ProgressCallback | None,
     on_answer: AnswerCallback | None = None,
+    on_refusal: RefusalCallback | None = None,
 ) -> NodeOutcome:
     outcome = NodeOutcome(name=name, address=transport.address)
 
@@ -351,6 +358,9 @@ def _run_node(
                 on_answer(name, rid, q.key, qo.answer)
         except CoordinatorError as exc:
             qo.status, qo.reason, qo.message = _classify(exc)
+            if on_refusal is not None and isinstance(exc, NodeRefusedError):
+                code = outcome.info.municipality_code if outcome.info else ""
+                on_refusal(name, code, rid, q.key, exc)
         outcome.queries.append(qo)
         report(qo.status)
 

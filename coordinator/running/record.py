@@ -33,6 +33,7 @@ import structlog
 
 from fedaudit.common.budget_units import rho_to_units
 from fedaudit.common.digest import answer_digest
+from fedaudit.coordinator.errors import NodeRefusedError
 from fedaudit.node.domain import Answer
 
 log = structlog.get_logger(__name__)
@@ -69,6 +70,8 @@ class RecordEntry:
     log_hash: str = ""
     log_signature: str = ""  # hex; the node's signature over its head (empty if unsigned)
     log_certificate: str = ""  # PEM of the certificate that verifies it
+    outcome: str = "answer"  # or "refusal": the node refused; only the log head is kept
+    reason: str = ""  # the refusal's reason (RefusalReason name)
 
 
 def _line_hash(entry: dict[str, Any], prev: str) -> str:
@@ -119,6 +122,45 @@ class AnswerRecord:
             log_signature=answer.log_head.signature.hex() if answer.log_head else "",
             log_certificate=answer.log_head.certificate.decode() if answer.log_head else "",
         )
+        self._append(entry)
+        log.info("record.appended", node=node, request_id=request_id, replayed=answer.replayed)
+
+    def refused(
+        self,
+        node: str,
+        municipality_code: str,
+        request_id: str,
+        query_key: str,
+        refusal: NodeRefusedError,
+    ) -> None:
+        """Keep a refusal's log head: it anchors the node's log like an answer's does."""
+        details = refusal.details
+        entry = RecordEntry(
+            run_id=self._run_id,
+            node=node,
+            municipality_code=municipality_code,
+            request_id=request_id,
+            query_key=query_key,
+            template="",
+            template_version="",
+            data_version="",
+            answer_digest="",
+            replayed=False,
+            charged_rho_units=0,
+            rho=0.0,
+            epsilon=None,
+            received_at=self._clock().astimezone(dt.UTC).isoformat().replace("+00:00", "Z"),
+            log_seq=int(details.get("log_seq", "0") or 0),
+            log_hash=details.get("log_hash", ""),
+            log_signature=details.get("log_signature", ""),
+            log_certificate="",
+            outcome="refusal",
+            reason=refusal.reason,
+        )
+        self._append(entry)
+        log.info("record.refusal", node=node, request_id=request_id, reason=refusal.reason)
+
+    def _append(self, entry: RecordEntry) -> None:
         data = asdict(entry)
         with self._lock:
             line_hash = _line_hash(data, self._prev)
@@ -128,7 +170,6 @@ class AnswerRecord:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._prev = line_hash
-        log.info("record.appended", node=node, request_id=request_id, replayed=answer.replayed)
 
     def close(self) -> None:
         with self._lock:
@@ -146,7 +187,14 @@ class AnswerRecord:
         self.close()
 
 
-_OPTIONAL_FIELDS = ("log_seq", "log_hash", "log_signature", "log_certificate")
+_OPTIONAL_FIELDS = (
+    "log_seq",
+    "log_hash",
+    "log_signature",
+    "log_certificate",
+    "outcome",
+    "reason",
+)
 """Added later: hashed when a line has them, so older records still verify."""
 _ENTRY_FIELDS = tuple(f.name for f in fields(RecordEntry) if f.name not in _OPTIONAL_FIELDS)
 

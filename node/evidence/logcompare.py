@@ -57,6 +57,8 @@ class RecordEntry(Protocol):
     def log_signature(self) -> str: ...
     @property
     def log_certificate(self) -> str: ...
+    @property
+    def outcome(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,8 @@ def signature_problem(entry: RecordEntry, ca: x509.Certificate) -> str:
     """
     if not entry.log_signature:
         return "the node's log head for this answer is not signed"
+    if not entry.log_certificate:
+        return ""  # a refusal's head carries no certificate: checked through the chain only
     try:
         verify_node_statement(
             ca,
@@ -131,6 +135,8 @@ def compare_with_record(
     anchor = check_anchors(log, entries, ca)
     mismatches = [] if anchor is None else [anchor]
     for entry in entries:
+        if entry.outcome != "answer":
+            continue  # a refusal released nothing; its log head was checked above
         rows = [
             r
             for r in log.rows(request_id=entry.request_id)

@@ -214,6 +214,7 @@ def audit_run(args: argparse.Namespace) -> int:
                 run_id=run_id,
                 progress=progress,
                 on_answer=counter,
+                on_refusal=record.refused if record is not None else None,
                 dedup_transports=dedup_transports,
                 reconcile_transports=reconcile_transports,
             )

@@ -181,9 +181,9 @@ def log_compare(args: argparse.Namespace) -> int:
     for m in mismatches:
         err_console.print(f"{m.node} {m.request_id}: {m.problem}", markup=False)
     if ok:
-        console.print(f"log and record agree on all {len(mine)} recorded answers")
+        console.print(f"log and record agree on all {len(mine)} recorded answers and refusals")
         return EXIT_OK
-    err_console.print(f"{len(mismatches)} of {len(mine)} recorded answers differ")
+    err_console.print(f"{len(mismatches)} of {len(mine)} recorded answers and refusals differ")
     return EXIT_FINDINGS
 
 
