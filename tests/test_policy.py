@@ -102,17 +102,14 @@ def test_node_shares_cannot_promise_more_than_the_node_has() -> None:
 
 
 def test_minimum_charges_default_and_are_checked() -> None:
-    """The least rho of a query and of a ring run: defaults, overrides, and bad values."""
+    """The least rho of a query: default, override, and bad values."""
     policy = parse_policy(VALID)
-    assert (policy.min_rho_per_query, policy.min_rho_per_ring_run) == (0.001, 0.01)
-    document = _with("budget.min_rho_per_query", 0.01)
-    document["budget"]["min_rho_per_ring_run"] = 0.5
-    policy = parse_policy(document)
-    assert (policy.min_rho_per_query, policy.min_rho_per_ring_run) == (0.01, 0.5)
+    assert policy.min_rho_per_query == 0.001
+    assert parse_policy(_with("budget.min_rho_per_query", 0.01)).min_rho_per_query == 0.01
     with pytest.raises(PolicyError, match=r"budget\.min_rho_per_query: must not exceed"):
         parse_policy(_with("budget.min_rho_per_query", 0.6))
-    with pytest.raises(PolicyError, match=r"budget\.min_rho_per_ring_run: must be a finite"):
-        parse_policy(_with("budget.min_rho_per_ring_run", 0))
+    with pytest.raises(PolicyError, match=r"budget\.min_rho_per_query: must be a finite"):
+        parse_policy(_with("budget.min_rho_per_query", 0))
 
 
 def test_allows_combines_node_and_requester_lists() -> None:

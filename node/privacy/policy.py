@@ -66,8 +66,6 @@ DEFAULT_MIN_RHO_PER_QUERY = 0.001
 """Least charge of one query: below it an answer is mostly noise (a count's noise has a
 standard deviation of about 22 persons at K = 1), so such a request can only serve to
 probe the node cheaply, or to squat a request id. Refused as invalid."""
-DEFAULT_MIN_RHO_PER_RING_RUN = 0.01
-"""Least charge of one blinding-ring run (for the ring's service to enforce)."""
 DEFAULT_PERIOD_SPAN_YEARS = 7
 
 _REQUESTER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}")
@@ -93,7 +91,6 @@ _BUDGET_KEYS = (
     "max_rho_per_request",
     "node_reserved_rho",
     "min_rho_per_query",
-    "min_rho_per_ring_run",
 )
 _REQUIRED_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
@@ -169,7 +166,6 @@ class Policy:
     ring: RingPolicy = RingPolicy()
     node_reserved_rho: float = 0.0
     min_rho_per_query: float = DEFAULT_MIN_RHO_PER_QUERY
-    min_rho_per_ring_run: float = DEFAULT_MIN_RHO_PER_RING_RUN
 
     def node_share(self, requester: str) -> float:
         """The part of `node_rho_total` that `requester` may spend, over all periods.
@@ -369,24 +365,20 @@ def _budget(value: object) -> tuple[str, float, float, float]:
     return period, total, per_request, reserved
 
 
-def _minimums(value: Mapping[str, Any], per_request: float) -> tuple[float, float]:
-    """The least charge of a query and of a ring run; neither above the per-request maximum."""
-    found = []
-    for key, default in (
-        ("min_rho_per_query", DEFAULT_MIN_RHO_PER_QUERY),
-        ("min_rho_per_ring_run", DEFAULT_MIN_RHO_PER_RING_RUN),
-    ):
-        if key not in value:
-            found.append(min(default, per_request))
-            continue
-        least = _positive_rho(value[key], f"budget.{key}")
-        if least > per_request:
-            raise _Problem(
-                f"budget.{key}",
-                f"must not exceed budget.max_rho_per_request ({per_request:g}), got {least:g}",
-            )
-        found.append(least)
-    return found[0], found[1]
+def _min_per_query(value: Mapping[str, Any], per_request: float) -> float:
+    """The least charge of a query, never above the per-request maximum.
+
+    (The ring's floor is `ring.min_rho`, see `RingPolicy`.)
+    """
+    if "min_rho_per_query" not in value:
+        return min(DEFAULT_MIN_RHO_PER_QUERY, per_request)
+    least = _positive_rho(value["min_rho_per_query"], "budget.min_rho_per_query")
+    if least > per_request:
+        raise _Problem(
+            "budget.min_rho_per_query",
+            f"must not exceed budget.max_rho_per_request ({per_request:g}), got {least:g}",
+        )
+    return least
 
 
 def _bounds(value: object) -> dict[str, int]:
@@ -476,7 +468,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         raise _Problem("version", f"must be {POLICY_VERSION}, got {_show(version)}")
     requesters = _requesters(top["requesters"])
     period, total, per_request, reserved = _budget(top["budget"])
-    min_query, min_ring = _minimums(top["budget"], per_request)
+    min_query = _min_per_query(top["budget"], per_request)
     _check_shares(requesters, total, reserved)
     reliability = _mapping(top.get("reliability", {}), "reliability", _RELIABILITY_KEYS)
     suppress_below = _integer(
@@ -498,7 +490,6 @@ def _parse(data: object, today: dt.date) -> Policy:
         ring=_ring(top.get("ring", {})),
         node_reserved_rho=reserved,
         min_rho_per_query=min_query,
-        min_rho_per_ring_run=min_ring,
     )
 
 
