@@ -149,7 +149,9 @@ def test_ports_are_exclusive_and_the_node_says_who_it_is(node_db: Path, tmp_path
 
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=10) as r:
             text = r.read().decode()
-        assert "\nfedaudit_node_rho_remaining 10.0\n" in text  # policy: node total 10, unspent
+        # Per requester: what it may still spend of its share of the node total (the example
+        # policy: 10, 1 reserved, the board's share 8.0; unspent).
+        assert 'fedaudit_node_rho_remaining{requester="oversight-board"} 8.0' in text
         assert 'fedaudit_node_requester_rho_remaining{requester="oversight-board"} 2.0' in text
 
         second = run("node", "serve", "--db", str(node_db), "--policy", str(POLICY),

@@ -125,7 +125,9 @@ class NodeObservability:
                 self.metrics.requester_rho_remaining.labels(requester=requester).set(
                     status.requester_rho_remaining
                 )
-                self.metrics.node_rho_remaining.set(status.node_rho_remaining)
+                self.metrics.node_rho_remaining.labels(requester=requester).set(
+                    status.node_rho_remaining
+                )
         except Exception as exc:  # the database may come up later; answers set them then
             log.warning("metrics.budget_unknown", error=type(exc).__name__)
 
