@@ -784,11 +784,16 @@ def _large_bundle(root: Path, candidates: int, assessments: int) -> Path:
 
 
 def test_large_bundle_imports_quickly(tmp_path: Path, sqlite_engine: Engine) -> None:
-    """20k assessments (plus 5k candidates, certificates and outcomes) import in well under 3 s."""
+    """20k assessments (plus 5k candidates, certificates and outcomes) import whole.
+
+    The time bound is a guard against accidentally quadratic work (it takes about 1 s on
+    an idle 2-core machine), set wide enough that a loaded CI machine does not trip it;
+    it is not a performance claim.
+    """
     bundle = _large_bundle(tmp_path, candidates=5_000, assessments=20_000)
     started = time.perf_counter()
     result = import_bundle(sqlite_engine, bundle, now=NOW)
     elapsed = time.perf_counter() - started
     assert result.row_counts["assessments"] == 20_000
     assert _state(sqlite_engine)[0]["assessments"] == 20_000
-    assert elapsed < 3.0, f"import took {elapsed:.2f} s"
+    assert elapsed < 20.0, f"import took {elapsed:.2f} s"
