@@ -253,3 +253,23 @@ def test_a_revoked_peer_is_refused_and_an_unusable_crl_refuses_everyone(
     other = services["M01"].ask(REQUESTER, "crl-run", "M02")
     with pytest.raises(RefusedError, match="CRL is unusable"):
         services["M02"].answer(REQUESTER, other)
+
+
+def test_another_requester_cannot_squat_a_reconciliation_run(
+    tmp_path: Path, federation: dict[str, Path], pki
+) -> None:
+    """Run ids belong to their requester at both ends: a squatter's run with the board's
+    run id blocks neither the board's ask, nor the origin's answer, nor its release."""
+    services = {}
+    for code in ("M01", "M02"):
+        engine = make_engine(f"sqlite:///{tmp_path / code}.db")
+        import_bundle(engine, federation[code])
+        policy = example_policy({REQUESTER: 2.0, "squatter": 1.0}, reconciliation=True)
+        services[code] = ReconcileService(engine, policy, identity=_identity(pki, code))
+    for requester in ("squatter", REQUESTER):
+        batch = services["M02"].ask(requester, "board-run", "M01")
+        services["M02"].resolve(requester, services["M01"].answer(requester, batch))
+    squatter = services["M02"].release("squatter", "board-run", rho=0.1)
+    board = services["M02"].release(REQUESTER, "board-run", rho=0.5)
+    assert not board.replayed
+    assert board.rho != squatter.rho

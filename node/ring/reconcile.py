@@ -160,8 +160,8 @@ class ReconcileService:
         self._clock = clock
         self._ttl = run_ttl
         self._revocations = revocations
-        self._asked: dict[tuple[str, str], _Asked] = {}
-        self._answered: set[tuple[str, str]] = set()
+        self._asked: dict[tuple[str, str, str], _Asked] = {}  # (requester, run, origin)
+        self._answered: set[tuple[str, str, str]] = set()  # (requester, run, recogniser)
         self._lock = threading.Lock()
 
     # --- the recogniser -------------------------------------------------------------------------
@@ -180,8 +180,8 @@ class ReconcileService:
         )
         with self._lock:
             self._expire()
-            key = (run_id, origin)
-            if key in self._asked or was_checked(self._engine, run_id, origin):
+            key = (requester, run_id, origin)
+            if key in self._asked or was_checked(self._engine, requester, run_id, origin):
                 raise ReconcileRefusedError(f"this run already asked {origin}; runs are once only")
             self._asked[key] = _Asked(blinded=blinded, references=references)
         statement = query_statement(run_id, identity.name, origin, blinded.points)
@@ -203,7 +203,7 @@ class ReconcileService:
                 f"this answer is for {answer.recipient}, this node is {identity.name}"
             )
         with self._lock:
-            asked = self._asked.get((answer.run_id, answer.sender))
+            asked = self._asked.get((requester, answer.run_id, answer.sender))
         if asked is None:
             raise ReconcileRefusedError(
                 f"this node did not ask {answer.sender} in run {answer.run_id!r} (or it expired)"
@@ -220,15 +220,16 @@ class ReconcileService:
             ) from exc
         store_matches(
             self._engine,
+            requester,
             answer.run_id,
-            answer.sender,
-            asked.references,
-            days,
+            origin=answer.sender,
+            references=asked.references,
+            days=days,
             data_version=self._data_version(),
             checked_at=self._clock(),
         )
         with self._lock:
-            self._asked.pop((answer.run_id, answer.sender), None)
+            self._asked.pop((requester, answer.run_id, answer.sender), None)
 
     def release(
         self, requester: str, run_id: str, *, rho: float, confidence: float = 0.95
@@ -241,7 +242,7 @@ class ReconcileService:
         self._require(requester, receive=True)
         _check_run_id(run_id)
         request_id = f"reconcile:{run_id}"
-        stored = self._ledger.find_by_request_id(request_id)
+        stored = self._ledger.find_by_request_id(request_id, requester=requester)
         if stored is not None and not stored.answer_json:
             raise ReconcileRefusedError(
                 "this run's release was charged but not delivered; it is not drawn again"
@@ -271,7 +272,7 @@ class ReconcileService:
             now=self._clock(),
         )
         try:
-            persons = persons_matched(self._engine, run_id)
+            persons = persons_matched(self._engine, requester, run_id)
         except Exception:
             self._ledger.cancel(entry_id)  # nothing was read: a full refund
             raise
@@ -323,7 +324,7 @@ class ReconcileService:
                 f"a batch must hold a padded bucket of at most {MAX_BUCKET} elements, got {padded}"
             )
         with self._lock:
-            key = (batch.run_id, batch.sender)
+            key = (requester, batch.run_id, batch.sender)
             if key in self._answered:
                 raise ReconcileRefusedError(f"{batch.sender} was already answered in this run")
             self._answered.add(key)

@@ -29,14 +29,15 @@ class Reference:
     candidate_ids: list[str]
 
 
-def was_checked(engine: Engine, run_id: str, origin: str) -> bool:
-    """Whether this node already asked `origin` in `run_id` (runs are once only)."""
+def was_checked(engine: Engine, requester: str, run_id: str, origin: str) -> bool:
+    """Whether `requester`'s run `run_id` already asked `origin` here (runs are once only)."""
     with engine.connect() as conn:
         return (
             conn.execute(
                 select(func.count())
                 .select_from(ReconciliationCheck)
                 .where(
+                    ReconciliationCheck.requester == requester,
                     ReconciliationCheck.run_id == run_id,
                     ReconciliationCheck.origin_municipality == origin,
                 )
@@ -47,11 +48,12 @@ def was_checked(engine: Engine, run_id: str, origin: str) -> bool:
 
 def store_matches(
     engine: Engine,
+    requester: str,
     run_id: str,
+    *,
     origin: str,
     references: Sequence[Reference],
     days: Sequence[dt.date | None],
-    *,
     data_version: str,
     checked_at: dt.datetime,
 ) -> None:
@@ -59,6 +61,7 @@ def store_matches(
     version = data_version
     matches = [
         {
+            "requester": requester,
             "run_id": run_id,
             "certificate_id": certificate_id,
             "origin_municipality": origin,
@@ -72,6 +75,7 @@ def store_matches(
     with engine.begin() as conn:
         conn.execute(
             delete(ReconciliationMatch).where(
+                ReconciliationMatch.requester == requester,
                 ReconciliationMatch.run_id == run_id,
                 ReconciliationMatch.origin_municipality == origin,
             )
@@ -80,6 +84,7 @@ def store_matches(
             conn.execute(insert(ReconciliationMatch), matches)
         conn.execute(
             insert(ReconciliationCheck).values(
+                requester=requester,
                 run_id=run_id,
                 origin_municipality=origin,
                 references=sum(len(r.certificate_ids) for r in references),
@@ -91,8 +96,8 @@ def store_matches(
     log.info("reconcile.resolved", run_id=run_id, origin=origin)
 
 
-def persons_matched(engine: Engine, run_id: str) -> int:
-    """Distinct persons with at least one match in `run_id` (what the DP release counts)."""
+def persons_matched(engine: Engine, requester: str, run_id: str) -> int:
+    """Distinct persons with a match in `requester`'s run (what the DP release counts)."""
     with engine.connect() as conn:
         return int(
             conn.execute(
@@ -102,7 +107,10 @@ def persons_matched(engine: Engine, run_id: str) -> int:
                     Certificate,
                     Certificate.certificate_id == ReconciliationMatch.certificate_id,
                 )
-                .where(ReconciliationMatch.run_id == run_id)
+                .where(
+                    ReconciliationMatch.requester == requester,
+                    ReconciliationMatch.run_id == run_id,
+                )
             ).scalar_one()
         )
 
@@ -143,6 +151,7 @@ def stored_matches(engine: Engine, run_id: str) -> list[StoredMatch]:
                 ReconciliationMatch.revoked_on,
             )
             .where(ReconciliationMatch.run_id == run_id)
+            .distinct()  # the same run id of two requesters lists a recognition once
             .order_by(ReconciliationMatch.origin_municipality, ReconciliationMatch.certificate_id)
         ).all()
     return [StoredMatch(*row) for row in rows]

@@ -285,9 +285,12 @@ class ReconciliationCheck(Base):
     """
 
     __tablename__ = "reconciliation_checks"
-    __table_args__ = (UniqueConstraint("run_id", "origin_municipality", name="uq_reconcile_check"),)
+    __table_args__ = (
+        UniqueConstraint("requester", "run_id", "origin_municipality", name="uq_reconcile_check"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    requester: Mapped[str] = mapped_column(String(200))  # runs belong to their requester
     run_id: Mapped[str] = mapped_column(String(128))
     origin_municipality: Mapped[str] = mapped_column(String(32))
     references: Mapped[int] = mapped_column(Integer)
@@ -303,9 +306,12 @@ class ReconciliationMatch(Base):
     """
 
     __tablename__ = "reconciliation_matches"
-    __table_args__ = (UniqueConstraint("run_id", "certificate_id", name="uq_reconcile_match"),)
+    __table_args__ = (
+        UniqueConstraint("requester", "run_id", "certificate_id", name="uq_reconcile_match"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    requester: Mapped[str] = mapped_column(String(200))
     run_id: Mapped[str] = mapped_column(String(128), index=True)
     certificate_id: Mapped[str] = mapped_column(String(64))
     origin_municipality: Mapped[str] = mapped_column(String(32))

@@ -24,6 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "reconciliation_checks",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("requester", sa.String(length=200), nullable=False),
         sa.Column("run_id", sa.String(length=128), nullable=False),
         sa.Column("origin_municipality", sa.String(length=32), nullable=False),
         sa.Column("references", sa.Integer(), nullable=False),
@@ -31,18 +32,21 @@ def upgrade() -> None:
         sa.Column("data_version", sa.String(length=64), nullable=False),
         sa.Column("checked_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("run_id", "origin_municipality", name="uq_reconcile_check"),
+        sa.UniqueConstraint(
+            "requester", "run_id", "origin_municipality", name="uq_reconcile_check"
+        ),
     )
     op.create_table(
         "reconciliation_matches",
         sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("requester", sa.String(length=200), nullable=False),
         sa.Column("run_id", sa.String(length=128), nullable=False),
         sa.Column("certificate_id", sa.String(length=64), nullable=False),
         sa.Column("origin_municipality", sa.String(length=32), nullable=False),
         sa.Column("origin_certificate_no", sa.String(length=64), nullable=False),
         sa.Column("revoked_on", sa.Date(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("run_id", "certificate_id", name="uq_reconcile_match"),
+        sa.UniqueConstraint("requester", "run_id", "certificate_id", name="uq_reconcile_match"),
     )
     op.create_index(
         "ix_reconciliation_matches_run_id", "reconciliation_matches", ["run_id"], unique=False
