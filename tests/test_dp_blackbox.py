@@ -264,6 +264,12 @@ def audit(sample: Draws, mechanism: Mechanism, *, checks_alpha: float) -> Verdic
     )
     noise = answers[0].noise
     charge = answers[0].charge
+    if mechanism is Mechanism.DISCRETE_LAPLACE:
+        eps = charge.epsilon or 0.0
+        verdict.check(
+            charge.rho >= eps * eps / 2 * (1 - 1e-12),
+            f"pure-DP charge rho {charge.rho:.6f} >= eps^2/2 = {eps * eps / 2:.6f}",
+        )
     verdict.check(
         noise.sensitivity_l1 == K and noise.max_records_per_person == K,
         f"declared sensitivity {noise.sensitivity_l1} == policy bound K={K}",
@@ -327,10 +333,19 @@ def test_node_release_is_within_its_declared_privacy(
 
     False-failure rate <= 1e-4 (ALPHA split over CHECKS checks).
     """
+    now = node.clock()
+    spent = node.ledger.status("auditor", now).requester_rho_spent
     sample = draws()
     for _ in range(QUERIES):
         sample.add(node.query("auditor", f"audit-{next(_FRESH)}", fresh_spec(mechanism)))
-    audit(sample, mechanism, checks_alpha=ALPHA / CHECKS).assert_clean()
+    verdict = audit(sample, mechanism, checks_alpha=ALPHA / CHECKS)
+    charged = math.fsum(a.charge.rho for a in sample.answers)
+    ledger = node.ledger.status("auditor", now).requester_rho_spent - spent
+    verdict.check(
+        ledger == pytest.approx(charged, rel=1e-9, abs=1e-9),
+        f"ledger charged rho {ledger:.6f} for answers stating {charged:.6f}",
+    )
+    verdict.assert_clean()
 
 
 def test_node_release_over_grpc_is_within_its_declared_privacy(node: NodeService) -> None:
