@@ -20,9 +20,11 @@ Per mechanism the audit checks, at a total false-failure rate <= 1e-4 per test
 
 Power (stated and asserted by `test_audit_power_*`, by simulating the same checks on
 synthetic releases of a violating mechanism with the same draw counts): against K + 1
-and against a 2x violation (epsilon doubled / rho doubled), see the printed table. The
-false-failure rates of the normal-approximation checks were measured once by simulation
-with `scripts/calibrate_dp_audit.py` (numbers in its output and in the report of issue 16).
+and against a 2x violation (epsilon doubled / rho doubled), each flagged in 200 of 200
+synthetic audits for every case, see the printed table. The event and rho bounds are
+Clopper-Pearson / one-sided normal bounds; the normal-approximation z-tests were measured
+once by simulation with `scripts/calibrate_dp_audit.py` (see SHIFT_MARGIN) and run with a
+margin that covers the heavier-than-normal tail it found.
 
 OpenDP's noise is drawn from the OS's randomness and cannot be seeded: a failure prints
 the statistics it saw instead of a seed.
@@ -278,13 +280,13 @@ def audit(sample: Draws, mechanism: Mechanism, *, checks_alpha: float) -> Verdic
     verdict.check(withheld == 0, f"big groups withheld: {withheld} (expected none)")
     big_d, big_n = big_d[big_d != SUPPRESSED], big_n[big_n != SUPPRESSED]
 
-    shift = shift_check(big_d, big_n, noise.sensitivity_l1, alpha=checks_alpha)
+    shift = shift_check(big_d, big_n, noise.sensitivity_l1, alpha=checks_alpha / SHIFT_MARGIN)
     verdict.check(
         shift.ok,
         f"shift D->D' {shift.shift:.3f} vs declared {shift.expected} "
         f"(allowed +-{shift.bound:.3f}, se {shift.se:.3f}, n={len(big_d)}/{len(big_n)})",
     )
-    var = variance_check(big_d - BASE_FAIL, noise.variance, alpha=checks_alpha)
+    var = variance_check(big_d - BASE_FAIL, noise.variance, alpha=checks_alpha / VARIANCE_MARGIN)
     verdict.check(
         var.ok,
         f"noise variance {var.variance:.3f} vs declared {var.declared:.3f} "
@@ -323,6 +325,11 @@ def audit(sample: Draws, mechanism: Mechanism, *, checks_alpha: float) -> Verdic
 
 CHECKS = 7
 """Checks in `audit` that can fail by chance (identities of declared values cannot)."""
+SHIFT_MARGIN, VARIANCE_MARGIN = 10, 100
+"""The z-tests run at alpha / margin: simulated on correct releases (5,000 audits each,
+scripts/calibrate_dp_audit.py), the Laplace noise's sample variance rejected 1.6e-3 (n=6000)
+and 3.0e-3 (n=2400) at a nominal 1e-3, a tail up to 3x heavier than normal, and the shift
+1.6e-3 / 6e-4; the margins keep each check's true rate below its share of 1e-4."""
 
 
 @pytest.mark.parametrize("mechanism", [Mechanism.DISCRETE_LAPLACE, Mechanism.DISCRETE_GAUSSIAN])
@@ -384,13 +391,13 @@ def _power(
     for _ in range(runs):
         d = BASE_FAIL + draw(rng, scale, n_big)
         n = BASE_FAIL + shift + draw(rng, scale, n_big)
-        s = not shift_check(d, n, K, alpha=a).ok
+        s = not shift_check(d, n, K, alpha=a / SHIFT_MARGIN).ok
         if mechanism is Mechanism.DISCRETE_LAPLACE:
             p = event_epsilon_lower_bound(d, n, _events(mechanism, noise.scale), alpha=a).epsilon
             p_flag = p > (charge.epsilon or 0.0)
         else:
             p_flag = rho_lower_bound(d, n, alpha=a).rho_lb > charge.rho
-        v = not variance_check(d - BASE_FAIL, noise.variance, alpha=a).ok
+        v = not variance_check(d - BASE_FAIL, noise.variance, alpha=a / VARIANCE_MARGIN).ok
         flagged["shift"] += s
         flagged["privacy"] += p_flag
         flagged["any"] += s or p_flag or v
