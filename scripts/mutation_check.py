@@ -171,8 +171,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "C1",
         "fedaudit/common/mechanisms.py",
-        "rho=float(dp.c.make_pureDP_to_zCDP(meas).map(sensitivity)),",
-        "rho=float(dp.c.make_pureDP_to_zCDP(meas).map(sensitivity)) / 2,",
+        "rho=float(dp_c.make_pureDP_to_zCDP(meas).map(sensitivity)),",
+        "rho=float(dp_c.make_pureDP_to_zCDP(meas).map(sensitivity)) / 2,",
         "pure-DP answers charged half their rho (eps^2/4)",
         (BLACKBOX,),
     ),

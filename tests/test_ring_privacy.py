@@ -14,8 +14,9 @@ splits one component into three, the worst case the sensitivities must cover.
   Laplace run, as the report's privacy section declares them.
 - The releases' noise has at least the variance that the declared sensitivity and the
   charged rho require (Gaussian: Delta^2 / (2 rho)), checked on 500 fresh releases of
-  the run's counts (false-failure rate <= 1e-4, normal approximation of the sample
-  variance with 7 Bonferroni-split one-sided tests), and the charges stay in the budget.
+  the run's counts (false-failure rate <= 1e-4: one-sided tests, Bonferroni over the
+  releases, on the sample variance's lower tail, which is lighter than the normal's), and
+  the charges stay in the budget.
 - Every node's ledger, read after the run, shows the ring's cost charged to the requester.
 """
 
@@ -103,14 +104,13 @@ _CODE = {
 
 def _soundex(name: str) -> str:
     """American Soundex, written from the textbook rules for this oracle."""
-    head, out, last = name[0], [name[0].upper()], _CODE.get(name[0])
+    out, last = [name[0].upper()], _CODE.get(name[0])
     for ch in name[1:]:
         code = _CODE.get(ch)
         if code is not None and code != last:
             out.append(str(code))
         if ch not in "hw":
             last = code
-    del head
     return "".join(out)[:4].ljust(4, "0")
 
 
