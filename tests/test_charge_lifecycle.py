@@ -11,7 +11,11 @@ Charge before release has two failure cases, and each is a privacy contract:
   charge stands, the log records it as a failure with its cost, and a retry of the
   request id is told it "failed after its charge" instead of drawing noise again.
 
-Both run against the real ledger and query log tables; nothing is mocked.
+A stored answer is replayed only to the requester who was charged for it: another
+requester sending the same request id (a squatter, or a coordinator replaying ids across
+requesters) is refused and gets nothing.
+
+All run against the real ledger and query log tables; nothing is mocked.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from sqlalchemy import Engine, insert, text
 
 from fedaudit.common.budget_units import rho_to_units
 from fedaudit.node.domain import Mechanism, QuerySpec
-from fedaudit.node.errors import DataUnavailableError
+from fedaudit.node.errors import DataUnavailableError, InvalidParametersError
 from fedaudit.node.evidence import querylog
 from fedaudit.node.privacy.policy import Policy, parse_policy
 from fedaudit.node.query.service import NodeService
@@ -33,6 +37,7 @@ from fedaudit.node.store.db import is_sqlite
 from fedaudit.node.store.models import DataVersion
 
 REQUESTER = "auditor"
+OTHER = "other-auditor"
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 SPEC = QuerySpec("appeal_outcomes", mechanism=Mechanism.DISCRETE_GAUSSIAN, rho=0.125)
 
@@ -41,7 +46,7 @@ def _policy() -> Policy:
     return parse_policy(
         {
             "version": 1,
-            "requesters": {REQUESTER: {"rho_per_period": 5.0}},
+            "requesters": {REQUESTER: {"rho_per_period": 5.0}, OTHER: {"rho_per_period": 5.0}},
             "budget": {"period": "year", "node_rho_total": 10.0, "max_rho_per_request": 1.0},
             "reliability": {"suppress_below": 0},
             "periods": {"first": 2024, "last": 2024},
@@ -175,3 +180,17 @@ def test_failure_after_noise_keeps_the_charge_and_replay_says_so(service: NodeSe
     assert "failed after its charge" in retry.message
     assert _spent(service) == pytest.approx(before + entry.rho)
     assert service.query_log.verify().ok
+
+
+def test_a_request_id_replays_only_to_the_requester_it_charged(service: NodeService) -> None:
+    """Another requester reusing a request id is refused: no answer, nothing charged to it."""
+    first = service.query(REQUESTER, "shared-id", SPEC)
+    other_before = service.ledger.status(OTHER, NOW).requester_rho_spent
+    with pytest.raises(InvalidParametersError, match="already used"):
+        service.query(OTHER, "shared-id", SPEC)
+    assert service.ledger.status(OTHER, NOW).requester_rho_spent == other_before
+    row = _last_log(service, "shared-id")
+    assert (row.requester, row.status, row.answer_digest) == (OTHER, querylog.REFUSED, "")
+    again = service.query(REQUESTER, "shared-id", SPEC)
+    assert again.replayed
+    assert again.cells == first.cells
