@@ -168,3 +168,44 @@ def discrete_laplace(rng: np.random.Generator, scale: float, size: int) -> np.nd
 def rounded_gaussian(rng: np.random.Generator, scale: float, size: int) -> np.ndarray:
     """A close stand-in for the discrete Gaussian, used only to estimate a check's power."""
     return np.rint(rng.normal(0.0, scale, size)).astype(np.int64)
+
+
+# --- the sampler-based auditor (DP-Sniper style), as tests/test_dedup_blackbox.py uses it ----
+
+AUDIT_ALPHA = 1e-4
+N_SELECT = 20_000
+N_EVAL = 100_000
+
+
+def eps_lower_bound(
+    sample: Callable[[str, int], list[int]],
+    *,
+    delta: float = 0.0,
+    n_select: int = N_SELECT,
+    n_eval: int = N_EVAL,
+) -> tuple[float, float]:
+    """(1 - AUDIT_ALPHA)-confidence lower bound on epsilon, and its threshold.
+
+    `sample(which, n)` draws n releases on database "D" or "D'". A threshold event is
+    chosen on a selection sample (both directions), then the bound is taken on fresh
+    samples with Clopper-Pearson bounds, Bonferroni over the two bounds.
+    """
+    from collections import Counter
+
+    s0, s1 = sample("D", n_select), sample("D'", n_select)
+    best: tuple[float, int, int] = (-1.0, 0, 1)
+    for sign in (1, -1):
+        c0, c1 = Counter(sign * x for x in s0), Counter(sign * x for x in s1)
+        above0 = above1 = 0
+        for t in sorted(set(c0) | set(c1), reverse=True):
+            above0 += c0[t]
+            above1 += c1[t]
+            if above0 and above1 >= 0.05 * n_select and above1 / above0 > best[0]:
+                best = (above1 / above0, t, sign)
+    _, t, sign = best
+    e0, e1 = sample("D", n_eval), sample("D'", n_eval)
+    k1 = sum(1 for x in e1 if sign * x >= t)
+    k0 = sum(1 for x in e0 if sign * x >= t)
+    a = AUDIT_ALPHA / 2
+    ratio = (cp_lower(k1, n_eval, a) - delta) / cp_upper(k0, n_eval, a)
+    return (math.log(ratio) if ratio > 1 else 0.0), sign * t
