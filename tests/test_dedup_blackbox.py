@@ -17,7 +17,7 @@ import hashlib
 import os
 
 import pytest
-from test_dp_blackbox import eps_lower_bound
+from dp_audit import eps_lower_bound
 
 from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS
 from fedaudit.coordinator.ring.counting import count_rows
