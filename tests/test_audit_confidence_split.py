@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import structlog
+from dedup_support import ring_credentials
 
 from fedaudit.coordinator.planning.default_plan import default_plan_path
 from fedaudit.coordinator.planning.plan import load_plan
@@ -91,6 +92,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     plan = load_plan(default_plan_path())
     policy = example_policy({plan.requester: 50.0}, max_rho_per_request=5.0)
     nodes, rings, engines = {}, {}, []
+    credentials = ring_credentials(root / "pki", fed.municipalities)
     for code, bundle in zip(fed.municipalities, fed.bundles, strict=True):
         engine = make_engine(f"sqlite:///{root / code}.db")
         engines.append(engine)
@@ -98,7 +100,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         service = NodeService(engine, policy)
         nodes[code] = InProcessNodeTransport(code, service, requester=plan.requester)
         rings[code] = InProcessDedupTransport(
-            code, DedupService(engine, policy, ledger=service.ledger), requester=plan.requester
+            code,
+            DedupService(engine, policy, ledger=service.ledger, identity=credentials[code]),
+            requester=plan.requester,
         )
     try:
         addresses = {code: f"127.0.0.1:{1000 + i}" for i, code in enumerate(nodes)}  # unused
@@ -108,10 +112,6 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             e.dispose()
 
 
-@pytest.mark.skip(
-    reason="since issue 9 the ring needs nodes with federation certificates (mTLS); this "
-    "in-process fixture has none, so the ring is refused. TODO: give the fixture a PKI."
-)
 def test_quality_and_duplicate_tests_share_the_audit_wide_error_budget(
     report: dict[str, Any],
 ) -> None:

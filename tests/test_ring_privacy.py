@@ -32,10 +32,16 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from dedup_support import REQUESTER, ring_policy, start_ring_node, write_febrl_bundle
+from dedup_support import (
+    REQUESTER,
+    ring_credentials,
+    ring_policy,
+    start_ring_node,
+    write_febrl_bundle,
+)
 
 from fedaudit.common import mechanisms
-from fedaudit.common.ring_protocol import NAME_KEYS
+from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
 from fedaudit.coordinator.ring.relay import GrpcDedupTransport
@@ -45,11 +51,6 @@ from fedaudit.node.domain import Mechanism
 from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.store.db import make_engine
-
-pytestmark = pytest.mark.skip(
-    reason="after rebasing onto issue 9's ring (nodes need federation certificates, new "
-    "sensitivities): the fixture must be ported to the mTLS ring nodes. TODO before resolving."
-)
 
 Person = tuple[str, str, str]
 """(given name, family name, date of birth YYYYMMDD): one person, wherever registered."""
@@ -72,7 +73,7 @@ OTHERS: dict[Person, tuple[str, ...]] = {
     },
 }
 MUNICIPALITIES = ("M1", "M2", "M3")
-KEYS = NAME_KEYS
+KEYS = LEGACY_NAME_KEYS
 """Four keys, named explicitly: the bridge needs them, whatever the plan's default becomes."""
 BOUND = 1
 RHO, EPSILON = 1.0, 2.0
@@ -175,6 +176,7 @@ def _ring_vectors(out: DedupOutcome) -> dict[str, list[int]]:
 
 def _start(tmp: Path, people: Mapping[Person, tuple[str, ...]]) -> tuple[dict, dict]:
     nodes, engines = {}, {}
+    credentials = ring_credentials(tmp / "pki", MUNICIPALITIES)
     for code in MUNICIPALITIES:
         records = [
             (f"{code}-{i}", {"given_name": g, "surname": f, "date_of_birth": d})
@@ -185,7 +187,7 @@ def _start(tmp: Path, people: Mapping[Person, tuple[str, ...]]) -> tuple[dict, d
         engine = make_engine(f"sqlite:///{tmp / code}.db")
         import_bundle(engine, tmp / code)
         engines[code] = engine
-        nodes[code] = start_ring_node(code, engine, ring_policy(50.0))
+        nodes[code] = start_ring_node(code, engine, ring_policy(50.0), credential=credentials[code])
     return nodes, engines
 
 
