@@ -27,9 +27,8 @@ import pytest
 from factories import RegistryFactory
 from sqlalchemy import Engine, insert, text
 
-from fedaudit.common.budget_units import rho_to_units
 from fedaudit.node.domain import Mechanism, QuerySpec
-from fedaudit.node.errors import DataUnavailableError, InvalidParametersError
+from fedaudit.node.errors import DataUnavailableError
 from fedaudit.node.evidence import querylog
 from fedaudit.node.privacy.policy import Policy, parse_policy
 from fedaudit.node.query.service import NodeService
@@ -153,44 +152,45 @@ def test_failure_while_reading_refunds_releases_nothing_and_logs_it(service: Nod
     assert _last_log(service, "read-fails").status == querylog.ANSWERED
 
 
-def test_failure_after_noise_keeps_the_charge_and_replay_says_so(service: NodeService) -> None:
-    """Release fails after noise: entry 'failed' with the full charge, log shows the cost,
-    a retry of the id is refused ('failed after its charge') and charges nothing more."""
+def test_failure_after_noise_rolls_back_the_charge_and_releases_nothing(
+    service: NodeService,
+) -> None:
+    """Release fails after noise was drawn, before the commit: the charge, the stored answer
+    and the log row are one transaction (issue 10), so nothing is charged and nothing left
+    the node; the log says failed at no cost. The discarded draw was never observed, so
+    it costs no privacy, and a retry is answered with fresh noise and charged once."""
     before = _spent(service)
     _break_release(service.engine)
     with pytest.raises(Exception, match="disk full"):
         service.query(REQUESTER, "release-fails", SPEC)
-    entry = service.ledger.find_by_request_id("release-fails")
-    assert entry is not None
-    assert entry.state == "failed"
-    assert entry.answer_json is None
-    assert entry.rho == pytest.approx(SPEC.rho, rel=1e-9)
-    assert _spent(service) == pytest.approx(before + entry.rho)
+    assert service.ledger.find_by_request_id("release-fails", requester=REQUESTER) is None
+    assert _spent(service) == pytest.approx(before)
     row = _last_log(service, "release-fails")
     assert (row.method, row.status) == ("query", querylog.FAILED)
-    assert row.rho_units == rho_to_units(entry.rho)
+    assert row.rho_units == 0
     assert row.answer_digest == ""
 
     _mend_release(service.engine)
-    with pytest.raises(DataUnavailableError, match="failed after its charge"):
-        service.query(REQUESTER, "release-fails", SPEC)
-    retry = _last_log(service, "release-fails")
-    assert retry.status in (querylog.REFUSED, querylog.FAILED)
-    assert retry.rho_units == 0
-    assert "failed after its charge" in retry.message
+    answer = service.query(REQUESTER, "release-fails", SPEC)
+    assert not answer.replayed
+    entry = service.ledger.find_by_request_id("release-fails", requester=REQUESTER)
+    assert entry is not None
+    assert entry.state == "released"
     assert _spent(service) == pytest.approx(before + entry.rho)
+    assert _last_log(service, "release-fails").status == querylog.ANSWERED
     assert service.query_log.verify().ok
 
 
 def test_a_request_id_replays_only_to_the_requester_it_charged(service: NodeService) -> None:
-    """Another requester reusing a request id is refused: no answer, nothing charged to it."""
+    """Request ids belong to their requester: another requester's same id is its own query,
+    answered and charged to it, never a replay of someone else's answer."""
     first = service.query(REQUESTER, "shared-id", SPEC)
     other_before = service.ledger.status(OTHER, NOW).requester_rho_spent
-    with pytest.raises(InvalidParametersError, match="already used"):
-        service.query(OTHER, "shared-id", SPEC)
-    assert service.ledger.status(OTHER, NOW).requester_rho_spent == other_before
+    other = service.query(OTHER, "shared-id", SPEC)
+    assert not other.replayed
+    assert service.ledger.status(OTHER, NOW).requester_rho_spent > other_before
     row = _last_log(service, "shared-id")
-    assert (row.requester, row.status, row.answer_digest) == (OTHER, querylog.REFUSED, "")
+    assert (row.requester, row.status) == (OTHER, querylog.ANSWERED)
     again = service.query(REQUESTER, "shared-id", SPEC)
     assert again.replayed
     assert again.cells == first.cells
