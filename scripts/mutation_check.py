@@ -81,30 +81,32 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "M3",
         "node/query/service.py",
-        "            self._ledger.cancel(entry_id)\n            event.status = querylog.FAILED",
-        "            self._ledger.fail(entry_id)\n            event.status = querylog.FAILED",
-        "a failure while reading keeps the charge",
+        # Since issue 10 a failure while reading rolls the charge back with the whole
+        # transaction; the bug of this kind now is a log that claims the rolled-back charge.
+        '            event.rho_units, event.epsilon, event.answer_digest = 0, None, ""\n',
+        '            event.epsilon, event.answer_digest = None, ""\n',
+        "a failed query's log row claims the charge that was rolled back",
         (LIFECYCLE,),
     ),
     Mutant(
         "M4",
         "node/query/service.py",
-        """            cells = _suppress(
-                [
-                    (keys, category, value)
-                    for (keys, category, _), value in zip(counts, noisy, strict=True)
-                ],
-                self._policy.suppress_below,
-            )
+        """        cells = _suppress(
+            [
+                (keys, category, value)
+                for (keys, category, _), value in zip(counts, noisy, strict=True)
+            ],
+            self._policy.suppress_below,
+        )
 """,
-        """            cells = [
-                Cell(c.keys, c.category, 0, suppressed=True)
-                if c.suppressed
-                else Cell(c.keys, c.category, value)
-                for c, value in zip(
-                    _suppress(list(counts), self._policy.suppress_below), noisy, strict=True
-                )
-            ]
+        """        cells = [
+            Cell(c.keys, c.category, 0, suppressed=True)
+            if c.suppressed
+            else Cell(c.keys, c.category, value)
+            for c, value in zip(
+                _suppress(list(counts), self._policy.suppress_below), noisy, strict=True
+            )
+        ]
 """,
         "suppression decided on the true group totals",
         (BLACKBOX,),
@@ -112,9 +114,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "M5",
         "coordinator/ring/release.py",
-        "c = max(1, m - 1)",
-        "c = 1",
-        "duplicate releases use c = 1 instead of max(1, m - 1)",
+        "c = max(rows, rows * m - 1)",
+        "c = rows",
+        "duplicate releases ignore bridges (c = the person's rows, not max(RN, RNm - 1))",
         (RING,),
     ),
     Mutant(
@@ -164,9 +166,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "N2",
         "node/query/service.py",
         "            sensitivity=bound,\n            confidence=spec.confidence,\n        )\n"
-        "        now = self._clock()",
+        "        self._check_minimum(charge)",
         "            sensitivity=1,\n            confidence=spec.confidence,\n        )\n"
-        "        now = self._clock()",
+        "        self._check_minimum(charge)",
         "a query's noise planned for one record per person while SQL keeps K",
         (BLACKBOX,),
     ),
@@ -199,15 +201,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "R1",
         "node/query/service.py",
-        "if entry.requester != requester or entry.query_hash != query_hash:",
-        "if entry.query_hash != query_hash:",
+        '"""The caller\'s stored answer to this request id or query, as stored, or None."""\n'
+        "        entry = self._ledger.find_by_request_id(request_id, requester=requester)",
+        '"""The caller\'s stored answer to this request id or query, as stored, or None."""\n'
+        "        entry = self._ledger.find_by_request_id(request_id)",
         "a request id replays another requester's answer",
         tuple(NODE),
     ),
     Mutant(
         "R2",
         "node/query/service.py",
-        "same = self._ledger.find_released(query_hash, data_version)",
+        "same = self._ledger.find_released(query_hash, data_version, requester=requester)",
         "same = None",
         "the identical query on the same data draws fresh noise instead of replaying",
         tuple(NODE),
@@ -216,17 +220,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "S1",
         "coordinator/ring/release.py",
-        '"pairwise": Sensitivity(r * c * pairs, math.ceil(r * c * math.sqrt(pairs))),',
-        '"pairwise": Sensitivity(r * c, math.ceil(r * c * math.sqrt(pairs))),',
+        '"pairwise": Sensitivity(c * pairs, math.ceil(c * math.sqrt(pairs))),',
+        '"pairwise": Sensitivity(c, math.ceil(c * math.sqrt(pairs))),',
         "pairwise L1 sensitivity forgets that a component touches every pair",
         (RING,),
     ),
     Mutant(
         "S2",
         "coordinator/ring/release.py",
-        '"dup_per_occupation": Sensitivity(r * c, math.ceil(math.sqrt(r) * c)),',
-        '"dup_per_occupation": Sensitivity(r * c, math.ceil(math.sqrt(r))),',
-        "per-occupation L2 sensitivity without the split factor",
+        '"dup_per_occupation": Sensitivity(c, c),',
+        '"dup_per_occupation": Sensitivity(c, math.ceil(math.sqrt(c))),',
+        "per-occupation L2 sensitivity understated",
         (RING,),
     ),
     Mutant(
@@ -249,8 +253,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "E2",
         "coordinator/ring/release.py",
-        "confidence = per_test_confidence or 1.0 - (1.0 - plan.confidence) / tests",
-        "confidence = per_test_confidence or plan.confidence",
+        "confidence = 1.0 - alpha / branches",
+        "confidence = 1.0 - alpha",
         "duplicate tests not corrected for multiplicity",
         (SPLIT,),
     ),
