@@ -82,10 +82,11 @@ MUTANTS: tuple[Mutant, ...] = (
         "M3",
         "node/query/service.py",
         # Since issue 10 a failure while reading rolls the charge back with the whole
-        # transaction; the bug of this kind now is a log that claims the rolled-back charge.
-        '            event.rho_units, event.epsilon, event.answer_digest = 0, None, ""\n',
-        '            event.epsilon, event.answer_digest = None, ""\n',
-        "a failed query's log row claims the charge that was rolled back",
+        # transaction (M2 guards that); the bug of this kind now is a log that hides it.
+        "            if not isinstance(exc, RefusedError) or isinstance(exc, DataUnavailableError):\n"
+        "                event.status = querylog.FAILED",
+        "            if False:\n                event.status = querylog.FAILED",
+        "a query that failed while reading is logged as answered (the log hides the failure)",
         (LIFECYCLE,),
     ),
     Mutant(
