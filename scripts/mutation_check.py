@@ -44,6 +44,7 @@ BLACKBOX = "tests/test_dp_blackbox.py"
 LIFECYCLE = "tests/test_charge_lifecycle.py"
 RING = "tests/test_ring_privacy.py"
 SPLIT = "tests/test_audit_confidence_split.py"
+SENSITIVITY = "tests/test_dedup_sensitivity.py"  # remove-one-person over generated federations
 NODE = [BLACKBOX, LIFECYCLE, "tests/test_ledger.py", "tests/test_node_grpc.py"]
 
 
@@ -118,7 +119,7 @@ MUTANTS: tuple[Mutant, ...] = (
         "c = max(rows, rows * m - 1)",
         "c = rows",
         "duplicate releases ignore bridges (c = the person's rows, not max(RN, RNm - 1))",
-        (RING,),
+        (RING, SENSITIVITY),
     ),
     Mutant(
         "M6",
