@@ -225,7 +225,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '"pairwise": Sensitivity(c * pairs, math.ceil(c * math.sqrt(pairs))),',
         '"pairwise": Sensitivity(c, math.ceil(c * math.sqrt(pairs))),',
         "pairwise L1 sensitivity forgets that a component touches every pair",
-        (RING,),
+        (RING, SENSITIVITY),
     ),
     Mutant(
         "S2",
@@ -233,7 +233,7 @@ MUTANTS: tuple[Mutant, ...] = (
         '"dup_per_occupation": Sensitivity(c, c),',
         '"dup_per_occupation": Sensitivity(c, math.ceil(math.sqrt(c))),',
         "per-occupation L2 sensitivity understated",
-        (RING,),
+        (RING, SENSITIVITY),
     ),
     Mutant(
         "S3",

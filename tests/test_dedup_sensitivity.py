@@ -208,3 +208,25 @@ def test_issue9_bridging_person_exceeds_the_old_bound_and_stays_within_the_new()
     print(f"bridging person: dup_overall {full['dup_overall'][0]} -> {less['dup_overall'][0]}")
     assert change > 1 * max(1, len(keys) - 1)  # the bound the ring stated before
     assert change <= sensitivities(len(keys), 1, 3)["dup_overall"].l1
+
+
+@pytest.mark.parametrize(("keys", "bound", "nodes"), [(2, 1, 3), (4, 1, 5), (2, 2, 4), (5, 1, 2)])
+def test_declared_sensitivities_follow_the_documented_derivation(keys, bound, nodes):
+    """The bounds written in docs/dedup.md, restated here from the derivation, not the code.
+
+    The remove-one-person tests above cannot reach these bounds on small federations (the
+    bound is for the worst person), so a formula that quietly drops a factor would pass
+    them; this pins every factor: one person is P = R*N rows and T = P*m tokens, one
+    count moves by at most C = max(P, T - 1), a component touches every one of the
+    N(N-1)/2 pairs, and L2 over k cells each moved by at most C is C*sqrt(k).
+    """
+    rows = bound * nodes
+    c = max(rows, rows * keys - 1)
+    pairs = nodes * (nodes - 1) // 2
+    declared = sensitivities(keys, bound, nodes)
+    assert (declared["dup_overall"].l1, declared["dup_overall"].l2) == (c, c)
+    assert (declared["dup_per_occupation"].l1, declared["dup_per_occupation"].l2) == (c, c)
+    assert declared["pairwise"].l1 == c * pairs
+    assert declared["pairwise"].l2 == math.ceil(c * math.sqrt(pairs))
+    assert declared["shopping_by_passing"].l1 == c * nodes
+    assert declared["overlap"].l1 == rows + rows * keys
