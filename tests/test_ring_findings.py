@@ -122,3 +122,19 @@ def test_p_value_is_the_level_at_which_the_count_just_flags(mechanism) -> None:
     assert 0 < p < 0.05
     assert test.flags_at(p * 1.01)
     assert not test.flags_at(p / 1.01)
+
+
+@pytest.mark.parametrize(
+    ("shopping", "revoked", "branches"), [(True, True, 3), (False, False, 1), (True, False, 2)]
+)
+def test_each_region_wide_count_is_tested_at_its_share_of_the_error_budget(
+    shopping: bool, revoked: bool, branches: int
+) -> None:
+    """The ring's alpha is split evenly over its region-wide tests (duplicates, shopping,
+    revoked), so together they keep the family-wise guarantee; a test at the full alpha
+    each would overstate it by the number of branches."""
+    config = DedupConfig(rho=10.0, bound=1, shopping=shopping, revoked=revoked)
+    releases = release_counts(PLAN, config, MUNIS, _counts(0), None)
+    alpha = 1.0 - PLAN.confidence
+    assert releases.confidence == pytest.approx(1.0 - alpha / branches)
+    assert releases.alpha == pytest.approx(alpha)
