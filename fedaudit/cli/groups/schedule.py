@@ -243,42 +243,26 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
         # mTLS: each node must present a certificate for the name the plan gives it.
         return pinned_channel_options(name) if credentials is not None else None
 
-    def factory(plan: Any) -> dict[str, GrpcNodeTransport]:
-        return {
-            n.name: GrpcNodeTransport(
-                n.name,
-                n.address,
-                requester=plan.requester,
-                credentials=credentials,
-                channel_options=pinned(n.name),
-            )
-            for n in plan.nodes
-        }
+    def transports_of(kind: Any) -> Any:
+        """Per plan, one `kind` transport (query, ring or reconciliation) per plan node."""
 
-    def ring_factory(plan: Any) -> dict[str, GrpcDedupTransport]:
-        return {
-            n.name: GrpcDedupTransport(
-                n.name,
-                n.address,
-                requester=plan.requester,
-                credentials=credentials,
-                channel_options=pinned(n.name),
-            )
-            for n in plan.nodes
-        }
+        def make(plan: Any) -> dict[str, Any]:
+            return {
+                n.name: kind(
+                    n.name,
+                    n.address,
+                    requester=plan.requester,
+                    credentials=credentials,
+                    channel_options=pinned(n.name),
+                )
+                for n in plan.nodes
+            }
 
-    def reconcile_factory(plan: Any) -> dict[str, GrpcReconcileTransport]:
-        return {
-            n.name: GrpcReconcileTransport(
-                n.name,
-                n.address,
-                requester=plan.requester,
-                credentials=credentials,
-                channel_options=pinned(n.name),
-            )
-            for n in plan.nodes
-        }
+        return make
 
+    factory = transports_of(GrpcNodeTransport)
+    ring_factory = transports_of(GrpcDedupTransport)
+    reconcile_factory = transports_of(GrpcReconcileTransport)
     return plans, factory, ring_factory, reconcile_factory
 
 
