@@ -195,21 +195,20 @@ def open_node_database(url: str, *, table: str, missing: str) -> Any:
     must say in one line what is wrong instead of a driver traceback.
     """
     from sqlalchemy import inspect
-    from sqlalchemy.engine import make_url
 
-    from fedaudit.node.store.db import make_engine, normalise_url
+    from fedaudit.cli.failures import explain
+    from fedaudit.node.store.db import make_engine
 
-    parsed = make_url(normalise_url(url))
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database or ""
-        if database in ("", ":memory:") or not Path(database).is_file():
-            raise CliError(f"{url}: no such node database")
+    require_database(url)
     engine = make_engine(url)
     try:
         present = inspect(engine).has_table(table)
     except Exception as exc:
         engine.dispose()
-        raise CliError(f"{url}: cannot open the database ({type(exc).__name__})") from exc
+        message = explain(exc)
+        if message is None:
+            raise
+        raise CliError(message) from exc
     if not present:
         engine.dispose()
         raise CliError(f"{url}: {missing}")

@@ -155,9 +155,13 @@ def audit_run(args: argparse.Namespace) -> int:
         )
         for n in plan.nodes
     }
-    dedup_transports = (
-        {
-            n.name: GrpcDedupTransport(
+
+    def transports_of(kind: Any, wanted: object) -> dict[str, Any]:
+        """One `kind` transport per plan node when the plan has the check that uses it."""
+        if wanted is None:
+            return {}
+        return {
+            n.name: kind(
                 n.name,
                 n.address,
                 requester=plan.requester,
@@ -166,23 +170,9 @@ def audit_run(args: argparse.Namespace) -> int:
             )
             for n in plan.nodes
         }
-        if plan.checks.duplicates is not None
-        else {}
-    )
-    reconcile_transports = (
-        {
-            n.name: GrpcReconcileTransport(
-                n.name,
-                n.address,
-                requester=plan.requester,
-                credentials=credentials,
-                channel_options=pinned_channel_options(n.name) if credentials is not None else None,
-            )
-            for n in plan.nodes
-        }
-        if plan.checks.revocation is not None
-        else {}
-    )
+
+    dedup_transports = transports_of(GrpcDedupTransport, plan.checks.duplicates)
+    reconcile_transports = transports_of(GrpcReconcileTransport, plan.checks.revocation)
     for name, reason in _revoked_nodes(args, plan).items():
         transports[name].close()
         address = transports[name].address

@@ -189,26 +189,11 @@ def log_compare(args: argparse.Namespace) -> int:
 
 def _engine(url: str) -> Any:
     """An engine on an existing node database that has a query log; else a usage error."""
-    from sqlalchemy import inspect
+    from fedaudit.cli.shared import open_node_database
 
-    from fedaudit.cli.failures import explain
-    from fedaudit.cli.shared import require_database
-    from fedaudit.node.store.db import make_engine
-
-    require_database(url)
-    engine = make_engine(url)
-    try:
-        has_log = inspect(engine).has_table("query_log")
-    except Exception as exc:
-        engine.dispose()
-        message = explain(exc)
-        if message is None:
-            raise
-        raise CliError(message) from exc
-    if not has_log:
-        engine.dispose()
-        raise CliError(f"{url}: this database has no query log (has the node been served?)")
-    return engine
+    return open_node_database(
+        url, table="query_log", missing="this database has no query log (has the node been served?)"
+    )
 
 
 def _timestamp(text: str) -> dt.datetime:
