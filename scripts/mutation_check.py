@@ -247,7 +247,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # --- cohort accounting (docs/cohorts.md) ---------------------------------------------------
     Mutant(
-        "C1",
+        "K1",
         "node/query/catalogue.py",
         "if dim in spec.filters or dim in WINDOW_DIMENSIONS",
         'if (dim in spec.filters and dim != "cohort") or dim in WINDOW_DIMENSIONS',
@@ -255,7 +255,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORT_AUDIT, COHORTS),
     ),
     Mutant(
-        "C2",
+        "K2",
         "node/privacy/cohorts.py",
         "        if total > best:\n            best, where = total, point",
         "        if best < 0 or total < best:\n            best, where = total, point",
@@ -263,7 +263,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_ledger.py", COHORTS),
     ),
     Mutant(
-        "C3",
+        "K3",
         "node/privacy/cohorts.py",
         "start = EARLIEST if index == 0 else key",
         "start = key",
@@ -271,7 +271,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORTS,),
     ),
     Mutant(
-        "C4",
+        "K4",
         "node/privacy/ledger.py",
         "        return ((co.EARLIEST, co.add_months(last, 1)),)",
         "        return ((last, co.add_months(last, 1)),)",
@@ -279,7 +279,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORTS,),
     ),
     Mutant(
-        "C5",
+        "K5",
         "node/query/service.py",
         "                self._check_unchanged(tx, state)\n",
         "",
