@@ -215,7 +215,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "R2",
         "node/query/service.py",
-        "same = self._ledger.find_released(query_hash, data_version, requester=requester)",
+        "same = self._ledger.find_released(\n"
+        "                query_hash, version, requester=requester, data_key=key\n"
+        "            )",
         "same = None",
         "the identical query on the same data draws fresh noise instead of replaying",
         tuple(NODE),
