@@ -25,6 +25,9 @@ RECOGNITION_DECISION_TIME = "recognition_decision_time"
 RECOGNITION_DECISIONS = "recognition_decisions"
 APPEAL_OUTCOMES = "appeal_outcomes"
 
+COHORT = "cohort"
+"""The catalogue dimension of a person's cohort (month of their first record at the node)."""
+
 KEY_PASS_RATES = "pass_rates"
 KEY_EMPLOYMENT = "employment"
 KEY_RECOGNITION_TIME = "recognition_time"
@@ -70,6 +73,9 @@ def planned_queries(plan: AuditPlan) -> list[PlannedQuery]:
         all_filters = dict(filters or {})
         if plan.periods:
             all_filters["period"] = tuple(plan.periods)
+        if plan.asked is not None and check in plan.asked:
+            # A cohort plan's run: only these cohorts are read, so only they are charged.
+            all_filters[COHORT] = tuple(plan.asked[check])
         gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
         spec = QuerySpec(
             template=template,

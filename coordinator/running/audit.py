@@ -30,6 +30,8 @@ from fedaudit.coordinator.errors import (
     NodeUnavailableError,
 )
 from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
+from fedaudit.coordinator.planning.cohort_runs import plan_for_run, report_section
+from fedaudit.coordinator.planning.cohorts import month_of
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.config import config_from_plan
 from fedaudit.coordinator.ring.reconcile import ReconcileTransport, run_reconciliation
@@ -103,17 +105,26 @@ def run_audit(
     dedup_transports: Mapping[str, DedupTransport] | None = None,
     reconcile_transports: Mapping[str, ReconcileTransport] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    cohorts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `plan` against the given node transports and return the report as a dict.
+
+    A cohort plan (`plan.cohorts`) not yet narrowed to a run is narrowed here to the
+    cohorts due in the month the run starts (`planning.cohort_runs`); a scheduler that
+    narrowed it against its archive passes the resulting report section as `cohorts`.
 
     With a `duplicates` check and `dedup_transports`, the blinding ring runs after the
     quality queries. The audit's error budget is then split in two halves (Bonferroni
     across the two families, Holm or gatekeeping within each), so the stated confidence
     holds for the audit as a whole.
     """
+    started = clock()
+    if plan.cohorts is not None and plan.run_month is None:
+        full = plan
+        plan = plan_for_run(plan, month_of(started))
+        cohorts = report_section(full, plan)
     run_ring = config_from_plan(plan) is not None and bool(dedup_transports)
     family_plan = replace(plan, confidence=1.0 - (1.0 - plan.confidence) / 2) if run_ring else plan
-    started = clock()
     run_id = run_id or default_run_id(plan, started)
     queries = planned_queries(plan)
     deadline = time.monotonic() + plan.deadline_seconds
@@ -163,8 +174,11 @@ def run_audit(
                 + (f"; {missing}" if missing else "")
                 + "; findings cover the answering nodes only"
             )
+    ring_left_out = (cohorts or {}).get("left_out", {}).get("duplicates")
     duplicates = _not_run(
-        "the plan has no duplicates check"
+        f"not part of this run: the blinding ring {ring_left_out}"
+        if ring_left_out
+        else "the plan has no duplicates check"
         if config_from_plan(plan) is None
         else "no dedup connections to the nodes were given"
     )
@@ -235,6 +249,8 @@ def run_audit(
     }
     if reconciliation is not None:
         report["reconciliation"] = reconciliation
+    if cohorts is not None:
+        report["audit"]["cohorts"] = dict(cohorts)
     report["audit"]["verdict"] = verdict(report)
     return report
 

@@ -1,6 +1,7 @@
 """`fedaudit schedule`: scheduled compliance checks (plans with a cron `schedule`).
 
     fedaudit schedule check PLAN... [--node NAME=HOST:PORT] TLS
+    fedaudit schedule forecast PLAN --policy [NODE=]POLICY... --years N [--start YYYY-MM-DD]
     fedaudit schedule run PLAN... --archive DIR [--fail-on SEV] [--webhook URL] [--once] TLS
 
 `check` only pre-flights the schedule against every node's remaining budget and exits 0
@@ -58,6 +59,10 @@ def register(parsers: Parsers) -> None:
     )
     _common(check)
     check.set_defaults(handler=_check)
+
+    from fedaudit.cli import schedule_forecast
+
+    schedule_forecast.add_parser(sub)
 
     run = sub.add_parser(
         "run",

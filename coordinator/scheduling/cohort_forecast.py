@@ -1,0 +1,267 @@
+"""Offline forecast of a schedule under cohort accounting: when is anything first refused?
+
+`fedaudit schedule forecast PLAN --policy POLICY --years N` needs no node: it replays the
+plan's slots over N years against the budget rules of each node's policy, charging as a
+node with cohort accounting charges (docs/scheduling.md):
+
+- a query restricted to cohorts charges each of them its rho; one without a cohort filter
+  charges every cohort that exists by then (from the policy's first cohort to the month
+  of the run); the blinding ring and revocation reconciliation charge every cohort;
+- every cap applies per cohort: the node-wide `node_rho_total` (never renewed), the
+  requester's share of it (`node_share`), and the requester's `rho_per_period` per budget
+  period; `max_rho_per_request` and `min_rho_per_query` (ring: `ring.min_rho`) per request.
+
+A run is refused at a node as a whole when any of its charges would not fit (the
+coordinator's preflight skips such a node rather than leave it half-charged), so the
+first refusal is the first run that does not fit, with the cohort that binds. The
+per-person loss bound at a date is the most any one cohort has been charged by then: a
+person belongs to exactly one cohort at a node, so that is the most any person there has
+lost (at this node; a person registered at several nodes has each node's bound there).
+
+Assumptions, stated in the output: this requester is the only one spending (others have
+their own shares, so they cannot make it refuse earlier except through `node_rho_total`),
+every run is answered (an unanswered cohort is asked again by the next run, which the
+forecast does not model), and every cohort has persons.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from fedaudit.coordinator.planning.checks import COHORT, planned_queries
+from fedaudit.coordinator.planning.cohort_runs import plan_for_run
+from fedaudit.coordinator.planning.cohorts import month_of, month_range
+from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.coordinator.scheduling.forecast import period_containing
+from fedaudit.coordinator.scheduling.schedule import slots_between
+
+_EPS = 1e-9
+MAX_YEARS = 100
+
+
+@dataclass(frozen=True)
+class BudgetRules:
+    """One node's budget rules for the plan's requester, as its policy states them."""
+
+    node: str
+    period_kind: str  # month | quarter | year
+    rho_per_period: float
+    node_share: float
+    node_rho_total: float
+    max_rho_per_request: float
+    min_rho_per_query: float
+    ring_min_rho: float
+    first_cohort: str  # "YYYY-MM": the policy's first cohort
+
+
+@dataclass(frozen=True)
+class Charge:
+    """One request of a run: its name, what it charges, and the cohorts it reads (None: all)."""
+
+    what: str
+    rho: float
+    cohorts: tuple[str, ...] | None
+    protocol: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    at: dt.datetime
+    what: str
+    cohort: str | None
+    scope: str  # request | query_floor | ring_floor | node | share | period
+    needed: float
+    available: float
+
+    def message(self) -> str:
+        when = f"{self.at:%Y-%m-%d %H:%M} UTC"
+        if self.scope == "request":
+            return (
+                f"{when}: {self.what} asks rho={self.needed:.4g} in one request, above the "
+                f"policy's max_rho_per_request={self.available:.4g}"
+            )
+        if self.scope in ("query_floor", "ring_floor"):
+            floor = "min_rho_per_query" if self.scope == "query_floor" else "ring.min_rho"
+            return (
+                f"{when}: {self.what} asks rho={self.needed:.4g}, below the policy's "
+                f"{floor}={self.available:.4g}"
+            )
+        cap = {
+            "node": "the node-wide node_rho_total (never renewed)",
+            "share": "the requester's node_share (never renewed)",
+            "period": "the requester's rho_per_period",
+        }[self.scope]
+        return (
+            f"{when}: {self.what} needs rho={self.needed:.4g} of cohort {self.cohort} but "
+            f"only rho={max(0.0, self.available):.4g} is left of {cap} for that cohort"
+        )
+
+
+@dataclass(frozen=True)
+class CohortForecast:
+    """One node's outcome over the forecast horizon."""
+
+    node: str
+    start: dt.datetime
+    end: dt.datetime
+    runs_fitting: int
+    refusal: Refusal | None
+    bound_rho: float  # per-person loss bound at the refusal (before it) or at the end
+    bound_cohort: str | None
+    ring_runs: int
+
+    def message(self) -> str:
+        bound = f"per-person loss bound rho={self.bound_rho:.4g}" + (
+            f" (cohort {self.bound_cohort})" if self.bound_cohort else ""
+        )
+        if self.refusal is not None:
+            return (
+                f"node {self.node}: first refusal {self.refusal.message()}; "
+                f"{self.runs_fitting} run(s) fit before it; {bound} at that date"
+            )
+        years = (self.end - self.start).days / 365.2425
+        return (
+            f"node {self.node}: nothing refused within {years:.3g} years "
+            f"({self.runs_fitting} run(s), {self.ring_runs} with the blinding ring); "
+            f"{bound} at {self.end:%Y-%m-%d}"
+        )
+
+
+def run_charges(plan: AuditPlan) -> list[Charge]:
+    """What one (narrowed) run asks each node to charge, request by request."""
+    charges = []
+    seen: dict[str, int] = defaultdict(int)
+    for q in planned_queries(plan):
+        index = seen[q.check]
+        seen[q.check] += 1
+        charges.append(
+            Charge(
+                what=f"{q.check} query ({q.spec.template})",
+                rho=plan.query_budget(q.check, index).rho_charged(),
+                cohorts=tuple(q.spec.filters[COHORT]) if COHORT in q.spec.filters else None,
+            )
+        )
+    if plan.checks.duplicates is not None:
+        rho = plan.checks.duplicates.budget.rho_charged()
+        charges.append(Charge("the blinding ring", rho, None, protocol=True))
+    if plan.checks.revocation is not None:
+        rho = plan.checks.revocation.budget.rho_charged()
+        charges.append(Charge("revocation reconciliation", rho, None, protocol=False))
+    return charges
+
+
+def forecast_cohorts(
+    plan: AuditPlan, rules: Iterable[BudgetRules], start: dt.datetime, years: float
+) -> list[CohortForecast]:
+    """Replay `plan`'s slots from `start` for `years` at every node; see the module docstring."""
+    if not plan.schedule:
+        raise ValueError(f"plan {plan.name} has no schedule to forecast")
+    if not 0 < years <= MAX_YEARS:
+        raise ValueError(f"years must be in (0, {MAX_YEARS}] (got {years:g})")
+    start = start.astimezone(dt.UTC)
+    end = start + dt.timedelta(days=round(365.2425 * years))
+    slots = list(slots_between(plan.schedule, start, end))
+    runs = _runs(plan, slots)
+    return [_forecast_node(r, runs, start, end) for r in rules]
+
+
+def _runs(plan: AuditPlan, slots: list[dt.datetime]) -> list[tuple[dt.datetime, str, list[Charge]]]:
+    """Each slot's month and charges; cohorts asked once are not asked again (incremental)."""
+    answered: dict[str, set[str]] = defaultdict(set)
+    out = []
+    for slot in slots:
+        month = month_of(slot)
+        narrowed = plan_for_run(plan, month, answered)
+        for check, months in (narrowed.asked or {}).items():
+            answered[check].update(months)
+        out.append((slot, month, run_charges(narrowed)))
+    return out
+
+
+def _forecast_node(
+    rules: BudgetRules,
+    runs: list[tuple[dt.datetime, str, list[Charge]]],
+    start: dt.datetime,
+    end: dt.datetime,
+) -> CohortForecast:
+    node_spent: dict[str, float] = defaultdict(float)
+    period_spent: dict[tuple[str, str], float] = defaultdict(float)
+    fitting = 0
+    ring_runs = 0
+    for slot, month, charges in runs:
+        period = period_containing(rules.period_kind, slot).key
+        every = month_range(rules.first_cohort, month)
+        refusal = _first_refusal(rules, slot, period, charges, every, node_spent, period_spent)
+        if refusal is not None:
+            return _result(rules, start, end, fitting, refusal, node_spent, ring_runs)
+        for charge in charges:
+            for cohort in charge.cohorts if charge.cohorts is not None else every:
+                node_spent[cohort] += charge.rho
+                period_spent[(cohort, period)] += charge.rho
+        fitting += 1
+        ring_runs += any(c.protocol for c in charges)
+    return _result(rules, start, end, fitting, None, node_spent, ring_runs)
+
+
+def _first_refusal(  # noqa: PLR0917 (one run's state, passed through)
+    rules: BudgetRules,
+    slot: dt.datetime,
+    period: str,
+    charges: list[Charge],
+    every: tuple[str, ...],
+    node_spent: Mapping[str, float],
+    period_spent: Mapping[tuple[str, str], float],
+) -> Refusal | None:
+    """The first charge of this run that a node would refuse, or None when it all fits."""
+    pending: dict[str, float] = defaultdict(float)
+    pending_period: dict[str, float] = defaultdict(float)
+    share_cap = min(rules.node_share, rules.node_rho_total)
+    for c in charges:
+        if c.rho > rules.max_rho_per_request + _EPS:
+            return Refusal(slot, c.what, None, "request", c.rho, rules.max_rho_per_request)
+        floor, scope = (
+            (rules.ring_min_rho, "ring_floor")
+            if c.protocol
+            else (rules.min_rho_per_query, "query_floor")
+        )
+        if c.rho < floor - _EPS:
+            return Refusal(slot, c.what, None, scope, c.rho, floor)
+        for cohort in c.cohorts if c.cohorts is not None else every:
+            spent = node_spent.get(cohort, 0.0) + pending[cohort]
+            in_period = period_spent.get((cohort, period), 0.0) + pending_period[cohort]
+            for scope, left in (
+                ("node", rules.node_rho_total - spent),
+                ("share", share_cap - spent),
+                ("period", rules.rho_per_period - in_period),
+            ):
+                if c.rho > left + _EPS:
+                    return Refusal(slot, c.what, cohort, scope, c.rho, left)
+            pending[cohort] += c.rho
+            pending_period[cohort] += c.rho
+    return None
+
+
+def _result(  # noqa: PLR0917 (one node's final state)
+    rules: BudgetRules,
+    start: dt.datetime,
+    end: dt.datetime,
+    fitting: int,
+    refusal: Refusal | None,
+    node_spent: Mapping[str, float],
+    ring_runs: int,
+) -> CohortForecast:
+    cohort = max(node_spent, key=lambda c: (node_spent[c], c), default=None)
+    return CohortForecast(
+        node=rules.node,
+        start=start,
+        end=end,
+        runs_fitting=fitting,
+        refusal=refusal,
+        bound_rho=math.fsum([node_spent[cohort]]) if cohort else 0.0,
+        bound_cohort=cohort,
+        ring_runs=ring_runs,
+    )
