@@ -103,6 +103,23 @@ def register(parsers: Parsers) -> None:
     add_metrics_arguments(run)
     run.set_defaults(handler=_run)
 
+    reask = sub.add_parser(
+        "reask",
+        help="ask a cohort plan's questions about one cohort again (its data were corrected)",
+        description=(
+            "After a municipality re-imported corrected data for an old cohort: ask again, "
+            "now, exactly the archived queries that read that cohort. Nodes whose data did not "
+            "change replay their stored answers for free; a node that re-imported charges those "
+            "cohorts only. The report goes to the archive and replaces the cohort's numbers in "
+            "trend.json; the schedule's progress does not move. Exit codes as `run --once`."
+        ),
+    )
+    _common(reask)
+    reask.add_argument("--archive", type=Path, required=True, help="archive directory")
+    reask.add_argument("--cohort", required=True, metavar="YYYY-MM", help="the corrected cohort")
+    reask.add_argument("--reason", required=True, help="why (recorded in the report)")
+    reask.set_defaults(handler=_reask)
+
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -187,6 +204,34 @@ def _run(args: argparse.Namespace) -> int:
         _print_record(r)
         _export_metrics(args, r)
     return EXIT_OK
+
+
+def _reask(args: argparse.Namespace) -> int:
+    from fedaudit.coordinator.planning.cohorts import parse_month
+    from fedaudit.coordinator.scheduling.schedule import Scheduler
+
+    if len(args.plans) != 1:
+        raise CliError("schedule reask: give exactly one plan")
+    try:
+        parse_month(args.cohort)
+    except ValueError as exc:
+        raise CliError(f"--cohort: {exc}") from None
+    if not args.reason.strip():
+        raise CliError("--reason: say why the cohort is asked again (it goes into the report)")
+    plans, factory, ring_factory, reconcile_factory = _setup(args)
+    scheduler = Scheduler(
+        plans,
+        factory,
+        args.archive,
+        dedup_transports=ring_factory,
+        reconcile_transports=reconcile_factory,
+    )
+    try:
+        record = scheduler.reask(plans[0], args.cohort, args.reason.strip())
+    except ValueError as exc:
+        raise CliError(f"schedule reask: {exc}") from None
+    _print_record(record)
+    return record.exit_code
 
 
 # --- helpers -----------------------------------------------------------------------------------
