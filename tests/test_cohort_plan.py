@@ -139,7 +139,8 @@ def test_ring_cadence_and_derived_checks_are_left_out_with_the_reason() -> None:
     assert january.checks.duplicates is not None
     assert february.checks.duplicates is None
     assert "every 12 months" in left_out(full, february)["duplicates"]
-    assert protocol_due(3, "2027-04") and not protocol_due(3, "2027-05")
+    assert protocol_due(3, "2027-04")
+    assert not protocol_due(3, "2027-05")
     # Pass rates answered already: credential inflation (needs both, same run) is left out.
     narrowed = plan_for_run(full, "2027-03", {"pass_rates": {"2027-02"}})
     assert narrowed.checks.pass_rates is None
@@ -215,7 +216,8 @@ def test_a_reask_asks_exactly_the_archived_query_that_read_the_cohort() -> None:
     reports = [_report("complete", {"pass_rates": ["2026-12", "2027-01"]}, 0.8, "r1")]
     plan = reask_plan(_plan(), "2027-01", reports, "2027-06")
     assert plan.asked == {"pass_rates": ("2026-12", "2027-01")}
-    assert plan.checks.employment is None and plan.checks.duplicates is None
+    assert plan.checks.employment is None
+    assert plan.checks.duplicates is None
     (query,) = planned_queries(plan)
     assert query.spec.filters["cohort"] == ("2026-12", "2027-01")
     with pytest.raises(ValueError, match="no archived run of plan cohort-test asked about"):
