@@ -165,11 +165,13 @@ def forecast_cohorts(
     start = start.astimezone(dt.UTC)
     end = start + dt.timedelta(days=round(365.2425 * years))
     slots = list(slots_between(plan.schedule, start, end))
-    runs = _runs(plan, slots)
+    runs = run_plan(plan, slots)
     return [_forecast_node(r, runs, start, end) for r in rules]
 
 
-def _runs(plan: AuditPlan, slots: list[dt.datetime]) -> list[tuple[dt.datetime, str, list[Charge]]]:
+def run_plan(
+    plan: AuditPlan, slots: list[dt.datetime]
+) -> list[tuple[dt.datetime, str, list[Charge]]]:
     """Each slot's month and charges; cohorts asked once are not asked again (incremental)."""
     answered: dict[str, set[str]] = defaultdict(set)
     out = []
@@ -195,7 +197,7 @@ def _forecast_node(
     for slot, month, charges in runs:
         period = period_containing(rules.period_kind, slot).key
         every = month_range(rules.first_cohort, month)
-        refusal = _first_refusal(rules, slot, period, charges, every, node_spent, period_spent)
+        refusal = first_refusal(rules, slot, period, charges, every, node_spent, period_spent)
         if refusal is not None:
             return _result(rules, start, end, fitting, refusal, node_spent, ring_runs)
         for charge in charges:
@@ -207,14 +209,14 @@ def _forecast_node(
     return _result(rules, start, end, fitting, None, node_spent, ring_runs)
 
 
-def _first_refusal(  # noqa: PLR0917 (one run's state, passed through)
+def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
     rules: BudgetRules,
     slot: dt.datetime,
     period: str,
     charges: list[Charge],
     every: tuple[str, ...],
-    node_spent: Mapping[str, float],
-    period_spent: Mapping[tuple[str, str], float],
+    node_spent: defaultdict[str, float],
+    period_spent: defaultdict[tuple[str, str], float],
 ) -> Refusal | None:
     """The first charge of this run that a node would refuse, or None when it all fits."""
     pending: dict[str, float] = defaultdict(float)
@@ -231,8 +233,8 @@ def _first_refusal(  # noqa: PLR0917 (one run's state, passed through)
         if c.rho < floor - _EPS:
             return Refusal(slot, c.what, None, scope, c.rho, floor)
         for cohort in c.cohorts if c.cohorts is not None else every:
-            spent = node_spent.get(cohort, 0.0) + pending[cohort]
-            in_period = period_spent.get((cohort, period), 0.0) + pending_period[cohort]
+            spent = node_spent[cohort] + pending[cohort]
+            in_period = period_spent[(cohort, period)] + pending_period[cohort]
             for scope, left in (
                 ("node", rules.node_rho_total - spent),
                 ("share", share_cap - spent),

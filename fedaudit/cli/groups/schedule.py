@@ -317,11 +317,25 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
 
 
 def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None) -> Any:
-    from fedaudit.coordinator.scheduling.forecast import forecast_plans
+    """Plans that ask every year are forecast together (they share the requester's budget);
+    cohort plans per cohort (`coordinator/scheduling/cohort_check.py`)."""
+    from fedaudit.coordinator.scheduling.cohort_check import forecast_live
+    from fedaudit.coordinator.scheduling.forecast import Forecast, forecast_plans
 
     transports = {p.name: factory(p) for p in plans}
+    now = dt.datetime.now(dt.UTC)
+    yearly = [p for p in plans if p.cohorts is None]
+    cohort = [p for p in plans if p.cohorts is not None]
     try:
-        return forecast_plans(plans, transports, dt.datetime.now(dt.UTC), due_now=due_now)
+        parts = []
+        if yearly:
+            parts.append(forecast_plans(yearly, transports, now, due_now=due_now))
+        if cohort:
+            parts.append(forecast_live(cohort, transports, now, due_now=due_now))
+        return Forecast(
+            tuple(n for part in parts for n in part.nodes),
+            tuple(u for part in parts for u in part.unreachable),
+        )
     finally:
         for per_plan in transports.values():
             for t in per_plan.values():
