@@ -12,7 +12,6 @@ without the cohort dimension refuses them and is reported with its reason.
 from __future__ import annotations
 
 import datetime as dt
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
 from fedaudit.coordinator.errors import CoordinatorError
@@ -25,6 +24,7 @@ from fedaudit.coordinator.running.transport import NodeTransport
 from fedaudit.coordinator.scheduling.cohort_forecast import (
     BudgetRules,
     Refusal,
+    Spending,
     first_refusal,
     run_plan,
 )
@@ -65,19 +65,6 @@ def live_rules(
     return rules, spent, in_period
 
 
-class _PeriodSpent(defaultdict[tuple[str, str], float]):
-    """Spending per (cohort, period): the seed in the current period, nothing in later ones."""
-
-    def __init__(self, current: str, seed: float) -> None:
-        super().__init__(float)
-        self._current, self._seed = current, seed
-
-    def __missing__(self, key: tuple[str, str]) -> float:
-        value = self._seed if key[1] == self._current else 0.0
-        self[key] = value
-        return value
-
-
 def check_live(
     plan: AuditPlan, node: str, budget: BudgetStatus, now: dt.datetime, *, due_now: bool = False
 ) -> tuple[Refusal | None, int, int, str, str]:
@@ -92,20 +79,17 @@ def check_live(
     if plan.schedule is None:
         raise ValueError(f"plan {plan.name} has no schedule")
     slots = [*([now] if due_now else []), *slots_between(plan.schedule, now, following.end)]
-    node_spent: defaultdict[str, float] = defaultdict(lambda: spent)
-    period_spent = _PeriodSpent(current.key, in_period)
+    spending = Spending(everyone=spent, period=current.key, in_period=in_period)
     counts = {current.key: 0, following.key: 0}
     for slot, month, charges in run_plan(plan, slots):
         period = period_containing(rules.period_kind, slot).key
         every = month_range(rules.first_cohort, month)
-        refusal = first_refusal(rules, slot, period, charges, every, node_spent, period_spent)
+        refusal = first_refusal(rules, slot, period, charges, every, spending)
         if refusal is not None:
             return refusal, counts[current.key], counts[following.key], current.key, following.key
         counts[period] = counts.get(period, 0) + 1
         for charge in charges:
-            for cohort in charge.cohorts if charge.cohorts is not None else every:
-                node_spent[cohort] += charge.rho
-                period_spent[(cohort, period)] += charge.rho
+            spending.add(charge, every, period)
     return None, counts[current.key], counts[following.key], current.key, following.key
 
 

@@ -6,7 +6,8 @@ node with cohort accounting charges (docs/scheduling.md):
 
 - a query restricted to cohorts charges each of them its rho; one without a cohort filter
   charges every cohort that exists by then (from the policy's first cohort to the month
-  of the run); the blinding ring and revocation reconciliation charge every cohort;
+  of the run); the blinding ring and revocation reconciliation charge every cohort,
+  including those that arrive later (as the node's ledger does);
 - every cap applies per cohort: the node-wide `node_rho_total` (never renewed), the
   requester's share of it (`node_share`), and the requester's `rho_per_period` per budget
   period; `max_rho_per_request` and `min_rho_per_query` (ring: `ring.min_rho`) per request.
@@ -27,9 +28,8 @@ forecast does not model), and every cohort has persons.
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fedaudit.coordinator.planning.checks import COHORT, planned_queries
@@ -65,7 +65,12 @@ class Charge:
     what: str
     rho: float
     cohorts: tuple[str, ...] | None
-    protocol: bool = False
+    protocol: bool = False  # the blinding ring (its own floor, ring.min_rho)
+    every_cohort: bool = False  # charged to every cohort, also those arriving later
+
+    @property
+    def protocol_all(self) -> bool:
+        return self.every_cohort
 
 
 @dataclass(frozen=True)
@@ -147,10 +152,10 @@ def run_charges(plan: AuditPlan) -> list[Charge]:
         )
     if plan.checks.duplicates is not None:
         rho = plan.checks.duplicates.budget.rho_charged()
-        charges.append(Charge("the blinding ring", rho, None, protocol=True))
+        charges.append(Charge("the blinding ring", rho, None, protocol=True, every_cohort=True))
     if plan.checks.revocation is not None:
         rho = plan.checks.revocation.budget.rho_charged()
-        charges.append(Charge("revocation reconciliation", rho, None, protocol=False))
+        charges.append(Charge("revocation reconciliation", rho, None, every_cohort=True))
     return charges
 
 
@@ -184,29 +189,63 @@ def run_plan(
     return out
 
 
+class Spending:
+    """What each cohort has been charged, as a node with cohort accounting keeps it.
+
+    Charges to every cohort (the ring, reconciliation) also hold for cohorts that arrive
+    later (the node charges them to every cohort, whenever it arrives), so they are kept
+    once (`everyone`) and added to every cohort's own charges.
+    """
+
+    def __init__(self, everyone: float = 0.0, period: str = "", in_period: float = 0.0) -> None:
+        self.own: defaultdict[str, float] = defaultdict(float)
+        self.own_period: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.everyone = everyone
+        self.everyone_period: defaultdict[str, float] = defaultdict(float)
+        if period:
+            self.everyone_period[period] = in_period
+
+    def total(self, cohort: str) -> float:
+        return self.own[cohort] + self.everyone
+
+    def in_period(self, cohort: str, period: str) -> float:
+        return self.own_period[(cohort, period)] + self.everyone_period[period]
+
+    def add(self, charge: Charge, every: tuple[str, ...], period: str) -> None:
+        if charge.protocol_all:
+            self.everyone += charge.rho
+            self.everyone_period[period] += charge.rho
+            return
+        for cohort in charge.cohorts if charge.cohorts is not None else every:
+            self.own[cohort] += charge.rho
+            self.own_period[(cohort, period)] += charge.rho
+
+    def bound(self) -> tuple[float, str | None]:
+        """The most any cohort has been charged, and which (None: only charges to everyone)."""
+        cohort = max(self.own, key=lambda c: (self.own[c], c), default=None)
+        return (self.total(cohort) if cohort else self.everyone), cohort
+
+
 def _forecast_node(
     rules: BudgetRules,
     runs: list[tuple[dt.datetime, str, list[Charge]]],
     start: dt.datetime,
     end: dt.datetime,
 ) -> CohortForecast:
-    node_spent: dict[str, float] = defaultdict(float)
-    period_spent: dict[tuple[str, str], float] = defaultdict(float)
+    spending = Spending()
     fitting = 0
     ring_runs = 0
     for slot, month, charges in runs:
         period = period_containing(rules.period_kind, slot).key
         every = month_range(rules.first_cohort, month)
-        refusal = first_refusal(rules, slot, period, charges, every, node_spent, period_spent)
+        refusal = first_refusal(rules, slot, period, charges, every, spending)
         if refusal is not None:
-            return _result(rules, start, end, fitting, refusal, node_spent, ring_runs)
+            return _result(rules, (start, end), fitting, refusal, spending, ring_runs)
         for charge in charges:
-            for cohort in charge.cohorts if charge.cohorts is not None else every:
-                node_spent[cohort] += charge.rho
-                period_spent[(cohort, period)] += charge.rho
+            spending.add(charge, every, period)
         fitting += 1
         ring_runs += any(c.protocol for c in charges)
-    return _result(rules, start, end, fitting, None, node_spent, ring_runs)
+    return _result(rules, (start, end), fitting, None, spending, ring_runs)
 
 
 def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
@@ -215,12 +254,16 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
     period: str,
     charges: list[Charge],
     every: tuple[str, ...],
-    node_spent: defaultdict[str, float],
-    period_spent: defaultdict[tuple[str, str], float],
+    spending: Spending,
 ) -> Refusal | None:
-    """The first charge of this run that a node would refuse, or None when it all fits."""
+    """The first charge of this run that a node would refuse, or None when it all fits.
+
+    A charge to every cohort meets the cohort that has spent most, so checking the cohorts
+    that exist by now (`every`, which holds every cohort charged on its own) suffices.
+    """
     pending: dict[str, float] = defaultdict(float)
     pending_period: dict[str, float] = defaultdict(float)
+    pending_all = 0.0
     share_cap = min(rules.node_share, rules.node_rho_total)
     for c in charges:
         if c.rho > rules.max_rho_per_request + _EPS:
@@ -233,8 +276,8 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
         if c.rho < floor - _EPS:
             return Refusal(slot, c.what, None, scope, c.rho, floor)
         for cohort in c.cohorts if c.cohorts is not None else every:
-            spent = node_spent[cohort] + pending[cohort]
-            in_period = period_spent[(cohort, period)] + pending_period[cohort]
+            spent = spending.total(cohort) + pending[cohort] + pending_all
+            in_period = spending.in_period(cohort, period) + pending_period[cohort] + pending_all
             for scope, left in (
                 ("node", rules.node_rho_total - spent),
                 ("share", share_cap - spent),
@@ -242,28 +285,30 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
             ):
                 if c.rho > left + _EPS:
                     return Refusal(slot, c.what, cohort, scope, c.rho, left)
-            pending[cohort] += c.rho
-            pending_period[cohort] += c.rho
+            if not c.protocol_all:
+                pending[cohort] += c.rho
+                pending_period[cohort] += c.rho
+        if c.protocol_all:
+            pending_all += c.rho
     return None
 
 
 def _result(  # noqa: PLR0917 (one node's final state)
     rules: BudgetRules,
-    start: dt.datetime,
-    end: dt.datetime,
+    window: tuple[dt.datetime, dt.datetime],
     fitting: int,
     refusal: Refusal | None,
-    node_spent: Mapping[str, float],
+    spending: Spending,
     ring_runs: int,
 ) -> CohortForecast:
-    cohort = max(node_spent, key=lambda c: (node_spent[c], c), default=None)
+    bound, cohort = spending.bound()
     return CohortForecast(
         node=rules.node,
-        start=start,
-        end=end,
+        start=window[0],
+        end=window[1],
         runs_fitting=fitting,
         refusal=refusal,
-        bound_rho=math.fsum([node_spent[cohort]]) if cohort else 0.0,
+        bound_rho=bound,
         bound_cohort=cohort,
         ring_runs=ring_runs,
     )
