@@ -111,13 +111,13 @@ class MonthlyExports:
                 "recognition": kept["recognition_requests"],
             }
             appeals = []
-            for row in self.tables["appeals.csv"][1]:
+            for original in self.tables["appeals.csv"][1]:
                 if (
-                    _day(row["lodged_on"]) > cut
-                    or row["subject_id"] not in subjects[row["subject_type"]]
+                    _day(original["lodged_on"]) > cut
+                    or original["subject_id"] not in subjects[original["subject_type"]]
                 ):
                     continue
-                row = dict(row)
+                row = dict(original)
                 if row["decided_on"] and _day(row["decided_on"]) > cut:
                     row["outcome"], row["decided_on"] = "pending", ""
                 appeals.append(row)
