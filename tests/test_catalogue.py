@@ -471,6 +471,8 @@ def test_dimension_keys_come_from_reference_tables(town: Engine) -> None:
         "citizenship_group": ("national", "foreign", "unknown"),
         "months_after": ("6", "12"),
         "subject_type": ("assessment", "certificate", "recognition"),
+        # From the first period's January to the newest import's month (no import yet).
+        "cohort": ("2023-01",),
     }
     assert set(keys) == set(catalogue.DIMENSIONS)
 
@@ -750,6 +752,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "citizenship_group": ("national", "foreign", "unknown"),
     "months_after": ("6", "12"),
     "subject_type": ("assessment", "certificate", "recognition"),
+    "cohort": ("2023-01", "2023-02", "2023-03"),
 }
 
 
@@ -784,13 +787,13 @@ def test_validate_names_the_unknown_template_and_the_known_ones() -> None:
         (
             _spec("appeal_outcomes", "isco_code"),
             "cannot group 'appeal_outcomes' by 'isco_code'; allowed dimensions: "
-            "subject_type, period, sex, citizenship_group",
+            "subject_type, period, sex, citizenship_group, cohort",
         ),
         (_spec("assessment_results", "sex", "period", "sex"), "duplicate group_by dimension 'sex'"),
         (
             _spec("assessment_results", "town"),
             "cannot group 'assessment_results' by unknown dimension 'town'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", "isco_code", "eqf_level", "provider", "period", "sex"),
@@ -799,12 +802,12 @@ def test_validate_names_the_unknown_template_and_the_known_ones() -> None:
         (
             _spec("assessment_results", filters={"colour": ("red",)}),
             "cannot filter 'assessment_results' on unknown dimension 'colour'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", filters={"months_after": ("6",)}),
             "cannot filter 'assessment_results' on 'months_after'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", filters={"provider": ("PA", "PX", "PY")}),

@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text
 
 from fedaudit.node.errors import BundleError
+from fedaudit.node.ingest import cohorts
 from fedaudit.node.ingest.bundle_schema import (
     FILES,
     FILES_BY_NAME,
@@ -41,7 +42,7 @@ from fedaudit.node.ingest.problems import (
 )
 from fedaudit.node.ingest.rules import check_table
 from fedaudit.node.store.db import create_schema
-from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion, Municipality
+from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion, Municipality, PersonCohort
 
 log = structlog.get_logger(__name__)
 
@@ -241,6 +242,8 @@ def import_bundle(
             _insert_rows(conn, table, parsed.rows[table.name])
         count = conn.execute(select(func.count()).select_from(DataVersion)).scalar_one()
         version = f"v{count + 1}-{parsed.digest[:12]}"
+        # New persons get their cohort (fixed from now on); every cohort's data a digest.
+        cohorts.record(conn, parsed.rows, reference_date=now.date(), data_version=version)
         conn.execute(
             insert(DataVersion.__table__),
             {
@@ -254,7 +257,7 @@ def import_bundle(
     # Fresh planner statistics: without them PostgreSQL picks nested loops for the
     # bounded aggregations and a 200k-row query takes seconds instead of tenths.
     with engine.begin() as conn:
-        for model in REGISTRY_TABLES:
+        for model in (*REGISTRY_TABLES, PersonCohort):
             conn.exec_driver_sql(f"ANALYZE {model.__tablename__}")
     log.info(
         "bundle_imported",

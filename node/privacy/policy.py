@@ -81,7 +81,10 @@ _TOP_KEYS = (
     "templates",
     "revocation_reconciliation",
     "ring",
+    "cohorts",
 )
+_COHORTS_KEYS = ("first",)
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
 _REQUESTER_KEYS = ("rho_per_period", "templates", "node_share")
@@ -166,6 +169,14 @@ class Policy:
     ring: RingPolicy = RingPolicy()
     node_reserved_rho: float = 0.0
     min_rho_per_query: float = DEFAULT_MIN_RHO_PER_QUERY
+    first_cohort: str = ""
+    """The first key of the `cohort` dimension ("YYYY-MM"; it also holds every earlier
+    month). Empty means the first month of the first period year."""
+
+    @property
+    def cohort_start(self) -> str:
+        """The first cohort key: `first_cohort`, else January of the first period."""
+        return self.first_cohort or f"{self.periods[0]}-01"
 
     def node_share(self, requester: str) -> float:
         """The part of `node_rho_total` that `requester` may spend, over all periods.
@@ -407,6 +418,18 @@ def _periods(value: object, today: dt.date) -> tuple[str, ...]:
     return tuple(str(year) for year in range(first, last + 1))
 
 
+def _first_cohort(value: object) -> str:
+    fields = _mapping(value, "cohorts", _COHORTS_KEYS)
+    first = fields.get("first", "")
+    if first == "":
+        return ""
+    if not isinstance(first, str) or not _MONTH.fullmatch(first):
+        raise _Problem("cohorts.first", f"must be a month as 'YYYY-MM', got {_show(first)}")
+    if not MIN_YEAR <= int(first[:4]) <= MAX_YEAR:
+        raise _Problem("cohorts.first", f"must be a year from {MIN_YEAR} to {MAX_YEAR}")
+    return first
+
+
 def _flag(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise _Problem(path, f"must be true or false, got {_show(value)}")
@@ -490,6 +513,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         ring=_ring(top.get("ring", {})),
         node_reserved_rho=reserved,
         min_rho_per_query=min_query,
+        first_cohort=_first_cohort(top.get("cohorts", {})),
     )
 
 

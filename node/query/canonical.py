@@ -26,10 +26,11 @@ request its own view (its group_by order, its confidence, its request id).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fedaudit.common.mechanisms import with_confidence
 from fedaudit.node.domain import Answer, Cell, QuerySpec
@@ -88,6 +89,39 @@ def replay_key(canonical: QuerySpec) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(f"fedaudit-query-v2\x00{text}".encode()).hexdigest()
+
+
+def data_key(
+    *,
+    version: str,
+    ranges: Sequence[tuple[str, str]],
+    digests: Mapping[str, str],
+    reference_date: dt.date | None,
+) -> str:
+    """What "the same data" means for a query's replay: the data of the cohorts it reads.
+
+    A digest of the cohort ranges read (so a query over all cohorts is a new question
+    once a new month is in the key list), of each stored cohort's data digest within
+    them (`digests`, written by the import), of the reference tables (cohort `*`) and,
+    for templates whose answers age with it, of the reference date. Importing a new
+    month therefore leaves questions about old cohorts replayable, and a corrected old
+    cohort makes questions about that cohort (only) new. Data imported before cohort
+    accounting has no digests: then the data version itself is the key, as before.
+    """
+    if not digests:
+        return version
+    parts = [
+        "fedaudit-data-key-v1",
+        json.dumps([list(r) for r in ranges]),
+        f"*={digests.get('*', '')}",
+        *(
+            f"{cohort}={digest}"
+            for cohort, digest in sorted(digests.items())
+            if cohort != "*" and any(a <= cohort <= b for a, b in ranges)
+        ),
+        reference_date.isoformat() if reference_date is not None else "",
+    ]
+    return "k" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:63]
 
 
 def present(

@@ -52,11 +52,12 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
+from fedaudit.node.privacy.cohorts import CohortRange
 from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import canonical, catalogue
 from fedaudit.node.store.db import is_sqlite
-from fedaudit.node.store.models import DataVersion, Municipality
+from fedaudit.node.store.models import CohortDigest, DataVersion, Municipality
 from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ class _DataState:
     municipality_name: str
     country: str
     keys: dict[str, tuple[str, ...]]
+    cohort_digests: dict[str, str]
 
 
 class NodeService:
@@ -216,8 +218,12 @@ class NodeService:
             confidence=spec.confidence,
         )
         self._check_minimum(charge)
-        budget = self._ledger.status(requester, self._clock())
-        replay = self._would_replay(requester, request_id, _hashes(spec, canon), state.version)
+        ranges = catalogue.charged_cohorts(canon, state.keys)
+        # What remains for the cohorts this query would be charged (the binding one).
+        budget = self._ledger.status(requester, self._clock(), ranges)
+        replay = self._would_replay(
+            requester, request_id, _hashes(spec, canon), _data_key(template, ranges, state)
+        )
         if replay:
             charge = Charge(rho=0.0)
         reason, message = "", ""
@@ -247,7 +253,7 @@ class NodeService:
         )
 
     def _would_replay(
-        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> bool:
         """Whether the query would replay one of the caller's own stored answers.
 
@@ -258,8 +264,9 @@ class NodeService:
             entry = self._ledger.find_by_request_id(request_id, requester=requester)
             if entry is not None:
                 return entry.query_hash in hashes and entry.state == "released"
+        version, key = data
         return any(
-            self._ledger.find_released(h, data_version, requester=requester) is not None
+            self._ledger.find_released(h, version, requester=requester, data_key=key) is not None
             for h in hashes
         )
 
@@ -285,8 +292,10 @@ class NodeService:
             confidence=spec.confidence,
         )
         self._check_minimum(charge)
+        ranges = catalogue.charged_cohorts(canon, state.keys)
+        data = _data_key(template, ranges, state)
 
-        replay = self._replay(requester, request_id, hashes, state.version)
+        replay = self._replay(requester, request_id, hashes, data)
         if replay is not None:
             return _replayed(
                 event,
@@ -310,6 +319,8 @@ class NodeService:
                     charge=charge,
                     now=now,
                     outer=tx,
+                    cohorts=ranges,
+                    data_key=data[1],
                 )
                 counts = self._true_counts(
                     tx, template=template, canon=canon, state=state, params=params, bound=bound
@@ -334,7 +345,7 @@ class NodeService:
             event.appended, event.head = True, (row.seq, row.row_hash)
         except DuplicateRequestError:
             # A concurrent retry of the same request won the race; answer as a replay.
-            replay = self._replay(requester, request_id, hashes, state.version)
+            replay = self._replay(requester, request_id, hashes, data)
             if replay is None:
                 raise RateLimitedError(
                     f"request {request_id} is being answered; retry shortly"
@@ -523,7 +534,7 @@ class NodeService:
         return template, params
 
     def _replay(
-        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> Answer | None:
         """The caller's stored answer to this request id or query, as stored, or None."""
         entry = self._ledger.find_by_request_id(request_id, requester=requester)
@@ -539,8 +550,11 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
+        version, key = data
         for query_hash in hashes:
-            same = self._ledger.find_released(query_hash, data_version, requester=requester)
+            same = self._ledger.find_released(
+                query_hash, version, requester=requester, data_key=key
+            )
             if same is not None and same.answer_json:
                 return answer_from_json(same.answer_json, request_id=request_id)
         return None
@@ -559,7 +573,16 @@ class NodeService:
                         raise DataUnavailableError(
                             "no data bundle has been imported into this node yet"
                         )
-                    keys = catalogue.dimension_keys(conn, self._policy.periods)
+                    keys = catalogue.dimension_keys(
+                        conn, self._policy.periods, self._policy.cohort_start
+                    )
+                    digests = dict(
+                        conn.execute(
+                            select(CohortDigest.cohort, CohortDigest.digest).where(
+                                CohortDigest.data_version == version.version
+                            )
+                        ).all()
+                    )
             except RefusedError:
                 raise
             except Exception as exc:
@@ -571,6 +594,7 @@ class NodeService:
                 municipality_name=muni.name,
                 country=muni.country,
                 keys=keys,
+                cohort_digests=digests,
             )
             return self._state
 
@@ -583,6 +607,18 @@ def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = ""
         request_id=request_id,
         template=spec.template,
         parameters=spec.canonical_json(),
+    )
+
+
+def _data_key(
+    template: catalogue.Template, ranges: tuple[CohortRange, ...], state: _DataState
+) -> tuple[str, str]:
+    """(data version, replay data key) of a query reading `ranges` (see `canonical.data_key`)."""
+    return state.version, canonical.data_key(
+        version=state.version,
+        ranges=ranges,
+        digests=state.cohort_digests,
+        reference_date=state.reference_date if template.uses_reference_date else None,
     )
 
 

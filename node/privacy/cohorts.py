@@ -1,0 +1,128 @@
+"""Cohorts: the partition of a node's persons that the ledger accounts per part.
+
+A person's cohort is the calendar month ("YYYY-MM") of their earliest record at this
+node, fixed at their first import (`fedaudit.node.ingest.cohorts`). Because it is a
+function of the person's own records only, queries that read disjoint sets of
+cohorts read disjoint sets of persons, and their privacy losses compose in parallel:
+what a person has lost is what their own cohort was charged (docs/cohorts.md).
+
+The ledger stores what an entry is charged to as contiguous, disjoint ranges of
+cohorts `[first, last]` (text comparison orders "YYYY-MM" chronologically). The
+public key list of the `cohort` dimension starts at the policy's first cohort; its
+first key stands for that month *and every earlier one* (persons whose records
+predate cohort accounting are counted there), so its range starts at `EARLIEST`.
+A query over all cohorts is charged `[EARLIEST, newest key]`: a person whose cohort
+is later than the newest key did not exist when it ran. The blinding ring, the
+revocation reconciliation and every entry written before cohort accounting are
+charged `ALL` (every cohort, whenever it arrives).
+
+This module is pure: ranges and sums, no database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import re
+from collections.abc import Iterable, Sequence
+
+EARLIEST = "0000-00"
+"""Below every month: the start of the range of the first public cohort key."""
+LATEST = "9999-99"
+"""Above every month."""
+
+CohortRange = tuple[str, str]
+"""[first, last], both inclusive."""
+
+ALL: tuple[CohortRange, ...] = ((EARLIEST, LATEST),)
+"""Every cohort, including those not yet imported."""
+
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
+
+
+def month_of(day: dt.date) -> str:
+    """The cohort key of a date: its calendar month as "YYYY-MM"."""
+    return f"{day.year:04d}-{day.month:02d}"
+
+
+def is_month(text: object) -> bool:
+    """True for a "YYYY-MM" month key."""
+    return isinstance(text, str) and _MONTH.fullmatch(text) is not None
+
+
+def months(first: str, last: str) -> tuple[str, ...]:
+    """Every month from `first` to `last` inclusive (empty when last < first)."""
+    year, month = int(first[:4]), int(first[5:])
+    end = (int(last[:4]), int(last[5:]))
+    found: list[str] = []
+    while (year, month) <= end:
+        found.append(f"{year:04d}-{month:02d}")
+        month += 1
+        if month == 13:
+            year, month = year + 1, 1
+    return tuple(found)
+
+
+def ranges_for_keys(selected: Iterable[str], public: Sequence[str]) -> tuple[CohortRange, ...]:
+    """The ledger ranges a query reading the `selected` public cohort keys is charged.
+
+    Consecutive keys of `public` merge into one range; the first public key's range
+    starts at `EARLIEST` (it also holds the persons of earlier months). Every
+    selected key must be in `public`.
+    """
+    wanted = set(selected)
+    unknown = wanted - set(public)
+    if unknown:
+        raise ValueError(f"not public cohort keys: {sorted(unknown)}")
+    found: list[CohortRange] = []
+    start: str | None = None
+    previous = ""
+    for index, key in enumerate(public):
+        if key in wanted:
+            if start is None:
+                start = EARLIEST if index == 0 else key
+            previous = key
+        elif start is not None:
+            found.append((start, previous))
+            start = None
+    if start is not None:
+        found.append((start, previous))
+    return tuple(found)
+
+
+def cohorts_in(ranges: Sequence[CohortRange], cohorts: Iterable[str]) -> tuple[str, ...]:
+    """The `cohorts` (stored cohort values) that fall in any of `ranges`, sorted."""
+    return tuple(sorted(c for c in set(cohorts) if any(a <= c <= b for a, b in ranges)))
+
+
+def check_ranges(ranges: Sequence[CohortRange]) -> tuple[CohortRange, ...]:
+    """`ranges` sorted, each first <= last, pairwise disjoint; else ValueError."""
+    ordered = tuple(sorted(ranges))
+    if not ordered:
+        raise ValueError("a charge needs at least one cohort range")
+    for first, last in ordered:
+        if not (first <= last and len(first) == len(last) == 7):
+            raise ValueError(f"not a cohort range: {(first, last)!r}")
+    for (_, last), (first, _) in itertools.pairwise(ordered):
+        if first <= last:
+            raise ValueError(f"cohort ranges overlap: {ordered!r}")
+    return ordered
+
+
+def peak(spent: Iterable[tuple[str, str, int]], ranges: Sequence[CohortRange]) -> tuple[int, str]:
+    """The most any cohort in `ranges` has spent, and the first cohort where it is reached.
+
+    `spent` holds (first, last, units) of charged ranges (several rows may share a
+    range). What a cohort has spent is the sum over the rows whose range contains it;
+    as a function of the cohort it only rises where a row's range starts, so the
+    maximum over a range [a, b] is reached at a or at a row's start inside it.
+    """
+    rows = list(spent)
+    best, where = -1, ""
+    for a, b in ranges:
+        points = {a, *(first for first, _, _ in rows if a < first <= b)}
+        for point in sorted(points):
+            total = sum(units for first, last, units in rows if first <= point <= last)
+            if total > best:
+                best, where = total, point
+    return max(best, 0), where
