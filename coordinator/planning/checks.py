@@ -47,9 +47,19 @@ class PlannedQuery:
 
 
 def outcome_group_by(plan: AuditPlan) -> tuple[str, ...]:
-    """Grouping of the pass_rates and employment queries: provider x the disparity groups."""
-    dims = ["provider", "citizenship_group"]
+    """Grouping of the pass_rates and employment queries: provider x the disparity groups.
+
+    A cohort plan asks about a month's persons, tens per municipality: it groups by
+    provider only when its `cohorts.by_provider` says so, and by population group only
+    for an outcome_disparity check, since every extra row adds noise to each rate.
+    """
     disparity = plan.checks.outcome_disparity
+    if plan.cohorts is not None:
+        dims = ["provider"] if plan.cohorts.by_provider else []
+        if disparity is not None:
+            dims += [d for d in ("citizenship_group", "sex") if d in disparity.by]
+        return tuple(dims)
+    dims = ["provider", "citizenship_group"]
     if disparity is not None and "sex" in disparity.by:
         dims.append("sex")
     return tuple(dims)

@@ -49,6 +49,10 @@ class CohortPlan:
     """No cohort before this month is ever asked (e.g. when the federation started)."""
     catch_up_months: int = 3
     """After missed slots, unanswered cohorts up to this many months back are asked (pooled)."""
+    by_provider: bool = False
+    """Group pass rates and employment by provider too. Off by default: a month's cohort of
+    a municipality is tens of persons, so per-provider rows are a handful each, and every
+    row adds its cells' noise to the municipality's rate."""
 
 
 def month_of(moment: dt.datetime | dt.date) -> str:

@@ -62,7 +62,7 @@ Recognition sends the decision-time query its late share is tested on, and the d
 query that is only described: most of the cost goes where a finding is decided, which
 narrows the late share's interval (noise variance x 0.625 against an even split)."""
 
-COHORT_FIELDS: tuple[str, ...] = ("lag_months", "first", "catch_up_months")
+COHORT_FIELDS: tuple[str, ...] = ("lag_months", "first", "catch_up_months", "by_provider")
 
 DISPARITY_DIMENSIONS: tuple[str, ...] = ("sex", "citizenship_group")
 MONTHS_AFTER: tuple[int, ...] = (6, 12)
@@ -590,7 +590,7 @@ class _Reader:
         return value
 
     def cohorts(self, m: Mapping[str, Any], key: str) -> CohortPlan | None:
-        """The `cohorts` section: {lag_months, first, catch_up_months} (all optional)."""
+        """The `cohorts` section: {lag_months, first, catch_up_months, by_provider} (optional)."""
         if key not in m or m[key] is None:
             return None
         path = _join(m["__path__"], key)
@@ -609,10 +609,17 @@ class _Reader:
                     _join(path, "first"), f'must be a month such as "2027-01" (got {_kind(first)})'
                 )
                 first = None
+        by_provider = c.get("by_provider", False)
+        if not isinstance(by_provider, bool):
+            self.problem(
+                _join(path, "by_provider"), f"must be true or false (got {_kind(by_provider)})"
+            )
+            by_provider = False
         return CohortPlan(
             lag_months=1 if lag is None else lag,
             first=first,
             catch_up_months=3 if catch_up is None else catch_up,
+            by_provider=by_provider,
         )
 
     def cadence(self, m: Mapping[str, Any]) -> tuple[int, str]:
