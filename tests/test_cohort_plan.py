@@ -335,3 +335,19 @@ def test_schedule_forecast_needs_a_schedule(tmp_path: Path, capsys: pytest.Captu
     )
     assert code == 2
     assert "the plan has no `schedule`" in capsys.readouterr().err
+
+
+def test_a_cohort_plan_groups_by_provider_only_when_asked() -> None:
+    """A month's cohort is tens of persons: rates per municipality unless by_provider."""
+    keys = {q.key: q.spec.group_by for q in planned_queries(plan_for_run(_plan(), "2027-03"))}
+    assert keys["pass_rates"] == ()
+    assert keys["employment"] == ()
+    by_provider = _plan(cohorts={"by_provider": True})
+    keys = {q.key: q.spec.group_by for q in planned_queries(plan_for_run(by_provider, "2027-03"))}
+    assert keys["pass_rates"] == ("provider",)
+    doc = {k: v for k, v in DOC.items() if k != "cohorts"}
+    yearly = parse_plan(doc, source="<t>")
+    keys = {q.key: q.spec.group_by for q in planned_queries(yearly)}
+    assert keys["pass_rates"] == ("provider", "citizenship_group")
+    with pytest.raises(PlanError, match=r"cohorts\.by_provider: must be true or false"):
+        _plan(cohorts={"by_provider": "yes"})
