@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -54,21 +55,58 @@ def check_of_metric(metric: str) -> str | None:
     return None
 
 
+_CACHE: dict[Path, tuple[tuple[int, int], dict[str, Any]]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
 def archived_reports(archive_root: Path, plan: str) -> list[dict[str, Any]]:
-    """The plan's archived reports, oldest first (unreadable ones are logged and skipped)."""
+    """The plan's archived reports, oldest first (unreadable ones are logged and skipped).
+
+    Only what cohort runs read is kept (`_summary`: the audit's status, run id and
+    cohorts, and the municipality-level metrics). A long-running scheduler reads every
+    archived report twice per run, so a summary is parsed again only when its file changed
+    (size or modification time). Callers must not modify the result.
+    """
     directory = Path(archive_root) / plan
     if not directory.is_dir():
         return []
     out = []
     for run_dir in sorted(p for p in directory.iterdir() if p.is_dir()):
         path = run_dir / "report.json"
-        if not path.is_file():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            log.error("archived_report_unreadable", path=str(path), error=str(exc))
+            continue
+        key = (stat.st_mtime_ns, stat.st_size)
+        with _CACHE_LOCK:
+            cached = _CACHE.get(path)
+        if cached is not None and cached[0] == key:
+            out.append(cached[1])
             continue
         try:
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as exc:
+            report = _summary(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             log.error("archived_report_unreadable", path=str(path), error=str(exc))
+            continue
+        with _CACHE_LOCK:
+            _CACHE[path] = (key, report)
+        out.append(report)
     return out
+
+
+def _summary(report: Mapping[str, Any]) -> dict[str, Any]:
+    audit = report.get("audit", {})
+    return {
+        "audit": {k: audit[k] for k in ("status", "run_id", "cohorts") if k in audit},
+        "metrics": [
+            m
+            for m in report.get("metrics", [])
+            if not any(m.get("subject", {}).get(k) for k in ("provider_id", "isco_code", "group"))
+        ],
+    }
 
 
 def answered_cohorts(reports: Iterable[Mapping[str, Any]]) -> dict[str, set[str]]:
