@@ -519,21 +519,7 @@ class Ledger:
     def _spent_ranges(
         conn: Connection, requester: str | None = None, period: str | None = None
     ) -> list[tuple[str, str, int]]:
-        """What was charged per distinct cohort range: (first, last, units).
-
-        Everything at this node over all periods; by `requester` only, and in `period`
-        only, if given. Grouped in SQL, so the rows are as many as the distinct ranges
-        (a handful per cohort), not as the entries (years of monthly runs).
-        """
-        query = select(_RANGES.c.first, _RANGES.c.last, func.sum(_ENTRIES.c.rho_units)).select_from(
-            _RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id)
-        )
-        if requester is not None:
-            query = query.where(_ENTRIES.c.requester == requester)
-        if period is not None:
-            query = query.where(_ENTRIES.c.period == period)
-        rows = conn.execute(query.group_by(_RANGES.c.first, _RANGES.c.last)).all()
-        return [(str(a), str(b), int(units)) for a, b, units in rows]
+        return spent_ranges(conn, requester, period)
 
     def _refuse(
         self,
@@ -580,6 +566,27 @@ class Ledger:
             )
         log.info("ledger.refused", request_id=request_id, requester=requester, **details)
         raise BudgetExhaustedError(message, details)
+
+
+def spent_ranges(
+    conn: Connection, requester: str | None = None, period: str | None = None
+) -> list[tuple[str, str, int]]:
+    """What was charged per distinct cohort range: (first, last, units).
+
+    Everything at this node over all periods; by `requester` only, and in `period`
+    only, if given. Grouped in SQL, so the rows are as many as the distinct ranges
+    (a handful per cohort), not as the entries (years of monthly runs). Feed it to
+    `cohorts.peak` for what the most charged cohort has spent.
+    """
+    query = select(_RANGES.c.first, _RANGES.c.last, func.sum(_ENTRIES.c.rho_units)).select_from(
+        _RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id)
+    )
+    if requester is not None:
+        query = query.where(_ENTRIES.c.requester == requester)
+    if period is not None:
+        query = query.where(_ENTRIES.c.period == period)
+    rows = conn.execute(query.group_by(_RANGES.c.first, _RANGES.c.last)).all()
+    return [(str(a), str(b), int(units)) for a, b, units in rows]
 
 
 def cohort_label(cohort: str) -> str:

@@ -412,11 +412,41 @@ def node_budget(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(
-        f"node total {policy.node_rho_total:.4g} rho (never renewed), "
-        f"reserved {policy.node_reserved_rho:.4g}; each requester may spend only its share"
+        f"node total {policy.node_rho_total:.4g} rho per cohort (never renewed), "
+        f"reserved {policy.node_reserved_rho:.4g}; each requester may spend only its share, "
+        "and its cap per period, on each cohort"
     )
+    _print_cohort_spending(engine, policy)
     engine.dispose()
     return EXIT_OK
+
+
+def _print_cohort_spending(engine: Any, policy: Any) -> None:
+    """The node's spending per cohort: what bounds the loss of each cohort's persons."""
+    from rich.table import Table
+
+    from fedaudit.common.budget_units import cap_to_units, units_to_rho
+    from fedaudit.node.ops.budget_history import cohort_spending
+
+    runs = cohort_spending(engine, policy)
+    if not runs:
+        return
+    cap = cap_to_units(policy.node_rho_total)
+    table = Table(title="Node budget per cohort (month of a person's first record here)")
+    for col in ("cohorts", "persons", "spent (rho)", "left of node total"):
+        table.add_column(col, justify="left" if col == "cohorts" else "right", no_wrap=True)
+    for index, run in enumerate(runs):
+        # The first key also holds every earlier month.
+        label = f"{run.first} .. {run.last}" if run.first != run.last else run.first
+        if index == 0:
+            label = f"up to {run.last}"
+        table.add_row(
+            label,
+            str(run.persons),
+            rho_text(units_to_rho(run.spent_units)),
+            rho_text(units_to_rho(max(cap - run.spent_units, 0))),
+        )
+    console.print(table)
 
 
 def _node_identity(args: argparse.Namespace) -> Any:
