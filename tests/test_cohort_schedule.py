@@ -214,6 +214,11 @@ def test_each_cohort_is_asked_once_per_check(simulation: dict[str, Any]) -> None
     assert max(asked.values()) == 1
     assert {c for c, _ in asked} == {"pass_rates", "employment", "recognition"}
     assert sum(1 for c, _ in asked if c == "pass_rates") == 12 * YEARS
+    # The HTML report names the cohorts too.
+    last = simulation["records"][-1]
+    html = (last.report_dir / "report.html").read_text(encoding="utf-8")
+    pass_cohort = last.report["audit"]["cohorts"]["asked"]["pass_rates"][0]
+    assert f"pass_rates about {pass_cohort}" in html
 
 
 def test_brute_force_loss_of_sampled_persons_stays_within_the_cap(
