@@ -25,7 +25,7 @@ from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService
 from fedaudit.node.server import start_node_server
 from fedaudit.node.store.db import make_engine
-from fedaudit.node.store.models import PersonCohort
+from fedaudit.node.store.models import DataVersion, PersonCohort
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 SEPT = dt.datetime(2025, 9, 15, 10, 0, tzinfo=dt.UTC)
@@ -45,7 +45,9 @@ COHORTS = {  # the month of each person's earliest record in the fixture bundle
 }
 
 
-def _policy(node_total: float = 5.0, first_cohort: str = "2022-01") -> Policy:
+def _policy(
+    node_total: float = 5.0, first_cohort: str = "2022-01", open_months: int = 13
+) -> Policy:
     return parse_policy(
         {
             "version": 1,
@@ -57,7 +59,7 @@ def _policy(node_total: float = 5.0, first_cohort: str = "2022-01") -> Policy:
             },
             "reliability": {"suppress_below": 0},
             "periods": {"first": 2022, "last": 2025},
-            "cohorts": {"first": first_cohort},
+            "cohorts": {"first": first_cohort, "open_months": open_months},
         },
         source="<cohort test policy>",
     )
@@ -275,8 +277,8 @@ def test_a_new_month_leaves_old_cohort_replays_free(engine: Engine, tmp_path: Pa
 def test_corrected_old_cohort_data_is_charged_to_that_cohort_only(
     engine: Engine, tmp_path: Path
 ) -> None:
-    """A re-import that corrects a record of a 2023-03 person makes questions about 2023-03
-    new (charged to 2023-03 only); questions about other cohorts still replay."""
+    """A re-import that corrects a record of a 2023-03 person, declared with --reopen, makes
+    questions about 2023-03 new (charged to 2023-03 only); other cohorts' still replay."""
     import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
     policy = _policy()
     before = _service(engine, policy, SEPT)
@@ -285,7 +287,9 @@ def test_corrected_old_cohort_data_is_charged_to_that_cohort_only(
     corrected = _edited(
         tmp_path, "corrected", {"assessments.csv": [{"assessment_id": "A04", "result": "fail"}]}
     )
-    import_bundle(engine, corrected, now=SEPT + dt.timedelta(days=1))
+    result = import_bundle(engine, corrected, now=SEPT + dt.timedelta(days=1), reopen=["2023-03"])
+    assert result.changed_cohorts == ("2023-03",)
+    assert result.reopened_cohorts == ("2023-03",)
     after = _service(engine, policy, SEPT + dt.timedelta(days=1))
     spent_before = _spent(after, "2023-03", "2024-02", "2023-05")
     mar = after.query(BOARD, "mar-2", _spec(0.1, cohorts=("2023-03",)))
@@ -297,6 +301,52 @@ def test_corrected_old_cohort_data_is_charged_to_that_cohort_only(
         "2024-02": spent_before["2024-02"],
         "2023-05": spent_before["2023-05"],
     }
+
+
+def test_whether_a_cohorts_data_changed_is_not_revealed_by_replays(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """Attack: a requester polls free preflights to learn whether anything about the persons
+    of a small cohort changed between imports. Replay depends on public facts only: a closed
+    cohort's question replays whether its data changed or not (the officer is told locally),
+    an open cohort's is new after every import, changed or not."""
+    import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
+    policy = _policy(open_months=16)  # at 2025-09: 2024-06 (C09) open, 2024-04 (C08) closed
+    _service(engine, policy, SEPT).query(BOARD, "closed-1", _spec(0.1, cohorts=("2024-04",)))
+    _service(engine, policy, SEPT).query(BOARD, "open-1", _spec(0.1, cohorts=("2024-06",)))
+    day = SEPT + dt.timedelta(days=1)
+    changed = _edited(  # C08's assessment corrected, C09's untouched
+        tmp_path, "changed", {"assessments.csv": [{"assessment_id": "A09", "result": "fail"}]}
+    )
+    seen = []
+    for name, bundle in (("unchanged", FIXTURE_BUNDLE), ("changed", changed)):
+        result = import_bundle(engine, bundle, now=day)
+        service = _service(engine, policy, day)
+        seen.append(
+            (
+                name,
+                service.preflight(BOARD, _spec(0.1, cohorts=("2024-04",)), "").replay,
+                service.preflight(BOARD, _spec(0.1, cohorts=("2024-06",)), "").replay,
+                result.changed_cohorts,
+            )
+        )
+    assert seen == [
+        ("unchanged", True, False, ()),
+        ("changed", True, False, ("2024-04",)),  # only the officer learns what changed
+    ]
+
+
+def test_reopen_must_name_months_the_node_has_seen(engine: Engine, tmp_path: Path) -> None:
+    """--reopen takes months up to the import's own; anything else is refused, nothing written."""
+    from fedaudit.node.errors import BundleError
+
+    for bad in ("2023-3", "2025-10", "all"):
+        with pytest.raises(BundleError, match="--reopen"):
+            import_bundle(engine, FIXTURE_BUNDLE, now=SEPT, reopen=[bad])
+    import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
+    with engine.connect() as conn:
+        versions = conn.execute(select(DataVersion.version)).scalars().all()
+    assert len(versions) == 1
 
 
 def test_caps_bind_per_cohort_and_preflight_names_the_binding_cohort(engine: Engine) -> None:
@@ -337,3 +387,29 @@ def test_the_binding_cohort_travels_over_grpc(engine: Engine) -> None:
     finally:
         transport.close()
         running.stop(grace=None)
+
+
+def test_import_command_reopens_and_tells_the_officer_what_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`node import --reopen`: a bad month exits 2 and writes nothing; a changed cohort not
+    reopened is named in a local note; a reopened one is confirmed."""
+    from fedaudit.cli.main import main
+
+    db = tmp_path / "node.db"
+    assert main(["node", "import", str(FIXTURE_BUNDLE), "--db", str(db), "--reopen", "2023-3"]) == 2
+    assert "'2023-3' is not a month as YYYY-MM" in capsys.readouterr().err
+    assert not db.exists()
+    assert main(["node", "import", str(FIXTURE_BUNDLE), "--db", str(db)]) == 0
+    corrected = _edited(
+        tmp_path, "corrected", {"assessments.csv": [{"assessment_id": "A04", "result": "fail"}]}
+    )
+    capsys.readouterr()
+    assert main(["node", "import", str(corrected), "--db", str(db)]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "data changed in cohort(s) 2023-03" in out
+    assert "--reopen YYYY-MM" in out
+    assert main(["node", "import", str(corrected), "--db", str(db), "--reopen", "2023-03"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "reopened cohorts: 2023-03" in out
+    assert "data changed" not in out

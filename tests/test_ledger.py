@@ -708,3 +708,28 @@ def test_race_across_processes(engine: Engine, db_url: str) -> None:
     assert sum(wins) == 5
     assert _stored_units(engine, "board") == cap_to_units(0.1875)
     assert _stored_units(engine, "other") == cap_to_units(0.125)
+
+
+def test_peak_agrees_with_brute_force_on_random_ranges() -> None:
+    """The sweep in `cohorts.peak` equals the maximum of per-cohort sums computed one by one."""
+    import random
+
+    from fedaudit.node.privacy import cohorts
+
+    rng = random.Random(13)
+    months = cohorts.months("2026-01", "2027-12")
+    for _ in range(300):
+        rows = []
+        for _ in range(rng.randrange(0, 12)):
+            a, b = sorted(rng.sample(months, 2))
+            rows.append(
+                (rng.choice([a, EARLIEST]), rng.choice([b, "9999-99"]), rng.randrange(1, 9))
+            )
+        lo, hi = sorted(rng.sample(months, 2))
+        picked = ((lo, hi),) if rng.random() < 0.5 else ((EARLIEST, lo), (hi, hi))
+        candidates = [c for c in (EARLIEST, *months) if any(a <= c <= b for a, b in picked)]
+        sums = [sum(u for a, b, u in rows if a <= c <= b) for c in candidates]
+        best = max(sums)
+        got, where = cohorts.peak(rows, picked)
+        assert got == best
+        assert sum(u for a, b, u in rows if a <= where <= b) == best

@@ -8,24 +8,30 @@ records does not move them, and one that drops them and brings them back finds
 their old cohort. It depends on the person's own records only, which is what lets
 the ledger account per cohort (parallel composition, docs/cohorts.md).
 
-Each import also stores a digest of every cohort's data (the person's rows in every
-personal table) and one of the reference tables all answers depend on (cohort
-`*`); a query's replay key uses the digests of the cohorts it reads, so importing a
-new month leaves questions about old cohorts answered, while a corrected old
-cohort is a new question for that cohort only.
+Each import also stores a digest of every cohort's data (the persons' rows in every
+personal table) and one of the reference tables (cohort `*`), so the import can tell
+the data officer which cohorts' data it changed. The digests never enter a replay
+key: whether anything about the persons of a cohort changed is not public, and a
+requester could read it off for free from whether a preflight says "replay". What
+enters replay keys is public: the imports' reference dates (a cohort is open, and
+its questions new after every import, for `cohorts.open_months` after its month)
+and the cohorts an import *reopens*, which the data officer names explicitly
+(`fedaudit node import --reopen 2023-03`) when a correction of an old cohort should
+make questions about it new (docs/cohorts.md).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
 from fedaudit.node.privacy.cohorts import month_of
-from fedaudit.node.store.models import REGISTRY_TABLES, CohortDigest, PersonCohort
+from fedaudit.node.store.models import REGISTRY_TABLES, CohortDigest, DataVersion, PersonCohort
 
 REFERENCE = "*"
 """The `cohort_digests` key of the reference tables' digest."""
@@ -106,18 +112,51 @@ def digests(rows: Mapping[str, list[dict[str, Any]]], cohorts: Mapping[str, str]
     return {cohort: h.hexdigest() for cohort, h in hashes.items()}
 
 
+@dataclass(frozen=True)
+class CohortChanges:
+    """What an import did to the cohorts (for the data officer; never released)."""
+
+    digests: Mapping[str, str]
+    changed: tuple[str, ...]
+    """Cohorts that had data before and whose data this import changed (or removed)."""
+    reopened: tuple[str, ...]
+
+
 def record(
     conn: Connection,
     rows: Mapping[str, list[dict[str, Any]]],
     *,
     reference_date: dt.date,
     data_version: str,
-) -> dict[str, str]:
-    """Assign new persons and store this version's digests; returns cohort -> digest."""
+    reopen: Sequence[str] = (),
+) -> CohortChanges:
+    """Assign new persons, store this version's digests and the cohorts it reopens."""
+    previous = dict(
+        conn.execute(
+            select(CohortDigest.cohort, CohortDigest.digest).where(
+                CohortDigest.data_version
+                == select(DataVersion.version)
+                .where(DataVersion.version != data_version)
+                .order_by(DataVersion.id.desc())
+                .limit(1)
+                .scalar_subquery()
+            )
+        ).all()
+    )
     cohorts = assign(conn, rows, reference_date=reference_date, data_version=data_version)
     found = digests(rows, cohorts)
+    reopened = set(reopen)
     conn.execute(
         insert(CohortDigest.__table__),
-        [{"data_version": data_version, "cohort": c, "digest": d} for c, d in found.items()],
+        [
+            {"data_version": data_version, "cohort": c, "digest": d, "reopened": c in reopened}
+            for c, d in found.items()
+        ]
+        + [
+            # A reopened cohort without data (all its persons gone) still gets its row.
+            {"data_version": data_version, "cohort": c, "digest": "", "reopened": True}
+            for c in sorted(reopened - set(found))
+        ],
     )
-    return found
+    changed = tuple(sorted(c for c, d in previous.items() if c != REFERENCE and found.get(c) != d))
+    return CohortChanges(found, changed, tuple(sorted(reopened)))

@@ -63,6 +63,35 @@ def months(first: str, last: str) -> tuple[str, ...]:
     return tuple(found)
 
 
+def add_months(month: str, count: int) -> str:
+    """`month` ("YYYY-MM") moved by `count` months (negative: back)."""
+    index = int(month[:4]) * 12 + int(month[5:]) - 1 + count
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
+
+
+def epoch(
+    ranges: Sequence[CohortRange],
+    imports: Sequence[tuple[int, str, frozenset[str]]],
+    open_months: int,
+) -> int:
+    """The last import that made questions about `ranges` new; 0 if none did.
+
+    `imports` are (sequence number, reference month, cohorts it reopened). An import
+    makes a question new when the question reads a cohort that was still open at it
+    (its month at most `open_months` before the import's reference month) or one the
+    import reopened. Everything here is public (reference dates, the officer's reopen
+    statements), so whether a question replays reveals nothing about the persons.
+    """
+    newest = max(last for _, last in ranges)
+    found = 0
+    for seq, reference_month, reopened in imports:
+        if newest >= add_months(reference_month, -open_months) or any(
+            a <= c <= b for c in reopened for a, b in ranges
+        ):
+            found = max(found, seq)
+    return found
+
+
 def ranges_for_keys(selected: Iterable[str], public: Sequence[str]) -> tuple[CohortRange, ...]:
     """The ledger ranges a query reading the `selected` public cohort keys is charged.
 
@@ -115,14 +144,25 @@ def peak(spent: Iterable[tuple[str, str, int]], ranges: Sequence[CohortRange]) -
     `spent` holds (first, last, units) of charged ranges (several rows may share a
     range). What a cohort has spent is the sum over the rows whose range contains it;
     as a function of the cohort it only rises where a row's range starts, so the
-    maximum over a range [a, b] is reached at a or at a row's start inside it.
+    maximum over a range [a, b] is reached at a or at a row's start inside it. One
+    sweep over the sorted starts and ends: O((rows + points) log rows).
     """
     rows = list(spent)
+    starts = sorted((first, units) for first, _, units in rows)
+    ends = sorted((last, units) for _, last, units in rows)
+    points = sorted(
+        {a for a, _ in ranges}
+        | {first for first, _, _ in rows if any(a < first <= b for a, b in ranges)}
+    )
     best, where = -1, ""
-    for a, b in ranges:
-        points = {a, *(first for first, _, _ in rows if a < first <= b)}
-        for point in sorted(points):
-            total = sum(units for first, last, units in rows if first <= point <= last)
-            if total > best:
-                best, where = total, point
+    total, i, j = 0, 0, 0
+    for point in points:
+        while i < len(starts) and starts[i][0] <= point:
+            total += starts[i][1]
+            i += 1
+        while j < len(ends) and ends[j][0] < point:
+            total -= ends[j][1]
+            j += 1
+        if total > best:
+            best, where = total, point
     return max(best, 0), where

@@ -199,11 +199,10 @@ class Ledger:
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
                 if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
-                node_spent, node_at = co.peak(self._spent_ranges(conn), ranges)
-                share_spent, share_at = co.peak(self._spent_ranges(conn, requester), ranges)
-                requester_spent, requester_at = co.peak(
-                    self._spent_ranges(conn, requester, period), ranges
-                )
+                node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+                node_spent, node_at = co.peak(node_rows, ranges)
+                share_spent, share_at = co.peak(share_rows, ranges)
+                requester_spent, requester_at = co.peak(period_rows, ranges)
                 failing = [
                     (left, scope, cohort)
                     for scope, left, cohort in (
@@ -405,9 +404,10 @@ class Ledger:
         period = self._policy.period_of(now)
         ranges = co.check_ranges(cohorts)
         with self._connect() as conn, conn.begin():
-            spent, _ = co.peak(self._spent_ranges(conn, requester, period), ranges)
-            lifetime, lifetime_at = co.peak(self._spent_ranges(conn, requester), ranges)
-            node_spent, node_at = co.peak(self._spent_ranges(conn), ranges)
+            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+            spent, _ = co.peak(period_rows, ranges)
+            lifetime, lifetime_at = co.peak(share_rows, ranges)
+            node_spent, node_at = co.peak(node_rows, ranges)
         requester_cap = cap_to_units(entry.rho_per_period)
         share = self._policy.node_share(requester)
         share_left = cap_to_units(share) - lifetime
@@ -514,6 +514,41 @@ class Ledger:
                 LedgerEntry.requester == requester, LedgerEntry.request_id == request_id
             )
         ).scalar_one_or_none()
+
+    @staticmethod
+    def _scope_ranges(
+        conn: Connection, requester: str, period: str
+    ) -> tuple[list[tuple[str, str, int]], ...]:
+        """(first, last, units) rows of the node, of `requester`, and of it in `period`.
+
+        One grouped scan instead of three: the node's rows are the sums over all
+        (requester, period) groups of a range.
+        """
+        node: dict[tuple[str, str], int] = {}
+        mine: dict[tuple[str, str], int] = {}
+        now: list[tuple[str, str, int]] = []
+        for who, when, first, last, units in conn.execute(
+            select(
+                _ENTRIES.c.requester,
+                _ENTRIES.c.period,
+                _RANGES.c.first,
+                _RANGES.c.last,
+                func.sum(_ENTRIES.c.rho_units),
+            )
+            .select_from(_RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id))
+            .group_by(_ENTRIES.c.requester, _ENTRIES.c.period, _RANGES.c.first, _RANGES.c.last)
+        ):
+            key, amount = (str(first), str(last)), int(units)
+            node[key] = node.get(key, 0) + amount
+            if who == requester:
+                mine[key] = mine.get(key, 0) + amount
+                if when == period:
+                    now.append((*key, amount))
+        return (
+            [(*k, v) for k, v in node.items()],
+            [(*k, v) for k, v in mine.items()],
+            now,
+        )
 
     @staticmethod
     def _spent_ranges(

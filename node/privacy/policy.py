@@ -83,7 +83,11 @@ _TOP_KEYS = (
     "ring",
     "cohorts",
 )
-_COHORTS_KEYS = ("first",)
+_COHORTS_KEYS = ("first", "open_months")
+DEFAULT_COHORT_OPEN_MONTHS = 13
+"""How long after its month a cohort's data is taken to keep changing (employment is
+observed 6 and 12 months after a certificate, plus a month for the data to arrive)."""
+MAX_COHORT_OPEN_MONTHS = 120
 _MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
@@ -172,6 +176,9 @@ class Policy:
     first_cohort: str = ""
     """The first key of the `cohort` dimension ("YYYY-MM"; it also holds every earlier
     month). Empty means the first month of the first period year."""
+    cohort_open_months: int = DEFAULT_COHORT_OPEN_MONTHS
+    """A cohort is open while its month is at most this many months before an import's
+    reference month: every such import makes questions about it new (replay keys)."""
 
     @property
     def cohort_start(self) -> str:
@@ -418,6 +425,16 @@ def _periods(value: object, today: dt.date) -> tuple[str, ...]:
     return tuple(str(year) for year in range(first, last + 1))
 
 
+def _cohort_open_months(value: object) -> int:
+    fields = _mapping(value, "cohorts", _COHORTS_KEYS)
+    return _integer(
+        fields.get("open_months", DEFAULT_COHORT_OPEN_MONTHS),
+        "cohorts.open_months",
+        0,
+        MAX_COHORT_OPEN_MONTHS,
+    )
+
+
 def _first_cohort(value: object) -> str:
     fields = _mapping(value, "cohorts", _COHORTS_KEYS)
     first = fields.get("first", "")
@@ -514,6 +531,7 @@ def _parse(data: object, today: dt.date) -> Policy:
         node_reserved_rho=reserved,
         min_rho_per_query=min_query,
         first_cohort=_first_cohort(top.get("cohorts", {})),
+        cohort_open_months=_cohort_open_months(top.get("cohorts", {})),
     )
 
 

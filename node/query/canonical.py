@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 
 from fedaudit.common.mechanisms import with_confidence
 from fedaudit.node.domain import Answer, Cell, QuerySpec
+from fedaudit.node.privacy import cohorts
 from fedaudit.node.query.catalogue import Template
 
 SIGNIFICANT_DIGITS = 6
@@ -95,33 +96,33 @@ def data_key(
     *,
     version: str,
     ranges: Sequence[tuple[str, str]],
-    digests: Mapping[str, str],
+    imports: Sequence[tuple[int, str, frozenset[str]]],
+    open_months: int,
+    reference_digest: str,
     reference_date: dt.date | None,
 ) -> str:
-    """What "the same data" means for a query's replay: the data of the cohorts it reads.
+    """What "the same data" means for a query's replay: the public state of what it reads.
 
-    A digest of the cohort ranges read (so a query over all cohorts is a new question
-    once a new month is in the key list), of each stored cohort's data digest within
-    them (`digests`, written by the import), of the reference tables (cohort `*`) and,
-    for templates whose answers age with it, of the reference date. Importing a new
-    month therefore leaves questions about old cohorts replayable, and a corrected old
-    cohort makes questions about that cohort (only) new. Data imported before cohort
-    accounting has no digests: then the data version itself is the key, as before.
+    The cohort ranges read (a query over all cohorts reads a new month once it is in
+    the key list), the last import that made questions about them new (`cohorts.epoch`:
+    while a cohort is open, every import; later, only an import that reopens it), the
+    reference tables' digest (public reference data) and, for templates whose answers
+    age with it, the reference date. Importing a new month therefore leaves questions
+    about closed cohorts replayable, and a declared correction of an old cohort makes
+    questions about it (only) new. Nothing here depends on the persons' records, so
+    whether a query replays tells a requester nothing about them. Data imported before
+    cohort accounting (no reference digest) keeps the data version as its key.
     """
-    if not digests:
+    if not reference_digest:
         return version
-    parts = [
-        "fedaudit-data-key-v1",
-        json.dumps([list(r) for r in ranges]),
-        f"*={digests.get('*', '')}",
-        *(
-            f"{cohort}={digest}"
-            for cohort, digest in sorted(digests.items())
-            if cohort != "*" and any(a <= cohort <= b for a, b in ranges)
-        ),
-        reference_date.isoformat() if reference_date is not None else "",
-    ]
-    return "k" + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:63]
+    parts = {
+        "ranges": [list(r) for r in ranges],
+        "epoch": cohorts.epoch(ranges, imports, open_months),
+        "reference": reference_digest,
+        "reference_date": reference_date.isoformat() if reference_date is not None else "",
+    }
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return "k" + hashlib.sha256(f"fedaudit-data-key-v1\x00{text}".encode()).hexdigest()[:63]
 
 
 def present(

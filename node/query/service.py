@@ -52,7 +52,7 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
-from fedaudit.node.privacy.cohorts import CohortRange
+from fedaudit.node.privacy.cohorts import CohortRange, month_of
 from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import canonical, catalogue
@@ -79,7 +79,9 @@ class _DataState:
     municipality_name: str
     country: str
     keys: dict[str, tuple[str, ...]]
-    cohort_digests: dict[str, str]
+    imports: tuple[tuple[int, str, frozenset[str]], ...]
+    """Every import: (sequence, reference month, cohorts it reopened); public."""
+    reference_digest: str
 
 
 class NodeService:
@@ -222,7 +224,10 @@ class NodeService:
         # What remains for the cohorts this query would be charged (the binding one).
         budget = self._ledger.status(requester, self._clock(), ranges)
         replay = self._would_replay(
-            requester, request_id, _hashes(spec, canon), _data_key(template, ranges, state)
+            requester,
+            request_id,
+            _hashes(spec, canon),
+            _data_key(template, ranges, state, self._policy),
         )
         if replay:
             charge = Charge(rho=0.0)
@@ -293,7 +298,7 @@ class NodeService:
         )
         self._check_minimum(charge)
         ranges = catalogue.charged_cohorts(canon, state.keys)
-        data = _data_key(template, ranges, state)
+        data = _data_key(template, ranges, state, self._policy)
 
         replay = self._replay(requester, request_id, hashes, data)
         if replay is not None:
@@ -576,13 +581,13 @@ class NodeService:
                     keys = catalogue.dimension_keys(
                         conn, self._policy.periods, self._policy.cohort_start
                     )
-                    digests = dict(
-                        conn.execute(
-                            select(CohortDigest.cohort, CohortDigest.digest).where(
-                                CohortDigest.data_version == version.version
-                            )
-                        ).all()
-                    )
+                    imports = _imports(conn)
+                    reference_digest = conn.execute(
+                        select(CohortDigest.digest).where(
+                            CohortDigest.data_version == version.version,
+                            CohortDigest.cohort == "*",
+                        )
+                    ).scalar_one_or_none()
             except RefusedError:
                 raise
             except Exception as exc:
@@ -594,7 +599,8 @@ class NodeService:
                 municipality_name=muni.name,
                 country=muni.country,
                 keys=keys,
-                cohort_digests=digests,
+                imports=imports,
+                reference_digest=reference_digest or "",
             )
             return self._state
 
@@ -611,14 +617,36 @@ def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = ""
 
 
 def _data_key(
-    template: catalogue.Template, ranges: tuple[CohortRange, ...], state: _DataState
+    template: catalogue.Template,
+    ranges: tuple[CohortRange, ...],
+    state: _DataState,
+    policy: Policy,
 ) -> tuple[str, str]:
     """(data version, replay data key) of a query reading `ranges` (see `canonical.data_key`)."""
     return state.version, canonical.data_key(
         version=state.version,
         ranges=ranges,
-        digests=state.cohort_digests,
+        imports=state.imports,
+        open_months=policy.cohort_open_months,
+        reference_digest=state.reference_digest,
         reference_date=state.reference_date if template.uses_reference_date else None,
+    )
+
+
+def _imports(conn: Connection) -> tuple[tuple[int, str, frozenset[str]], ...]:
+    """Every import's sequence number, reference month and reopened cohorts (public)."""
+    reopened: dict[str, set[str]] = {}
+    for version, cohort in conn.execute(
+        select(CohortDigest.data_version, CohortDigest.cohort).where(CohortDigest.reopened)
+    ):
+        reopened.setdefault(version, set()).add(cohort)
+    return tuple(
+        (int(seq), month_of(day), frozenset(reopened.get(version, ())))
+        for seq, version, day in conn.execute(
+            select(DataVersion.id, DataVersion.version, DataVersion.reference_date).order_by(
+                DataVersion.id
+            )
+        )
     )
 
 

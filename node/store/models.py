@@ -191,9 +191,12 @@ class PersonCohort(Base):
 
 
 class CohortDigest(Base):
-    """Per data version, a digest of each cohort's personal rows (the replay key's data part).
+    """Per data version, a digest of each cohort's personal rows, and whether the import
+    reopened the cohort (a declared correction, see docs/cohorts.md).
 
-    Cohort `*` holds the digest of the reference tables every cohort's answers depend on.
+    The digests tell the data officer which cohorts an import changed; they never enter
+    a replay key (whether a cohort's data changed is not public). `reopened` does: it is
+    the officer's explicit, public statement. Cohort `*` is the reference tables.
     """
 
     __tablename__ = "cohort_digests"
@@ -201,6 +204,7 @@ class CohortDigest(Base):
     data_version: Mapped[str] = mapped_column(String(64), primary_key=True)
     cohort: Mapped[str] = mapped_column(String(7), primary_key=True)
     digest: Mapped[str] = mapped_column(String(64))
+    reopened: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 # --- privacy ledger ---------------------------------------------------------------------------
@@ -251,8 +255,8 @@ class LedgerEntry(Base):
     state: Mapped[str] = mapped_column(String(16))
     answer: Mapped[str | None] = mapped_column(Text)  # JSON of the released answer
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-    # What "the same data" means for replay: a digest of the data of the cohorts the
-    # query read (None on entries written before cohort accounting: their data_version).
+    # What "the same data" means for replay: the public state of the cohorts the query
+    # read (None on entries written before cohort accounting: their data_version).
     data_key: Mapped[str | None] = mapped_column(String(64))
 
 

@@ -5,7 +5,8 @@ Revises: 0004
 Create Date: 2026-12-07
 
 Adds `person_cohorts` (a person's cohort, fixed at first import), `cohort_digests`
-(per data version, a digest of each cohort's data: the replay key's data part),
+(per data version, a digest of each cohort's data, for the officer, and the cohorts
+the import reopened, which enter replay keys),
 `ledger_cohort_ranges` (the cohorts each ledger entry is charged to) and the ledger
 column `data_key`. Existing data and ledger are carried over:
 
@@ -14,8 +15,8 @@ column `data_key`. Existing data and ledger are carried over:
   version's reference date), attributed to that data version;
 - every existing ledger entry is charged to every cohort ("0000-00".."9999-99"): it
   was answered before cohorts existed and may have read anyone;
-- no digests are written for the existing data version: until the next import,
-  replays match on the data version as before (entries keep `data_key` NULL).
+- no digests are written for the existing data version (the next import compares
+  with nothing); old entries keep `data_key` NULL and replay by their data version.
 
 The rule is frozen here (not imported from the package) so this migration means the
 same thing whatever the code around it becomes.
@@ -55,6 +56,7 @@ def upgrade() -> None:
         sa.Column("data_version", sa.String(length=64), nullable=False),
         sa.Column("cohort", sa.String(length=7), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=False),
+        sa.Column("reopened", sa.Boolean(), nullable=False),
         sa.PrimaryKeyConstraint("data_version", "cohort"),
     )
     op.create_table(
