@@ -125,8 +125,8 @@ def reask_plan(
     plan: AuditPlan, cohort: str, reports: Iterable[Mapping[str, Any]], run_month: str
 ) -> AuditPlan:
     """The plan asking again, per check, exactly the cohorts of the archived query that read
-    `cohort` (so a node whose data of those cohorts did not change replays its stored answer
-    for free, and one that re-imported them charges those cohorts only).
+    `cohort` (so a node replays its stored answer for free unless its data officer reopened
+    the cohort at a corrected import, and then charges those cohorts only).
 
     ValueError when no archived run of the plan asked about `cohort`.
     """

@@ -289,10 +289,11 @@ class Scheduler:
 
     def reask(self, plan: AuditPlan, cohort: str, reason: str) -> RunRecord:
         """Ask again, now, what the archived runs asked about `cohort`, after a corrected
-        re-import of its data at a node. A node whose data of that cohort did not change
-        replays its stored answers (free); one that re-imported them charges the cohorts
-        of those queries only. The report replaces the cohort's earlier numbers in the
-        trend; the schedule's own progress does not move."""
+        re-import of its data at a node. A node whose data officer reopened the cohort at
+        that import (`node import --reopen`) charges these questions again, to the cohorts
+        they read only; any other node replays its stored answers for free. The report
+        replaces the cohort's earlier numbers in the trend; the schedule's progress does
+        not move."""
         now = _utc(self._clock())
         asked = reask_plan(
             plan, cohort, archived_reports(self.archive.root, plan.name), month_of(now)

@@ -108,9 +108,10 @@ def register(parsers: Parsers) -> None:
         help="ask a cohort plan's questions about one cohort again (its data were corrected)",
         description=(
             "After a municipality re-imported corrected data for an old cohort: ask again, "
-            "now, exactly the archived queries that read that cohort. Nodes whose data did not "
-            "change replay their stored answers for free; a node that re-imported charges those "
-            "cohorts only. The report goes to the archive and replaces the cohort's numbers in "
+            "now, exactly the archived queries that read that cohort. A node whose data officer "
+            "reopened the cohort (node import --reopen) charges them again, to those cohorts "
+            "only; other nodes replay their stored answers for free. The report goes to the "
+            "archive and replaces the cohort's numbers in "
             "trend.json; the schedule's progress does not move. Exit codes as `run --once`."
         ),
     )
