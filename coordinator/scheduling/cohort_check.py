@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from fedaudit.coordinator.errors import CoordinatorError
 from fedaudit.coordinator.planning.checks import planned_queries
@@ -65,13 +66,23 @@ def live_rules(
     return rules, spent, in_period
 
 
+@dataclass(frozen=True)
+class LiveWalk:
+    """One node's walk: the first refusal (or None), and per period (current, next) the runs
+    that fit and the most one cohort would be charged by them."""
+
+    refusal: Refusal | None
+    periods: tuple[str, str]
+    runs: tuple[int, int]
+    needs: tuple[float, float]
+
+
 def check_live(
     plan: AuditPlan, node: str, budget: BudgetStatus, now: dt.datetime, *, due_now: bool = False
-) -> tuple[Refusal | None, int, int, str, str]:
+) -> LiveWalk:
     """Walk `plan`'s slots through the node's current and next budget period, per cohort.
 
-    Returns (first refusal or None, runs in the current period, runs in the next, the two
-    period keys). Every cohort starts with the binding cohort's spending (`live_rules`).
+    Every cohort starts with the binding cohort's spending (`live_rules`).
     """
     rules, spent, in_period = live_rules(node, budget, now)
     current = parse_period(budget.period)
@@ -80,17 +91,31 @@ def check_live(
         raise ValueError(f"plan {plan.name} has no schedule")
     slots = [*([now] if due_now else []), *slots_between(plan.schedule, now, following.end)]
     spending = Spending(everyone=spent, period=current.key, in_period=in_period)
+    planned = Spending()  # what this schedule alone charges, for the "needs" column
     counts = {current.key: 0, following.key: 0}
+    seen: set[str] = set()
+    refusal = None
     for slot, month, charges in run_plan(plan, slots):
         period = period_containing(rules.period_kind, slot).key
         every = month_range(rules.first_cohort, month)
         refusal = first_refusal(rules, slot, period, charges, every, spending)
         if refusal is not None:
-            return refusal, counts[current.key], counts[following.key], current.key, following.key
+            break
         counts[period] = counts.get(period, 0) + 1
+        seen.update(every)
         for charge in charges:
             spending.add(charge, every, period)
-    return None, counts[current.key], counts[following.key], current.key, following.key
+            planned.add(charge, every, period)
+
+    def need(period: str) -> float:
+        return max((planned.in_period(c, period) for c in seen), default=0.0)
+
+    return LiveWalk(
+        refusal=refusal,
+        periods=(current.key, following.key),
+        runs=(counts[current.key], counts[following.key]),
+        needs=(need(current.key), need(following.key)),
+    )
 
 
 def forecast_live(
@@ -125,41 +150,31 @@ def forecast_live(
                 unreachable[name] = str(exc)
                 continue
             due = bool((due_now or {}).get(plan.name))
-            refusal, now_runs, next_runs, period, following = check_live(
-                plan, name, info.budget, now, due_now=due
-            )
-            nodes.append(
-                _node_forecast(
-                    plan, name, info.budget, refusal, now_runs, next_runs, period, following
-                )
-            )
+            walk = check_live(plan, name, info.budget, now, due_now=due)
+            nodes.append(_node_forecast(plan, name, info.budget, walk))
     return Forecast(tuple(nodes), tuple(sorted(unreachable.items())))
 
 
-def _node_forecast(  # noqa: PLR0917 (one node's walk, passed through)
-    plan: AuditPlan,
-    node: str,
-    budget: BudgetStatus,
-    refusal: Refusal | None,
-    runs_now: int,
-    runs_next: int,
-    period: str,
-    following: str,
+def _node_forecast(
+    plan: AuditPlan, node: str, budget: BudgetStatus, walk: LiveWalk
 ) -> NodeForecast:
+    """The walk as `schedule check` prints it ("needs": the most one cohort is charged)."""
+    (period, following), (runs_now, runs_next) = walk.periods, walk.runs
     shortfall = None
+    refusal = walk.refusal
     if refusal is not None:
-        scope = "requester" if refusal.scope == "period" else "node"
+        in_current = refusal.at < parse_period(budget.period).end
         shortfall = Shortfall(
             node=node,
             plan=plan.name,
             requester=plan.requester,
-            scope=scope,
-            period=period_containing(parse_period(budget.period).kind, refusal.at).key,
+            scope="requester" if refusal.scope == "period" else "node",
+            period=period if in_current else following,
             run_at=refusal.at,
             needed_rho=refusal.needed,
             available_rho=refusal.available,
-            runs_fitting=runs_now if refusal.at < parse_period(budget.period).end else runs_next,
-            runs_in_period=runs_now if refusal.at < parse_period(budget.period).end else runs_next,
+            runs_fitting=runs_now if in_current else runs_next,
+            runs_in_period=runs_now if in_current else runs_next,
         )
         message = f"{shortfall.message()}; per cohort: {refusal.message()}"
     else:
@@ -174,8 +189,8 @@ def _node_forecast(  # noqa: PLR0917 (one node's walk, passed through)
         next_period=following,
         runs_current=runs_now,
         runs_next=runs_next,
-        rho_current=0.0,
-        rho_next=0.0,
+        rho_current=walk.needs[0],
+        rho_next=walk.needs[1],
         requester_remaining=budget.requester_rho_remaining,
         requester_cap=budget.requester_rho_cap,
         node_remaining=budget.node_rho_remaining,
