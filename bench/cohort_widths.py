@@ -6,7 +6,8 @@ deploy/policy.monthly.yaml, and runs deploy/plans/monthly.yaml in-process for ea
 last N run months (each run asks its own cohorts, so nothing is charged twice). Prints, per
 run month, the size of the cohorts asked and the width of the municipality-level pass-rate
 and employment-rate intervals (the report's `ci`: DP noise and sampling, at the metric's own
-level), then the medians.
+level: a tested metric's Holm-adjusted test interval, otherwise the plan's 95 %), then the
+medians.
 
     .venv/bin/python bench/cohort_widths.py [--candidates 3000] [--months 12]
 """
