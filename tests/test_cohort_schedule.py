@@ -64,6 +64,9 @@ FIRST_RUN = dt.datetime(2027, 1, 1, tzinfo=UTC)
 YEARS = 10
 SAMPLED_PER_NODE = 40
 
+# Ten years of monthly runs at three nodes: 120 audits, 360 imports, 10 rings.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
 
 class Clock:
     """The time every node and the scheduler see."""

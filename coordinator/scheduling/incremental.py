@@ -178,8 +178,9 @@ def trend(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 "run_id": audit.get("run_id"),
             }
     series: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    # "YYYY-MM" keys sort chronologically as text.
     for (name, municipality, _), row in sorted(
-        rows.items(), key=lambda kv: (kv[0][0], kv[0][1], parse_month(kv[1]["cohorts"][0]))
+        rows.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[1]["cohorts"])
     ):
         series[name][municipality].append(
             {k: row[k] for k in ("cohorts", "estimate", "ci", "denominator", "run_id")}
