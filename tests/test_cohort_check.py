@@ -94,3 +94,77 @@ def test_a_cohort_with_little_left_in_the_period_makes_the_check_refuse(
     assert forecast.shortfall.run_at == dt.datetime(2027, 1, 2, 6, tzinfo=dt.UTC)
     assert "per cohort:" in forecast.message
     assert "of cohort 2026-" in forecast.message
+
+
+# --- a corrected re-import of an old cohort, handled explicitly ----------------------------------
+
+
+def test_a_reask_after_a_reopened_import_charges_that_cohort_only(tmp_path: Path) -> None:
+    """Three nodes run the January slot of the monthly plan. M01 then re-imports corrected
+    data and its data officer reopens cohort 2026-12; `Scheduler.reask` asks the archived
+    query about it again: M01 charges cohort 2026-12 (and nothing else) once more, M02 and
+    M03 (nothing reopened) replay their stored answers for free."""
+    from cohort_support import MonthlyExports
+
+    from fedaudit.coordinator.scheduling.incremental import TREND_FILE
+    from fedaudit.coordinator.scheduling.schedule import Scheduler
+    from fedaudit.synthetic.federation import generate_federation
+
+    clock_now = [dt.datetime(2027, 1, 1, tzinfo=dt.UTC)]
+    fed = generate_federation(
+        tmp_path / "fed",
+        municipalities=3,
+        candidates_per_municipality=200,
+        today=dt.date(2027, 6, 1),
+    )
+    policy = load_policy(POLICY)
+    services, engines, exports = {}, {}, {}
+    for code, bundle in zip(fed.municipalities, fed.bundles, strict=True):
+        exports[code] = MonthlyExports(bundle)
+        engine = make_engine(f"sqlite:///{tmp_path / code}.db")
+        first = exports[code].export_as_of(dt.date(2026, 12, 31), tmp_path / "exp" / code)
+        import_bundle(engine, first, now=clock_now[0])
+        engines[code] = engine
+        services[code] = NodeService(engine, policy, clock=lambda: clock_now[0])
+    plan = load_plan(PLAN).with_nodes({c: f"127.0.0.1:{7000 + i}" for i, c in enumerate(services)})
+
+    def transports(p):
+        return {c: InProcessNodeTransport(c, s, requester=p.requester) for c, s in services.items()}
+
+    scheduler = Scheduler([plan], transports, tmp_path / "archive", clock=lambda: clock_now[0])
+    try:
+        clock_now[0] = dt.datetime(2027, 1, 2, 6, 5, tzinfo=dt.UTC)
+        (january,) = scheduler.run_due()
+        assert january.report["audit"]["status"] == "complete"
+        assert january.report["audit"]["cohorts"]["asked"]["pass_rates"] == ["2026-12"]
+        keys = ["2026-11", "2026-12"]
+        before = {c: s.ledger.spent_by_cohort(keys) for c, s in services.items()}
+
+        # M01's data officer imports a correction and reopens cohort 2026-12.
+        clock_now[0] = dt.datetime(2027, 1, 10, tzinfo=dt.UTC)
+        corrected = exports["M01"].export_as_of(dt.date(2026, 12, 31), tmp_path / "exp2")
+        import_bundle(engines["M01"], corrected, now=clock_now[0], reopen=["2026-12"])
+        services["M01"].reload()
+
+        with pytest.raises(ValueError, match="asked about cohort 2019-01"):
+            scheduler.reask(plan, "2019-01", "nothing was asked about it")
+        record = scheduler.reask(plan, "2026-12", "M01 corrected December")
+        report = record.report
+        assert report["audit"]["status"] == "complete"
+        assert report["audit"]["cohorts"]["asked"] == {"pass_rates": ["2026-12"]}
+        assert report["audit"]["cohorts"]["reason"].startswith("re-asked cohort 2026-12")
+        after = {c: s.ledger.spent_by_cohort(keys) for c, s in services.items()}
+        assert after["M01"]["2026-12"] == pytest.approx(before["M01"]["2026-12"] + 0.5)
+        assert after["M01"]["2026-11"] == pytest.approx(before["M01"]["2026-11"])
+        for code in ("M02", "M03"):
+            assert after[code] == pytest.approx(before[code]), code
+        replayed = {
+            n["node"]: [q["replayed"] for q in n["queries"]] for n in report["coverage"]["nodes"]
+        }
+        assert replayed == {"M01": [False], "M02": [True], "M03": [True]}
+        # The schedule's progress did not move; the trend was rebuilt from the archive.
+        assert scheduler.due() == []
+        assert (tmp_path / "archive" / plan.name / TREND_FILE).is_file()
+    finally:
+        for engine in engines.values():
+            engine.dispose()
