@@ -351,3 +351,42 @@ def test_a_cohort_plan_groups_by_provider_only_when_asked() -> None:
     assert keys["pass_rates"] == ("provider", "citizenship_group")
     with pytest.raises(PlanError, match=r"cohorts\.by_provider: must be true or false"):
         _plan(cohorts={"by_provider": "yes"})
+
+
+def test_the_accuracy_aid_for_an_assumed_cohort_size() -> None:
+    """rho 0.5 and K 1: noise sd 1 person per count; at n = 40 and p = 0.5 one 95 % interval is
+    1.96 x sqrt(0.25/40 + (0.25 + 0.25) x 1/40^2) wide on each side."""
+    from fedaudit.coordinator.scheduling.cohort_forecast import rate_accuracy
+
+    plan = load_plan(MONTHLY_PLAN)
+    result = {a.check: a for a in rate_accuracy(plan, {}, 40)}
+    assert set(result) == {"pass_rates", "employment"}
+    expected = 1.959964 * (0.25 / 40 + 0.5 * 1.0 / 1600) ** 0.5
+    for accuracy in result.values():
+        assert accuracy.noise_sd == pytest.approx(1.0, rel=1e-3)
+        assert accuracy.half_width == pytest.approx(expected, rel=1e-3)
+    # Halving rho doubles the noise variance: the interval widens.
+    cheaper = dataclasses.replace(
+        plan,
+        checks=dataclasses.replace(
+            plan.checks,
+            pass_rates=dataclasses.replace(
+                plan.checks.pass_rates,
+                budget=dataclasses.replace(plan.checks.pass_rates.budget, rho=0.25),
+            ),
+        ),
+    )
+    wider = {a.check: a for a in rate_accuracy(cheaper, {}, 40)}
+    assert wider["pass_rates"].half_width > result["pass_rates"].half_width
+    with pytest.raises(ValueError, match="cohort size must be at least 1"):
+        rate_accuracy(plan, {}, 0)
+
+
+def test_schedule_forecast_prints_the_accuracy_for_a_cohort_size(
+    capsys: pytest.CaptureFixture,
+) -> None:
+    args = ["schedule", "forecast", str(MONTHLY_PLAN), "--policy", str(MONTHLY_POLICY)]
+    assert main([*args, "--years", "1", "--cohort-size", "40"]) == 0
+    assert "node M01, cohorts of 40 persons: pass_rates +/-0.159" in capsys.readouterr().out
+    assert main([*args, "--years", "1", "--cohort-size", "0"]) == 2
+    assert "--cohort-size: must be a whole number of persons >= 1" in capsys.readouterr().err

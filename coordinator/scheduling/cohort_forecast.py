@@ -28,10 +28,13 @@ forecast does not model), and every cohort has persons.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
+from fedaudit.common.mechanisms import plan_noise
 from fedaudit.coordinator.planning.checks import COHORT, planned_queries
 from fedaudit.coordinator.planning.cohort_runs import plan_for_run
 from fedaudit.coordinator.planning.cohorts import month_of, month_range
@@ -222,7 +225,8 @@ class Spending:
 
     def bound(self) -> tuple[float, str | None]:
         """The most any cohort has been charged, and which (None: only charges to everyone)."""
-        cohort = max(self.own, key=lambda c: (self.own[c], c), default=None)
+        # The earliest of the cohorts charged most (months sort as text).
+        cohort = min(self.own, key=lambda c: (-self.own[c], c), default=None)
         return (self.total(cohort) if cohort else self.everyone), cohort
 
 
@@ -312,3 +316,52 @@ def _result(  # noqa: PLR0917 (one node's final state)
         bound_cohort=cohort,
         ring_runs=ring_runs,
     )
+
+
+# --- accuracy for an assumed cohort size --------------------------------------------------------
+
+RATE_CHECKS: Mapping[str, str] = {
+    "pass_rates": "assessment_results",
+    "employment": "employment_outcomes",
+}
+"""The cohort checks whose metric is a rate of persons, and the template each asks."""
+
+
+@dataclass(frozen=True)
+class RateAccuracy:
+    check: str
+    noise_sd: float  # one released count's noise, persons
+    half_width: float  # of one interval at the plan's confidence, for a rate of 0.5
+
+
+def rate_accuracy(
+    plan: AuditPlan, bounds: Mapping[str, int], cohort_size: int
+) -> list[RateAccuracy]:
+    """Planning aid: how wide one municipality's rate interval is for a cohort of `cohort_size`.
+
+    A rate p = a / (a + b) of two noisy counts over n persons, at p = 0.5 (the widest):
+    Var = p(1-p)/n (sampling) + ((1-p)^2 Var(a) + p^2 Var(b)) / n^2 (noise), with the noise
+    each count carries at the check's rho and the policy's bound K (`common.mechanisms`).
+    One interval at the plan's confidence, not adjusted for the audit's other tests (the
+    report's tested intervals are wider), and for a plan that groups outcomes by nothing
+    (a plan grouping by provider sums one noisy count per provider row).
+    """
+    if cohort_size < 1:
+        raise ValueError(f"cohort size must be at least 1 (got {cohort_size})")
+    z = NormalDist().inv_cdf(0.5 + plan.confidence / 2)
+    out = []
+    for check, template in RATE_CHECKS.items():
+        if getattr(plan.checks, check) is None:
+            continue
+        budget = plan.query_budget(check)
+        noise, _ = plan_noise(
+            plan.mechanism,
+            rho=budget.rho,
+            epsilon=budget.epsilon,
+            sensitivity=int(bounds.get(template, 1)),
+            confidence=plan.confidence,
+        )
+        p, n = 0.5, float(cohort_size)
+        variance = p * (1 - p) / n + ((1 - p) ** 2 + p**2) * noise.variance / n**2
+        out.append(RateAccuracy(check, math.sqrt(noise.variance), z * math.sqrt(variance)))
+    return out

@@ -47,6 +47,13 @@ def add_parser(sub: Any) -> None:
     forecast.add_argument(
         "--start", help="first day of the forecast, YYYY-MM-DD (default: today, UTC)"
     )
+    forecast.add_argument(
+        "--cohort-size",
+        type=int,
+        metavar="N",
+        help="also print how wide one municipality's pass-rate and employment interval is "
+        "for a cohort of N persons (planning aid, from the plan and the policy's bounds)",
+    )
     forecast.set_defaults(handler=_forecast)
 
 
@@ -62,6 +69,10 @@ def _forecast(args: argparse.Namespace) -> int:
     if not 0 < args.years <= MAX_YEARS:
         raise CliError(f"--years: must be a number in (0, {MAX_YEARS}] (got {args.years:g})")
     start = _start(args.start)
+    if args.cohort_size is not None and args.cohort_size < 1:
+        raise CliError(
+            f"--cohort-size: must be a whole number of persons >= 1 (got {args.cohort_size})"
+        )
     policies = _policies(args.policy, [n.name for n in plan.nodes])
     rules = [
         _rules(node, path, policy, plan.requester) for node, (path, policy) in policies.items()
@@ -76,7 +87,28 @@ def _forecast(args: argparse.Namespace) -> int:
     )
     for result in results:
         console.print(result.message(), markup=False, highlight=False, soft_wrap=True)
+    if args.cohort_size is not None:
+        _print_accuracy(plan, policies, args.cohort_size)
     return EXIT_REFUSED if any(r.refusal is not None for r in results) else EXIT_OK
+
+
+def _print_accuracy(plan: Any, policies: dict[str, tuple[Path, Any]], size: int) -> None:
+    from fedaudit.coordinator.scheduling.cohort_forecast import rate_accuracy
+
+    for node, (_path, policy) in policies.items():
+        parts = [
+            f"{a.check} +/-{a.half_width:.3f} (noise sd {a.noise_sd:.3g} person(s) per count)"
+            for a in rate_accuracy(plan, policy.bounds, size)
+        ]
+        console.print(
+            f"node {node}, cohorts of {size} persons: "
+            + ("; ".join(parts) or "no rate check")
+            + f" (one interval at {100 * plan.confidence:g}% for a rate of 0.5, before the "
+            "audit's multiple-testing adjustment)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _start(text: str | None) -> dt.datetime:
