@@ -413,3 +413,63 @@ def test_import_command_reopens_and_tells_the_officer_what_changed(
     out = " ".join(capsys.readouterr().out.split())
     assert "reopened cohorts: 2023-03" in out
     assert "data changed" not in out
+
+
+def test_a_running_node_charges_the_cohorts_of_the_data_it_reads_after_an_import(
+    engine: Engine, tmp_path: Path
+) -> None:
+    """An import into a running node's database is picked up at the next request: a query
+    over all cohorts then reads the new month and is charged for it."""
+    import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
+    service = _service(engine, _policy(), OCT)  # one service across the import
+    first = service.query(BOARD, "before", _spec(0.1))
+    result = import_bundle(engine, _edited(tmp_path, "october", NEW_MONTH), now=OCT)
+    second = service.query(BOARD, "after", _spec(0.1))
+    assert first.data_version != second.data_version
+    assert second.data_version == result.data_version
+    assert _spent(service, "2025-09", "2025-10") == {"2025-09": 0.2, "2025-10": 0.1}
+    assert service.capabilities(BOARD).dimensions["cohort"][-1] == "2025-10"
+
+
+def test_the_ring_and_reconciliation_charge_every_cohort_that_has_persons(engine: Engine) -> None:
+    """Requests that read the whole registry are charged up to the newest month (plus one
+    for an import racing the read), not to cohorts that do not exist yet."""
+    service = _service(engine, _policy(), SEPT)
+    import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
+    assert service.ledger.existing_cohorts(SEPT) == (("0000-00", "2025-10"),)
+    assert service.ledger.existing_cohorts(OCT) == (("0000-00", "2025-11"),)
+
+
+@pytest.mark.postgres
+def test_an_import_landing_while_a_query_counts_refuses_it_without_a_charge(
+    pg_url: str,
+) -> None:
+    """If a new data version commits while a query's counts run, the query is refused and its
+    charge rolled back: the counts may hold persons of a month it was not charged for."""
+    from fedaudit.node.errors import RateLimitedError
+    from fedaudit.node.store.models import DataVersion as DV
+
+    engine = make_engine(pg_url)
+    import_bundle(engine, FIXTURE_BUNDLE, now=SEPT)
+
+    class Racing(NodeService):
+        def _true_counts(self, tx, **kwargs):  # type: ignore[no-untyped-def]
+            counts = super()._true_counts(tx, **kwargs)
+            with engine.begin() as other:  # another process finishing an import
+                other.execute(
+                    DV.__table__.insert(),
+                    {
+                        "version": "v9-racing",
+                        "bundle_digest": "x",
+                        "imported_at": OCT,
+                        "reference_date": OCT.date(),
+                        "row_counts": "{}",
+                    },
+                )
+            return counts
+
+    service = Racing(engine, _policy(), clock=lambda: OCT)
+    with pytest.raises(RateLimitedError, match="nothing was charged"):
+        service.query(BOARD, "raced", _spec(0.1))
+    assert _spent(service, "2025-09") == {"2025-09": 0.0}
+    engine.dispose()

@@ -65,7 +65,7 @@ from fedaudit.node.errors import (
 from fedaudit.node.privacy import cohorts as co
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.store.db import is_sqlite
-from fedaudit.node.store.models import BudgetLock, LedgerCohortRange, LedgerEntry
+from fedaudit.node.store.models import BudgetLock, DataVersion, LedgerCohortRange, LedgerEntry
 
 log = structlog.get_logger(__name__)
 
@@ -456,6 +456,23 @@ class Ledger:
         for requester, units in rows:
             spent[requester] = units_to_rho(int(units))
         return spent
+
+    def existing_cohorts(self, now: dt.datetime) -> tuple[co.CohortRange, ...]:
+        """The cohorts a request reading the whole registry is charged to (ring, reconcile).
+
+        Every person's cohort is at most the month of the newest import's reference date;
+        one month beyond that month or `now`'s (whichever is later) covers an import that
+        commits between the charge and the read. Later cohorts are not charged: their
+        persons were not there to be read. Without any import: every cohort.
+        """
+        with self._connect() as conn, conn.begin():
+            newest = conn.execute(select(func.max(DataVersion.reference_date))).scalar()
+        if newest is None:
+            return co.ALL
+        if isinstance(newest, str):  # SQLite returns MAX() of a date as text
+            newest = dt.date.fromisoformat(newest)
+        last = max(co.month_of(newest), co.month_of(now.astimezone(dt.UTC).date()))
+        return ((co.EARLIEST, co.add_months(last, 1)),)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

@@ -22,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from fedaudit.common import mechanisms
 from fedaudit.common.budget_units import rho_to_units
@@ -74,6 +74,7 @@ class _DataState:
     """What the node knows about its current data version (cached per version)."""
 
     version: str
+    version_id: int
     reference_date: dt.date
     municipality_code: str
     municipality_name: str
@@ -330,6 +331,7 @@ class NodeService:
                 counts = self._true_counts(
                     tx, template=template, canon=canon, state=state, params=params, bound=bound
                 )
+                self._check_unchanged(tx, state)
                 answer = self._noisy_answer(
                     request_id,
                     template=template,
@@ -409,6 +411,20 @@ class NodeService:
                 "query_failed_before_release", template=template.name, error=type(exc).__name__
             )
             raise DataUnavailableError("the node could not compute this query") from exc
+
+    def _check_unchanged(self, tx: Connection, state: _DataState) -> None:
+        """Refuse (and roll the charge back) if an import landed while the counts ran.
+
+        The counts could then include persons of a cohort newer than those the query
+        was charged for. Read after the counts on the writer's transaction, so any
+        import the counts could have seen has committed before this read.
+        """
+        newest = tx.execute(select(func.max(DataVersion.id))).scalar()
+        if newest != state.version_id:
+            self.reload()
+            raise RateLimitedError(
+                "the node's data was replaced while this query ran; nothing was charged; retry"
+            )
 
     def _noisy_answer(
         self,
@@ -565,9 +581,22 @@ class NodeService:
         return None
 
     def _data_state(self) -> _DataState:
+        """The current data version's public state, cached until another import lands.
+
+        Checked on every request (one indexed read): an import into a running node's
+        database is picked up at once, so the cohort keys a query is charged for are
+        never older than the data it reads (see also `_check_unchanged`).
+        """
         with self._state_lock:
             if self._state is not None:
-                return self._state
+                try:
+                    with self._query_engine.connect() as conn:
+                        newest = conn.execute(select(func.max(DataVersion.id))).scalar()
+                except Exception as exc:
+                    raise DataUnavailableError("the node's database is not reachable") from exc
+                if newest == self._state.version_id:
+                    return self._state
+                self._state = None
             try:
                 with self._query_engine.connect() as conn:
                     version = conn.execute(
@@ -594,6 +623,7 @@ class NodeService:
                 raise DataUnavailableError("the node's database is not reachable") from exc
             self._state = _DataState(
                 version=version.version,
+                version_id=version.id,
                 reference_date=version.reference_date,
                 municipality_code=muni.municipality_code,
                 municipality_name=muni.name,

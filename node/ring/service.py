@@ -211,6 +211,8 @@ class DedupService:
             mechanism=mechanism,
             charge=Charge(rho=params.rho, epsilon=params.epsilon),
             now=self._clock(),
+            # The ring reads every person here: charged to every cohort that has any.
+            cohorts=self._ledger.existing_cohorts(self._clock()),
         )
         event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
         try:
