@@ -145,16 +145,25 @@ class MonthlyExports:
         return out
 
 
-def brute_force_loss(engine: sa.Engine, person_cohort: str, requester: str | None = None) -> float:
-    """Rho charged at this node by every request that could read a person of `person_cohort`.
+def brute_force_loss(
+    engine: sa.Engine,
+    person_cohort: str,
+    first_seen: dt.datetime,
+    requester: str | None = None,
+) -> float:
+    """Rho charged at this node by every request that could read a person of `person_cohort`
+    who has been in the registry since `first_seen` (their first import).
 
     From the ledger (charges that stand: released or failed) joined by request id to the
-    query log's logged parameters; independent of the node's `ledger_cohort_ranges`.
+    query log's logged parameters; independent of the node's `ledger_cohort_ranges`. A
+    request restricted to cohorts could read the person when their cohort is one of them;
+    any other charge (a query over all cohorts, the ring, reconciliation) when it was made
+    after the person arrived.
     """
     with engine.connect() as conn:
         charges = conn.execute(
             sa.text(
-                "SELECT requester, request_id, template, rho_units FROM ledger_entries "
+                "SELECT requester, request_id, rho_units, created_at FROM ledger_entries "
                 "WHERE state IN ('released', 'failed')"
             )
         ).all()
@@ -166,13 +175,22 @@ def brute_force_loss(engine: sa.Engine, person_cohort: str, requester: str | Non
         ).all()
     params = {(r, rid): p for r, rid, p in logged}
     total = 0
-    for who, request_id, _template, units in charges:
+    for who, request_id, units, created in charges:
         if requester is not None and who != requester:
             continue
         cohorts = _cohort_filter(params.get((who, request_id)))
-        if cohorts is None or person_cohort in cohorts:
+        if cohorts is not None:
+            if person_cohort in cohorts:
+                total += int(units)
+        elif _moment(created) >= first_seen:
             total += int(units)
     return total * RHO_UNIT
+
+
+def _moment(value: object) -> dt.datetime:
+    """A `created_at` as SQLite returns it (text or datetime), as an aware UTC datetime."""
+    moment = value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _cohort_filter(parameters: str | None) -> set[str] | None:

@@ -6,8 +6,8 @@ node with cohort accounting charges (docs/scheduling.md):
 
 - a query restricted to cohorts charges each of them its rho; one without a cohort filter
   charges every cohort that exists by then (from the policy's first cohort to the month
-  of the run); the blinding ring and revocation reconciliation charge every cohort,
-  including those that arrive later (as the node's ledger does);
+  of the run); the blinding ring and revocation reconciliation read every person, so they
+  charge every cohort that has persons by then (as the node's ledger does);
 - every cap applies per cohort: the node-wide `node_rho_total` (never renewed), the
   requester's share of it (`node_share`), and the requester's `rho_per_period` per budget
   period; `max_rho_per_request` and `min_rho_per_query` (ring: `ring.min_rho`) per request.
@@ -155,10 +155,10 @@ def run_charges(plan: AuditPlan) -> list[Charge]:
         )
     if plan.checks.duplicates is not None:
         rho = plan.checks.duplicates.budget.rho_charged()
-        charges.append(Charge("the blinding ring", rho, None, protocol=True, every_cohort=True))
+        charges.append(Charge("the blinding ring", rho, None, protocol=True))
     if plan.checks.revocation is not None:
         rho = plan.checks.revocation.budget.rho_charged()
-        charges.append(Charge("revocation reconciliation", rho, None, every_cohort=True))
+        charges.append(Charge("revocation reconciliation", rho, None))
     return charges
 
 
@@ -195,9 +195,10 @@ def run_plan(
 class Spending:
     """What each cohort has been charged, as a node with cohort accounting keeps it.
 
-    Charges to every cohort (the ring, reconciliation) also hold for cohorts that arrive
-    later (the node charges them to every cohort, whenever it arrives), so they are kept
-    once (`everyone`) and added to every cohort's own charges.
+    `everyone` is spending that holds for every cohort, also those arriving later: the live
+    check seeds it with what the binding cohort has spent (a charge flagged `every_cohort`
+    would add to it too; the node charges the ring and reconciliation only to the cohorts
+    that have persons, so no charge of a plan is flagged so today).
     """
 
     def __init__(self, everyone: float = 0.0, period: str = "", in_period: float = 0.0) -> None:
