@@ -168,3 +168,28 @@ def test_a_reask_after_a_reopened_import_charges_that_cohort_only(tmp_path: Path
     finally:
         for engine in engines.values():
             engine.dispose()
+
+
+def test_an_on_demand_run_of_a_cohort_plan_asks_the_cohorts_due_this_month(
+    node: NodeService,
+) -> None:
+    """`audit run` of a cohort plan (no archive): narrowed to the month the run starts in."""
+    from fedaudit.coordinator.running.audit import run_audit
+
+    plan = dataclasses.replace(load_plan(PLAN), min_answering_nodes=1)
+    transport = InProcessNodeTransport("T01", node, requester=plan.requester)
+    report = run_audit(plan, {"T01": transport}, run_id="on-demand", clock=lambda: NOW)
+    cohorts = report["audit"]["cohorts"]
+    assert cohorts["run_month"] == "2026-12"
+    assert cohorts["asked"] == {
+        "pass_rates": ["2026-11"],
+        "employment": ["2025-11"],
+        "recognition": ["2026-07"],
+    }
+    assert "duplicates" in cohorts["left_out"]  # December: the ring runs in January
+    assert report["duplicates"]["status"] == "not_run"
+    spent = node.ledger.spent_by_cohort(["2025-11", "2026-07", "2026-10", "2026-11"])
+    assert spent["2026-11"] == pytest.approx(0.5)
+    assert spent["2025-11"] == pytest.approx(0.5)
+    assert spent["2026-07"] == pytest.approx(0.5)
+    assert spent["2026-10"] == pytest.approx(0.0)  # a cohort no query read
