@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 import structlog
 from cohort_support import MonthlyExports, brute_force_loss
 from dedup_support import ring_credentials
@@ -178,7 +179,15 @@ def _simulate(root: Path) -> dict[str, Any]:
                 seen = _first_import(first[cand])
                 cohort = month_of(first[cand])
                 loss[code][cand] = (cohort, seen, brute_force_loss(engine, cohort, seen))
+        node_spent = {}
+        for code, service in services.items():
+            with engines[code].connect() as conn:
+                keys = sorted(
+                    conn.execute(sa.text("SELECT DISTINCT cohort FROM person_cohorts")).scalars()
+                )
+            node_spent[code] = service.ledger.spent_by_cohort(keys)
         return {
+            "node_spent": node_spent,
             "records": records,
             "elapsed": elapsed,
             "run_seconds": run_seconds,
@@ -266,6 +275,37 @@ def test_brute_force_loss_of_sampled_persons_stays_within_the_cap(
             assert loss >= ring_rho * rings - 1e-9, (code, cand, cohort, loss)
             worst = max(worst, loss)
     print(f"worst sampled per-person loss {worst:.4g} rho; forecast bound {forecast.bound_rho:.4g}")
+
+
+def test_the_offline_forecast_matches_what_the_nodes_charged_each_cohort(
+    simulation: dict[str, Any],
+) -> None:
+    """The forecast replays the same ten years from the plan and the policy alone: for every
+    cohort that has persons at a node, the node's ledger charged it exactly what the
+    forecast says (each question once, and the ring of every January, which a node charges
+    to every cohort with persons and the next month's)."""
+    policy = simulation["policy"]
+    rules = BudgetRules(
+        node="any",
+        period_kind=policy.budget_period,
+        rho_per_period=policy.requesters["oversight-board"].rho_per_period,
+        node_share=policy.node_share("oversight-board"),
+        node_rho_total=policy.node_rho_total,
+        max_rho_per_request=policy.max_rho_per_request,
+        min_rho_per_query=policy.min_rho_per_query,
+        ring_min_rho=policy.ring.min_rho,
+        first_cohort=policy.cohort_start,
+    )
+    (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
+    compared = 0
+    for code, spent in simulation["node_spent"].items():
+        for cohort, charged in spent.items():
+            if cohort > add_months("2027-01", 12 * YEARS - 2):  # imported by the last run
+                continue
+            expected = forecast.by_cohort.get(cohort, 0.0)
+            assert charged == pytest.approx(expected, abs=1e-9), (code, cohort)
+            compared += 1
+    assert compared > 100
 
 
 def test_the_archive_trend_never_holds_a_cohort_twice(simulation: dict[str, Any]) -> None:

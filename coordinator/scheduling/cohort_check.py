@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fedaudit.coordinator.errors import CoordinatorError
 from fedaudit.coordinator.planning.checks import planned_queries
 from fedaudit.coordinator.planning.cohort_runs import plan_for_run
-from fedaudit.coordinator.planning.cohorts import add_months, month_of, month_range
+from fedaudit.coordinator.planning.cohorts import add_months, month_of
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.running.audit import request_id_for
 from fedaudit.coordinator.running.transport import NodeTransport
@@ -26,6 +26,7 @@ from fedaudit.coordinator.scheduling.cohort_forecast import (
     BudgetRules,
     Refusal,
     Spending,
+    cohorts_read,
     first_refusal,
     run_plan,
 )
@@ -97,15 +98,14 @@ def check_live(
     refusal = None
     for slot, month, charges in run_plan(plan, slots):
         period = period_containing(rules.period_kind, slot).key
-        every = month_range(rules.first_cohort, month)
-        refusal = first_refusal(rules, slot, period, charges, every, spending)
+        refusal = first_refusal(rules, slot, period, charges, month, spending)
         if refusal is not None:
             break
         counts[period] = counts.get(period, 0) + 1
-        seen.update(every)
         for charge in charges:
-            spending.add(charge, every, period)
-            planned.add(charge, every, period)
+            seen.update(cohorts_read(charge, rules.first_cohort, month))
+            spending.add(charge, rules.first_cohort, month, period)
+            planned.add(charge, rules.first_cohort, month, period)
 
     def need(period: str) -> float:
         return max((planned.in_period(c, period) for c in seen), default=0.0)

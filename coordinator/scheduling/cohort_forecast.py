@@ -7,7 +7,8 @@ node with cohort accounting charges (docs/scheduling.md):
 - a query restricted to cohorts charges each of them its rho; one without a cohort filter
   charges every cohort that exists by then (from the policy's first cohort to the month
   of the run); the blinding ring and revocation reconciliation read every person, so they
-  charge every cohort that has persons by then (as the node's ledger does);
+  charge every cohort that has persons by then and the next month's (as the node's ledger
+  does, in case an import commits between the charge and the read);
 - every cap applies per cohort: the node-wide `node_rho_total` (never renewed), the
   requester's share of it (`node_share`), and the requester's `rho_per_period` per budget
   period; `max_rho_per_request` and `min_rho_per_query` (ring: `ring.min_rho`) per request.
@@ -31,13 +32,13 @@ import datetime as dt
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 from fedaudit.common.mechanisms import plan_noise
 from fedaudit.coordinator.planning.checks import COHORT, planned_queries
 from fedaudit.coordinator.planning.cohort_runs import plan_for_run
-from fedaudit.coordinator.planning.cohorts import month_of, month_range
+from fedaudit.coordinator.planning.cohorts import add_months, month_of, month_range
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.scheduling.forecast import period_containing
 from fedaudit.coordinator.scheduling.schedule import slots_between
@@ -70,6 +71,10 @@ class Charge:
     cohorts: tuple[str, ...] | None
     protocol: bool = False  # the blinding ring (its own floor, ring.min_rho)
     every_cohort: bool = False  # charged to every cohort, also those arriving later
+    ahead: int = 0
+    """Without a cohort filter: how many months past the run's month the charge reaches. A
+    node charges the ring and reconciliation to every cohort with persons and one month
+    more (an import may commit between the charge and the read); 0 for queries."""
 
     @property
     def protocol_all(self) -> bool:
@@ -121,6 +126,9 @@ class CohortForecast:
     bound_rho: float  # per-person loss bound at the refusal (before it) or at the end
     bound_cohort: str | None
     ring_runs: int
+    by_cohort: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
+    """What each cohort would have been charged by then (for cohorts charged on their own
+    or as existing cohorts; `Spending.everyone` is added)."""
 
     def message(self) -> str:
         bound = f"per-person loss bound rho={self.bound_rho:.4g}" + (
@@ -155,10 +163,10 @@ def run_charges(plan: AuditPlan) -> list[Charge]:
         )
     if plan.checks.duplicates is not None:
         rho = plan.checks.duplicates.budget.rho_charged()
-        charges.append(Charge("the blinding ring", rho, None, protocol=True))
+        charges.append(Charge("the blinding ring", rho, None, protocol=True, ahead=1))
     if plan.checks.revocation is not None:
         rho = plan.checks.revocation.budget.rho_charged()
-        charges.append(Charge("revocation reconciliation", rho, None))
+        charges.append(Charge("revocation reconciliation", rho, None, ahead=1))
     return charges
 
 
@@ -175,6 +183,13 @@ def forecast_cohorts(
     slots = list(slots_between(plan.schedule, start, end))
     runs = run_plan(plan, slots)
     return [_forecast_node(r, runs, start, end) for r in rules]
+
+
+def cohorts_read(charge: Charge, first: str, month: str) -> tuple[str, ...]:
+    """The cohorts a charge of a run in `month` is charged to (every cohort from `first`)."""
+    if charge.cohorts is not None:
+        return charge.cohorts
+    return month_range(first, add_months(month, charge.ahead))
 
 
 def run_plan(
@@ -215,12 +230,12 @@ class Spending:
     def in_period(self, cohort: str, period: str) -> float:
         return self.own_period[(cohort, period)] + self.everyone_period[period]
 
-    def add(self, charge: Charge, every: tuple[str, ...], period: str) -> None:
+    def add(self, charge: Charge, first: str, month: str, period: str) -> None:
         if charge.protocol_all:
             self.everyone += charge.rho
             self.everyone_period[period] += charge.rho
             return
-        for cohort in charge.cohorts if charge.cohorts is not None else every:
+        for cohort in cohorts_read(charge, first, month):
             self.own[cohort] += charge.rho
             self.own_period[(cohort, period)] += charge.rho
 
@@ -242,12 +257,11 @@ def _forecast_node(
     ring_runs = 0
     for slot, month, charges in runs:
         period = period_containing(rules.period_kind, slot).key
-        every = month_range(rules.first_cohort, month)
-        refusal = first_refusal(rules, slot, period, charges, every, spending)
+        refusal = first_refusal(rules, slot, period, charges, month, spending)
         if refusal is not None:
             return _result(rules, (start, end), fitting, refusal, spending, ring_runs)
         for charge in charges:
-            spending.add(charge, every, period)
+            spending.add(charge, rules.first_cohort, month, period)
         fitting += 1
         ring_runs += any(c.protocol for c in charges)
     return _result(rules, (start, end), fitting, None, spending, ring_runs)
@@ -258,13 +272,13 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
     slot: dt.datetime,
     period: str,
     charges: list[Charge],
-    every: tuple[str, ...],
+    month: str,
     spending: Spending,
 ) -> Refusal | None:
     """The first charge of this run that a node would refuse, or None when it all fits.
 
     A charge to every cohort meets the cohort that has spent most, so checking the cohorts
-    that exist by now (`every`, which holds every cohort charged on its own) suffices.
+    it reads by now (which hold every cohort charged on its own) suffices.
     """
     pending: dict[str, float] = defaultdict(float)
     pending_period: dict[str, float] = defaultdict(float)
@@ -280,7 +294,7 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
         )
         if c.rho < floor - _EPS:
             return Refusal(slot, c.what, None, scope, c.rho, floor)
-        for cohort in c.cohorts if c.cohorts is not None else every:
+        for cohort in cohorts_read(c, rules.first_cohort, month):
             spent = spending.total(cohort) + pending[cohort] + pending_all
             in_period = spending.in_period(cohort, period) + pending_period[cohort] + pending_all
             for scope, left in (
@@ -316,6 +330,7 @@ def _result(  # noqa: PLR0917 (one node's final state)
         bound_rho=bound,
         bound_cohort=cohort,
         ring_runs=ring_runs,
+        by_cohort={c: spending.total(c) for c in sorted(spending.own)},
     )
 
 
