@@ -215,7 +215,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "R2",
         "node/query/service.py",
-        "same = self._ledger.find_released(query_hash, data_version, requester=requester)",
+        "same = self._ledger.find_released(\n"
+        "                query_hash, version, requester=requester, data_key=key\n"
+        "            )",
         "same = None",
         "the identical query on the same data draws fresh noise instead of replaying",
         tuple(NODE),
@@ -247,7 +249,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     # --- cohort accounting (docs/cohorts.md) ---------------------------------------------------
     Mutant(
-        "C1",
+        "K1",
         "node/query/catalogue.py",
         "if dim in spec.filters or dim in WINDOW_DIMENSIONS",
         'if (dim in spec.filters and dim != "cohort") or dim in WINDOW_DIMENSIONS',
@@ -255,7 +257,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORT_AUDIT, COHORTS),
     ),
     Mutant(
-        "C2",
+        "K2",
         "node/privacy/cohorts.py",
         "        if total > best:\n            best, where = total, point",
         "        if best < 0 or total < best:\n            best, where = total, point",
@@ -263,7 +265,7 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_ledger.py", COHORTS),
     ),
     Mutant(
-        "C3",
+        "K3",
         "node/privacy/cohorts.py",
         "start = EARLIEST if index == 0 else key",
         "start = key",
@@ -271,7 +273,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORTS,),
     ),
     Mutant(
-        "C4",
+        "K4",
         "node/privacy/ledger.py",
         "        return ((co.EARLIEST, co.add_months(last, 1)),)",
         "        return ((last, co.add_months(last, 1)),)",
@@ -279,7 +281,7 @@ MUTANTS: tuple[Mutant, ...] = (
         (COHORTS,),
     ),
     Mutant(
-        "C5",
+        "K5",
         "node/query/service.py",
         "                self._check_unchanged(tx, state)\n",
         "",

@@ -12,8 +12,9 @@ public key list of the `cohort` dimension starts at the policy's first cohort; i
 first key stands for that month *and every earlier one* (persons whose records
 predate cohort accounting are counted there), so its range starts at `EARLIEST`.
 A query over all cohorts is charged `[EARLIEST, newest key]`: a person whose cohort
-is later than the newest key did not exist when it ran. The blinding ring, the
-revocation reconciliation and every entry written before cohort accounting are
+is later than the newest key did not exist when it ran. The blinding ring and the
+revocation reconciliation are charged every cohort up to a month past the newest
+import (`Ledger.existing_cohorts`); every entry written before cohort accounting is
 charged `ALL` (every cohort, whenever it arrives).
 
 This module is pure: ranges and sums, no database.

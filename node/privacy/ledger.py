@@ -20,8 +20,9 @@ transaction of its own and settles later)
 Cohorts (`fedaudit.node.privacy.cohorts`, docs/cohorts.md): every entry is charged
 to one or more disjoint ranges of cohorts; what a cohort has spent is the sum of the
 entries charged to it. A person belongs to one cohort, so the caps per cohort are
-the bounds per person. Entries without a cohort set (the ring, reconciliation, and
-everything written before cohort accounting) are charged to every cohort.
+the bounds per person. The ring and reconciliation are charged to every cohort that
+has persons (`existing_cohorts`); a charge without a cohort set, and everything
+written before cohort accounting, to every cohort.
 
 Requests belong to the requester that sent them: a request id is unique per
 requester (another requester using the same id is a different request), and only a
