@@ -346,7 +346,10 @@ def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None
 def _print_forecast(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="Budget forecast (rho; every run assumed charged in full)")
+    table = Table(
+        title="Budget forecast (rho; every run assumed charged in full; for a cohort plan "
+        "'needs' is what the most charged cohort would be charged)"
+    )
     for col in (
         "node",
         "period",
