@@ -28,7 +28,7 @@ from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import RingPolicy
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.ring.service import DedupService, request_id_for_run
+from fedaudit.node.ring.service import DedupService, padding_request_id, request_id_for_run
 from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
 from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, load_private_key
@@ -311,7 +311,14 @@ def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
         assert methods.count("ring_finish") == 1
         assert all(r.status == "answered" for r in rows)
         charged = {r.method: r.rho_units for r in rows}
-        assert charged["ring_join"] == charged["ring_finish"] == 500_000_000_000
+        # the run's rho (0.5) and its DP dummy padding (the policy's padding_rho, 0.25)
+        assert charged["ring_join"] == charged["ring_finish"] == 750_000_000_000
+        ledger = Ledger(fed.engines[code], fed.policy)
+        run = ledger.find_by_request_id(request_id_for_run("r-full"), requester=REQUESTER)
+        pad = ledger.find_by_request_id(padding_request_id("r-full"), requester=REQUESTER)
+        assert run is not None
+        assert pad is not None
+        assert (run.rho, pad.rho) == (0.5, 0.25)
         assert log.verify().ok
 
 
