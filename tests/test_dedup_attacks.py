@@ -329,6 +329,29 @@ def test_padding_is_refunded_with_the_run_when_nothing_was_read(fed):
         assert ledger.status(REQUESTER, dt.datetime.now(dt.UTC)).requester_rho_spent == 0
 
 
+def test_padding_too_large_for_the_roster_is_refused_before_the_registry_is_read(tmp_path):
+    """A padding_rho so small that the dummies would swamp the run: Start is refused with a
+    message naming the policy field, and both charges are refunded."""
+    fed = _serve(tmp_path, RingPolicy(padding_rho=1e-8))
+    try:
+        infos = _join_all(fed, "r-huge")
+        roster = [infos[c].roster_entry() for c in sorted(infos)]
+        with pytest.raises(NodeRefusedError) as info:
+            list(fed.transport("M01").start("r-huge", roster, timeout=60))
+        assert info.value.reason == "INVALID_PARAMETERS"
+        assert "ring.padding_rho" in info.value.message
+        for c in CODES:
+            fed.transport(c).finish("r-huge", False, timeout=10)
+        ledger = Ledger(fed.engines["M01"], fed.policy)
+        assert ledger.find_by_request_id(request_id_for_run("r-huge")) is None
+        assert ledger.find_by_request_id(padding_request_id("r-huge")) is None
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+        for engine in fed.engines.values():
+            engine.dispose()
+
+
 def _view(ring) -> Counter:
     """What the coordinator sees of the batches without their tokens: rows per cell."""
     return Counter(

@@ -75,7 +75,7 @@ from fedaudit.node.ring.keys import (
     PersonInput,
     merge_local,
 )
-from fedaudit.node.ring.padding import cells, dummy_rows, plan_padding
+from fedaudit.node.ring.padding import Cell, PaddingPlan, cells, dummy_rows, plan_padding
 from fedaudit.node.ring.roster import check_roster
 from fedaudit.node.ring.rows import hashed_rows, load_persons
 from fedaudit.node.store.models import (
@@ -96,6 +96,8 @@ MAX_KEYS = len(ALL_KEYS)
 RUN_TTL_SECONDS = 3600.0
 """A run not finished within this time is dropped with its secrets."""
 MAX_ROW_BYTES = 8 + 32 * (MAX_KEYS + 14)
+MAX_DUMMY_ROWS = 2_000_000
+"""A run whose DP padding could add more dummy rows than this is refused before any read."""
 
 
 class RingProtocolError(InvalidParametersError):
@@ -294,14 +296,15 @@ class DedupService:
             now=self._clock(),
             revocations=self._revocations,
         )
+        padding = self._padding(run, len(roster))  # before the registry: may still refuse
         with self._lock:
             if run.started:
                 raise RingProtocolError("this node's batch was already sent in this run")
             run.started = True  # the registry is read next: the charge stands from here
             run.roster, run.roster_digest = roster, roster_digest(run_id, roster)
         rows = self._own_rows(run_id, run)
-        if run.padding_entry_id is not None:
-            dummies = self._dummy_rows(run, len(roster))
+        if padding is not None:
+            dummies = dummy_rows(*padding)
             run.padding_rows = len(dummies)
             rows += dummies
         rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)  # shuffles
@@ -479,22 +482,35 @@ class DedupService:
         if padding_id is not None:
             self._ledger.cancel(padding_id)
 
-    def _dummy_rows(self, run: _Run, nodes: int) -> list[rc.Row]:
-        """DP dummy rows for every (occupation, row shape) cell of the catalogue."""
-        plan = plan_padding(
-            self._padding_rho(),
-            self._policy.ring.padding_delta,
-            nodes=nodes,
-            bound=run.params.bound,
-            revoked=run.params.revoked,
-        )
+    def _padding(self, run: _Run, nodes: int) -> tuple[PaddingPlan, list[Cell]] | None:
+        """The padding plan and grid of this run (None: padding off), from the policy, the
+        roster size and the catalogue (reference data) only. Refused before the registry is
+        read when it would add more than MAX_DUMMY_ROWS rows (the policy's padding_rho is
+        too small for this roster), so the charge is still refunded."""
+        if run.padding_entry_id is None:
+            return None
+        rho, delta = self._padding_rho(), self._policy.ring.padding_delta
+        params = run.params
         grid = cells(
-            self._catalogue(),
-            len(run.params.keys),
-            shopping=run.params.shopping,
-            revoked=run.params.revoked,
+            self._catalogue(), len(params.keys), shopping=params.shopping, revoked=params.revoked
         )
-        return dummy_rows(plan, grid)
+        try:
+            plan = plan_padding(rho, delta, nodes=nodes, bound=params.bound, revoked=params.revoked)
+        except ValueError as exc:
+            raise InvalidParametersError(
+                f"this node's padding (ring.padding_rho={rho:g}) cannot serve this run: {exc}; "
+                "raise ring.padding_rho",
+                {"field": "ring.padding_rho"},
+            ) from exc
+        if plan.upper * len(grid) > MAX_DUMMY_ROWS:
+            raise InvalidParametersError(
+                f"this node's padding (ring.padding_rho={rho:g}, padding_delta={delta:g}) would "
+                f"add up to {plan.upper * len(grid)} dummy rows for {nodes} nodes and "
+                f"{len(grid)} cells, more than {MAX_DUMMY_ROWS}; raise ring.padding_rho or "
+                "lower the run's bound",
+                {"field": "ring.padding_rho"},
+            )
+        return plan, grid
 
     def _catalogue(self) -> list[str]:
         """The ISCO codes of the node's qualifications: reference data, not personal."""
