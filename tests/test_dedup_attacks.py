@@ -329,6 +329,19 @@ def test_padding_is_refunded_with_the_run_when_nothing_was_read(fed):
         assert ledger.status(REQUESTER, dt.datetime.now(dt.UTC)).requester_rho_spent == 0
 
 
+def test_a_run_whose_padding_does_not_fit_the_budget_charges_nothing(fed):
+    """The run's rho fits but not with its padding on top: Join is refused, neither entry
+    stays, and the query log records the refusal with no charge."""
+    with pytest.raises(NodeRefusedError) as info:
+        fed.transport("M01").join("r-over", replace(PARAMS, rho=4.9), timeout=30)
+    assert info.value.reason == "BUDGET_EXHAUSTED"
+    ledger = Ledger(fed.engines["M01"], fed.policy)
+    assert ledger.find_by_request_id(request_id_for_run("r-over")) is None
+    assert ledger.find_by_request_id(padding_request_id("r-over")) is None
+    rows = QueryLog(fed.engines["M01"]).rows(request_id=request_id_for_run("r-over"))
+    assert [(r.method, r.status, r.rho_units) for r in rows] == [("ring_join", "refused", 0)]
+
+
 def test_padding_too_large_for_the_roster_is_refused_before_the_registry_is_read(tmp_path):
     """A padding_rho so small that the dummies would swamp the run: Start is refused with a
     message naming the policy field, and both charges are refunded."""

@@ -116,7 +116,6 @@ class _Run:
     created: float
     padding_entry_id: int | None = None
     """The ledger entry of the DP dummy padding (None: the policy turned padding off)."""
-    padding_rows: int = 0
     roster: tuple[RosterEntry, ...] = ()
     roster_digest: bytes = b""
     started: bool = False
@@ -224,8 +223,8 @@ class DedupService:
             charge=Charge(rho=params.rho, epsilon=params.epsilon),
             now=self._clock(),
         )
-        event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
         padding_id = self._reserve_padding(requester, run_id, query_hash, version, entry_id)
+        event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
         if padding_id is not None:
             event.rho_units += rho_to_units(self._padding_rho())
         try:
@@ -304,9 +303,7 @@ class DedupService:
             run.roster, run.roster_digest = roster, roster_digest(run_id, roster)
         rows = self._own_rows(run_id, run)
         if padding is not None:
-            dummies = dummy_rows(*padding)
-            run.padding_rows = len(dummies)
-            rows += dummies
+            rows += dummy_rows(*padding)
         rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)  # shuffles
         self.blinded_points += sum(len(r.tokens) for r in rows)
         origin = roster[me].municipality_code
