@@ -101,6 +101,25 @@ def test_node_shares_cannot_promise_more_than_the_node_has() -> None:
         parse_policy(_with("requesters.stats.node_share", 0))
 
 
+def test_ring_padding_defaults_off_switch_and_bad_values() -> None:
+    """The ring's DP dummy padding: on by default, `off` turns it off, bad values named."""
+    policy = parse_policy(VALID)
+    assert (policy.ring.padding_rho, policy.ring.padding_delta) == (0.25, 1e-7)
+    off = copy.deepcopy(VALID)
+    off["ring"] = {"padding_rho": "off"}
+    assert parse_policy(off).ring.padding_rho is None
+    for field, value, message in (
+        ("padding_rho", 0, r"ring\.padding_rho: must be a finite number > 0"),
+        ("padding_rho", "no", r"ring\.padding_rho: must be a finite number > 0"),
+        ("padding_delta", 0.5, r"ring\.padding_delta: must be a number > 0 and at most 0\.0001"),
+        ("padding_delta", True, r"ring\.padding_delta: must be a number > 0"),
+    ):
+        bad = copy.deepcopy(VALID)
+        bad["ring"] = {field: value}
+        with pytest.raises(PolicyError, match=message):
+            parse_policy(bad)
+
+
 def test_minimum_charges_default_and_are_checked() -> None:
     """The least rho of a query: default, override, and bad values."""
     policy = parse_policy(VALID)

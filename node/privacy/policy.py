@@ -102,13 +102,19 @@ _BUDGET_KEYS = (
 _REQUIRED_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
 _PERIODS_KEYS = ("first", "last")
-_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho")
+_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho", "padding_rho", "padding_delta")
 
 DEFAULT_RING_MIN_MUNICIPALITIES = 2
 DEFAULT_RING_MIN_RHO = 0.05
 """A ring run asking less than this is refused: a near-free run would let a requester
 probe the ring as often as it likes (the attack of issue 9 asked 1e-12)."""
 MAX_RING_MUNICIPALITIES = 1000
+DEFAULT_RING_PADDING_RHO = 0.25
+"""zCDP rho of the ring's DP dummy padding (node/ring/padding.py): what the row counts of
+every batch cost the persons of a registry, charged at Join as a separate ledger entry."""
+DEFAULT_RING_PADDING_DELTA = 1e-7
+"""The padding's truncation delta (the chance that a cell's count gives a person away)."""
+MAX_RING_PADDING_DELTA = 1e-4
 
 
 @dataclass(frozen=True)
@@ -118,11 +124,16 @@ class RingPolicy:
     `min_municipalities`: a roster with fewer distinct federation nodes is refused.
     `allowed_peers`: when set, every other roster member must be one of these node
     names (None: any node of the federation). `min_rho`: the least a run may charge.
+    `padding_rho`, `padding_delta`: the DP dummy padding of this node's batches
+    (`fedaudit.node.ring.padding`), charged at Join on top of the run's rho.
     """
 
     min_municipalities: int = DEFAULT_RING_MIN_MUNICIPALITIES
     allowed_peers: frozenset[str] | None = None
     min_rho: float = DEFAULT_RING_MIN_RHO
+    padding_rho: float | None = DEFAULT_RING_PADDING_RHO
+    """None (`padding_rho: off`): no dummy rows, the coordinator sees exact row counts."""
+    padding_delta: float = DEFAULT_RING_PADDING_DELTA
 
 
 @dataclass(frozen=True)
@@ -491,7 +502,25 @@ def _ring(value: object) -> RingPolicy:
                 raise _Problem(f"ring.allowed_peers[{i}]", f"not a node name: {_show(item)}")
         peers = frozenset(peers_value)
     min_rho = _positive_rho(fields.get("min_rho", DEFAULT_RING_MIN_RHO), "ring.min_rho")
-    return RingPolicy(min_municipalities=minimum, allowed_peers=peers, min_rho=min_rho)
+    padding_value = fields.get("padding_rho", DEFAULT_RING_PADDING_RHO)
+    padding = None if padding_value == "off" else _positive_rho(padding_value, "ring.padding_rho")
+    delta = fields.get("padding_delta", DEFAULT_RING_PADDING_DELTA)
+    if (
+        isinstance(delta, bool)
+        or not isinstance(delta, int | float)
+        or not 0 < delta <= MAX_RING_PADDING_DELTA
+    ):
+        raise _Problem(
+            "ring.padding_delta",
+            f"must be a number > 0 and at most {MAX_RING_PADDING_DELTA:g}, got {_show(delta)}",
+        )
+    return RingPolicy(
+        min_municipalities=minimum,
+        allowed_peers=peers,
+        min_rho=min_rho,
+        padding_rho=padding,
+        padding_delta=float(delta),
+    )
 
 
 def _parse(data: object, today: dt.date) -> Policy:
