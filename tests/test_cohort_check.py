@@ -54,8 +54,9 @@ def test_the_monthly_plan_fits_a_fresh_node(node: NodeService) -> None:
     assert forecast.period == "2026-Q4"
     assert forecast.runs_current == 0  # the next slot is 2027-01-02
     assert forecast.runs_next == 3
-    # Per cohort in 2027-Q1: the January ring (every cohort) and one check's question (0.5).
-    assert forecast.rho_next == pytest.approx(1.0)
+    # Per cohort in 2027-Q1: the January ring (0.35, every cohort), the nodes' padding of it
+    # (0.25, assumed at its default) and one check's question (0.5).
+    assert forecast.rho_next == pytest.approx(1.1)
 
 
 def test_a_cohort_with_little_left_in_the_period_makes_the_check_refuse(

@@ -65,6 +65,7 @@ def _rules(**changes: Any) -> BudgetRules:
         min_rho_per_query=0.001,
         ring_min_rho=0.05,
         first_cohort="2019-01",
+        ring_padding_rho=0.25,
     )
     return dataclasses.replace(base, **changes)
 
@@ -228,16 +229,28 @@ def test_a_reask_asks_exactly_the_archived_query_that_read_the_cohort() -> None:
 
 
 def test_the_shipped_monthly_plan_fits_its_policy_for_ten_years() -> None:
-    """Each cohort: pass rate, employment and recognition once (1.5) plus a yearly ring (0.5):
-    after 10 years from January 2027 the cohorts of 2027-01 and before carry 1.5 + 10 x 0.5."""
+    """Each cohort: pass rate, employment and recognition once (1.5) plus a yearly ring (0.35)
+    and the node's padding of it (0.25): after 10 years from January 2027 the cohorts of
+    2027-01 and before carry 1.5 + 10 x 0.6."""
     plan = load_plan(MONTHLY_PLAN)
     start = dt.datetime(2027, 1, 1, tzinfo=UTC)
     (result,) = forecast_cohorts(plan, [_rules()], start, 10)
     assert result.refusal is None
     assert result.runs_fitting == 120
     assert result.ring_runs == 10
-    assert result.bound_rho == pytest.approx(6.5)
-    assert result.bound_rho <= 10.0
+    assert result.bound_rho == pytest.approx(7.5)
+    assert result.bound_rho <= 8.0
+
+
+def test_the_forecast_counts_the_ring_padding_only_where_the_policy_pads() -> None:
+    plan = load_plan(MONTHLY_PLAN)
+    start = dt.datetime(2027, 1, 1, tzinfo=UTC)
+    (unpadded,) = forecast_cohorts(plan, [_rules(ring_padding_rho=0.0)], start, 10)
+    assert unpadded.bound_rho == pytest.approx(1.5 + 10 * 0.35)
+    # A padding that does not fit is a refusal of the run, named as the padding.
+    (heavy,) = forecast_cohorts(plan, [_rules(ring_padding_rho=1.0)], start, 10)
+    assert heavy.refusal is not None
+    assert heavy.refusal.what == "the ring's dummy padding"
 
 
 def test_the_forecast_names_the_first_refusal_and_the_binding_cohort() -> None:
@@ -245,20 +258,23 @@ def test_the_forecast_names_the_first_refusal_and_the_binding_cohort() -> None:
     start = dt.datetime(2027, 1, 1, tzinfo=UTC)
     (result,) = forecast_cohorts(plan, [_rules()], start, 30)
     assert result.refusal is not None
-    # The share of 8.0 per cohort: 1.5 of own checks + 13 rings = 8.0; the 14th is refused.
-    assert result.refusal.at == dt.datetime(2040, 1, 2, 6, tzinfo=UTC)
+    # The share of 8.0 per cohort: 1.5 of own checks + 10 padded rings (0.6) = 7.5; the 11th
+    # ring fits (7.85) but not its padding (8.1), so the node refuses the run.
+    assert result.refusal.at == dt.datetime(2037, 1, 2, 6, tzinfo=UTC)
     assert result.refusal.scope == "share"
-    assert result.refusal.what == "the blinding ring"
-    assert result.bound_rho == pytest.approx(8.0)
-    assert result.runs_fitting == 156
-    # A monthly ring charges every cohort every month: the share of 8.0 is gone in 13 months.
+    assert result.refusal.what == "the ring's dummy padding"
+    assert result.bound_rho == pytest.approx(7.5)
+    assert result.runs_fitting == 120
+    # A monthly ring (0.35 + 0.25 padding) charges every cohort every month: a cohort's 2.0
+    # for the quarter is gone in its third month (1.7 spent; the ring needs 0.35, 0.3 left).
     checks = dataclasses.replace(
         plan.checks, duplicates=dataclasses.replace(plan.checks.duplicates, every_months=1)
     )
     (monthly,) = forecast_cohorts(dataclasses.replace(plan, checks=checks), [_rules()], start, 10)
     assert monthly.refusal is not None
-    assert monthly.refusal.at == dt.datetime(2028, 2, 2, 6, tzinfo=UTC)
-    assert monthly.runs_fitting == 13
+    assert monthly.refusal.at == dt.datetime(2027, 3, 2, 6, tzinfo=UTC)
+    assert monthly.refusal.scope == "period"
+    assert monthly.runs_fitting == 2
 
 
 def test_the_forecast_refuses_a_request_above_the_policy_maximum_at_once() -> None:
@@ -277,7 +293,7 @@ def test_the_forecast_counts_a_query_over_all_cohorts_against_every_cohort() -> 
     doc = {k: v for k, v in DOC.items() if k != "cohorts"}
     plan = parse_plan(doc, source="<t>")
     start = dt.datetime(2027, 1, 1, tzinfo=UTC)
-    (result,) = forecast_cohorts(plan, [_rules()], start, 10)
+    (result,) = forecast_cohorts(plan, [_rules(ring_padding_rho=0.0)], start, 10)
     assert result.refusal is not None
     assert result.refusal.scope == "period"
     assert result.runs_fitting == 1
@@ -292,10 +308,10 @@ def test_schedule_forecast_command_on_the_shipped_files(capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     for node in ("M01", "M02", "M03"):
         assert f"node {node}: nothing refused within 10 years (120 run(s)" in out
-    assert "per-person loss bound rho=6.5" in out
+    assert "per-person loss bound rho=7.5" in out
     assert main([*args, "--years", "30", "--start", "2027-01-01"]) == 1
     out = capsys.readouterr().out
-    assert "node M01: first refusal 2040-01-02 06:00 UTC: the blinding ring" in out
+    assert "node M01: first refusal 2037-01-02 06:00 UTC: the ring's dummy padding" in out
 
 
 @pytest.mark.parametrize(

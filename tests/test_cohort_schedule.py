@@ -261,6 +261,7 @@ def test_brute_force_loss_of_sampled_persons_stays_within_the_cap(
         min_rho_per_query=policy.min_rho_per_query,
         ring_min_rho=policy.ring.min_rho,
         first_cohort=policy.cohort_start,
+        ring_padding_rho=policy.ring.padding_rho or 0.0,
     )
     (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
     ring_rho = simulation["plan"].checks.duplicates.budget.rho
@@ -297,6 +298,7 @@ def test_the_offline_forecast_matches_what_the_nodes_charged_each_cohort(
         min_rho_per_query=policy.min_rho_per_query,
         ring_min_rho=policy.ring.min_rho,
         first_cohort=policy.cohort_start,
+        ring_padding_rho=policy.ring.padding_rho or 0.0,
     )
     (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
     compared = 0

@@ -29,6 +29,7 @@ from fedaudit.coordinator.scheduling.cohort_forecast import (
     cohorts_read,
     first_refusal,
     run_plan,
+    with_padding,
 )
 from fedaudit.coordinator.scheduling.forecast import (
     Forecast,
@@ -39,6 +40,11 @@ from fedaudit.coordinator.scheduling.forecast import (
 )
 from fedaudit.coordinator.scheduling.schedule import slots_between
 from fedaudit.node.domain import BudgetStatus
+
+ASSUMED_RING_PADDING_RHO = 0.25
+"""A node's DP dummy padding per ring run, as the live check assumes it: the nodes' default
+`ring.padding_rho`. A node does not report its padding, so a node whose policy pads with more
+may refuse a ring this check let through (the offline forecast reads the policy itself)."""
 
 
 def live_rules(
@@ -61,6 +67,7 @@ def live_rules(
         min_rho_per_query=0.0,  # the node's preflight enforces its floors
         ring_min_rho=0.0,
         first_cohort=add_months(month_of(now), -12),
+        ring_padding_rho=ASSUMED_RING_PADDING_RHO,
     )
     spent = max(0.0, budget.node_rho_cap - budget.node_rho_remaining)
     in_period = max(0.0, budget.requester_rho_cap - budget.requester_rho_remaining)
@@ -96,7 +103,8 @@ def check_live(
     counts = {current.key: 0, following.key: 0}
     seen: set[str] = set()
     refusal = None
-    for slot, month, charges in run_plan(plan, slots):
+    for slot, month, planned_charges in run_plan(plan, slots):
+        charges = with_padding(planned_charges, rules.ring_padding_rho)
         period = period_containing(rules.period_kind, slot).key
         refusal = first_refusal(rules, slot, period, charges, month, spending)
         if refusal is not None:

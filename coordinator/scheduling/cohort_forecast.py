@@ -60,6 +60,9 @@ class BudgetRules:
     min_rho_per_query: float
     ring_min_rho: float
     first_cohort: str  # "YYYY-MM": the policy's first cohort
+    ring_padding_rho: float = 0.0
+    """The node's DP dummy padding of each ring run (policy `ring.padding_rho`; 0 when off):
+    charged at Join as an entry of its own, to the same cohorts as the run."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,7 @@ class Charge:
     rho: float
     cohorts: tuple[str, ...] | None
     protocol: bool = False  # the blinding ring (its own floor, ring.min_rho)
+    floor: bool = True  # False: no per-request floor (the ring's padding entry)
     every_cohort: bool = False  # charged to every cohort, also those arriving later
     ahead: int = 0
     """Without a cohort filter: how many months past the run's month the charge reaches. A
@@ -255,7 +259,8 @@ def _forecast_node(
     spending = Spending()
     fitting = 0
     ring_runs = 0
-    for slot, month, charges in runs:
+    for slot, month, planned in runs:
+        charges = with_padding(planned, rules.ring_padding_rho)
         period = period_containing(rules.period_kind, slot).key
         refusal = first_refusal(rules, slot, period, charges, month, spending)
         if refusal is not None:
@@ -265,6 +270,27 @@ def _forecast_node(
         fitting += 1
         ring_runs += any(c.protocol for c in charges)
     return _result(rules, (start, end), fitting, None, spending, ring_runs)
+
+
+def with_padding(charges: list[Charge], padding_rho: float) -> list[Charge]:
+    """`charges` with the node's padding entry after each ring charge (none when it is off)."""
+    if padding_rho <= 0:
+        return charges
+    out: list[Charge] = []
+    for c in charges:
+        out.append(c)
+        if c.protocol:
+            out.append(
+                Charge(
+                    "the ring's dummy padding",
+                    padding_rho,
+                    c.cohorts,
+                    every_cohort=c.every_cohort,
+                    ahead=c.ahead,
+                    floor=False,
+                )
+            )
+    return out
 
 
 def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
@@ -292,7 +318,7 @@ def first_refusal(  # noqa: PLR0917 (one run's state, passed through)
             if c.protocol
             else (rules.min_rho_per_query, "query_floor")
         )
-        if c.rho < floor - _EPS:
+        if c.floor and c.rho < floor - _EPS:
             return Refusal(slot, c.what, None, scope, c.rho, floor)
         for cohort in cohorts_read(c, rules.first_cohort, month):
             spent = spending.total(cohort) + pending[cohort] + pending_all

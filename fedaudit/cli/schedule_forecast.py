@@ -180,14 +180,6 @@ def _rules(node: str, path: Path, policy: Any, requester: str) -> Any:
         max_rho_per_request=policy.max_rho_per_request,
         min_rho_per_query=policy.min_rho_per_query,
         ring_min_rho=policy.ring.min_rho,
-        first_cohort=_first_cohort(policy),
+        first_cohort=policy.cohort_start,
+        ring_padding_rho=policy.ring.padding_rho or 0.0,
     )
-
-
-def _first_cohort(policy: Any) -> str:
-    """The policy's first cohort: its own setting when it has one, else January of its first
-    period year (docs/scheduling.md, "Cohort accounting")."""
-    first = getattr(policy, "first_cohort", None)
-    if isinstance(first, str) and first:
-        return first
-    return f"{min(policy.periods)}-01"

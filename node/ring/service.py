@@ -69,6 +69,7 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
+from fedaudit.node.privacy.cohorts import CohortRange
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.ring.keys import (
@@ -212,6 +213,7 @@ class DedupService:
             json.dumps([run_id, list(params.keys), bound, params.shopping, params.revoked]).encode()
         ).hexdigest()
         event.data_version = version
+        cohorts = self._ledger.existing_cohorts(self._clock())
         entry_id = self._ledger.reserve(
             request_id=request_id,
             requester=requester,
@@ -223,9 +225,11 @@ class DedupService:
             charge=Charge(rho=params.rho, epsilon=params.epsilon),
             now=self._clock(),
             # The ring reads every person here: charged to every cohort that has any.
-            cohorts=self._ledger.existing_cohorts(self._clock()),
+            cohorts=cohorts,
         )
-        padding_id = self._reserve_padding(requester, run_id, query_hash, version, entry_id)
+        padding_id = self._reserve_padding(
+            requester, run_id, query_hash, version, entry_id, cohorts
+        )
         event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
         if padding_id is not None:
             event.rho_units += rho_to_units(self._padding_rho())
@@ -449,13 +453,20 @@ class DedupService:
         assert rho is not None
         return rho
 
-    def _reserve_padding(
-        self, requester: str, run_id: str, query_hash: str, version: str, entry_id: int
+    def _reserve_padding(  # noqa: PLR0917 (the run's charge, passed through)
+        self,
+        requester: str,
+        run_id: str,
+        query_hash: str,
+        version: str,
+        entry_id: int,
+        cohorts: Sequence[CohortRange],
     ) -> int | None:
         """Charge the DP dummy padding (a separate ledger entry); None when the policy has none.
 
-        Reserved at Join with the run's own charge, so both are in place before anything
-        is read or blinded; if it does not fit, the run's charge is cancelled too.
+        Reserved at Join with the run's own charge, to the same cohorts (both protect the
+        same persons), so both are in place before anything is read or blinded; if it does
+        not fit, the run's charge is cancelled too.
         """
         rho = self._policy.ring.padding_rho
         if rho is None:
@@ -471,6 +482,7 @@ class DedupService:
                 mechanism=Mechanism.DISCRETE_GAUSSIAN,
                 charge=Charge(rho=rho, delta=self._policy.ring.padding_delta),
                 now=self._clock(),
+                cohorts=cohorts,
             )
         except Exception:
             self._ledger.cancel(entry_id)
