@@ -156,3 +156,31 @@ def test_rerun_after_the_budget_is_spent_replays_instead_of_skipping(
     again = run_audit(_plan(nodes), federation.transports(), run_id="tight-1")
     assert {n["status"] for n in again["coverage"]["nodes"]} == {"answered"}
     assert all(n["rho"] == 0 for n in again["privacy"]["nodes"])
+
+
+@pytest.fixture(scope="module", name="ring_federation")
+def _ring_federation(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = tmp_path_factory.mktemp("ring-federation")
+    return list(generate_federation(out, municipalities=4, candidates_per_municipality=300).bundles)
+
+
+@pytest.mark.slow
+def test_the_ring_and_reconciliation_run_in_either_mode(
+    backend, federation, ring_federation
+) -> None:
+    """The blinding ring and revocation reconciliation complete through the hub as directly."""
+    policy = example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0, reconciliation=True)
+    for bundle in ring_federation:
+        federation.start(bundle.name, backend(bundle.name), policy=policy, bundle=bundle)
+    report = run_audit(
+        _plan(federation.plan_nodes()),
+        federation.transports(),
+        run_id="ring-1",
+        dedup_transports=federation.dedup_transports(),
+        reconcile_transports=federation.reconcile_transports(),
+    )
+    validate_report(report)
+    assert {n["status"] for n in report["coverage"]["nodes"]} == {"answered"}
+    assert report["duplicates"]["status"] == "complete", report["duplicates"].get("reason")
+    assert report["reconciliation"]["status"] == "complete", report["reconciliation"]
+    assert report["audit"]["status"] == "complete"
