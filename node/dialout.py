@@ -312,7 +312,7 @@ class DialoutNode:
                 call = _Inbound(FrameReader(AUDITOR_PREFIX, self._verify))
                 calls[call_id] = call
         if new:
-            self._begin(call, signed, calls, lock, outgoing)
+            self._begin(call, call_id, signed, calls, lock, outgoing)
             return
         try:
             frame = call.reader.read(signed)
@@ -328,18 +328,21 @@ class DialoutNode:
     def _begin(
         self,
         call: _Inbound,
+        call_id: str,
         signed: hub_pb.SignedFrame,
         calls: dict[str, _Inbound],
         lock: threading.Lock,
         outgoing: queue.Queue[Any],
     ) -> None:
-        """Check a call's first frame; refuse it signed, or start serving it."""
+        """Check a call's first frame; refuse it signed, or start serving it.
+
+        `call_id` was read from the frame before its signature was checked: it only
+        routes the refusal back, it grants nothing.
+        """
         request_digest = digest(signed.body)
         replies = _Replies(self.identity, request_digest, outgoing)
-        call_id = ""
         try:
             frame = call.reader.read(signed)
-            call_id = frame.call_id
             header = frame.header
             if not frame.HasField("header"):
                 raise _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "the call has no header")
@@ -362,10 +365,8 @@ class DialoutNode:
                 raise _Refusal(grpc.StatusCode.UNIMPLEMENTED, f"unknown method {header.method}")
         except EnvelopeError as exc:
             log.warning("relayed_call_refused", problem=str(exc))
-            replies.finish(
-                call_id or call.reader.call_id, grpc.StatusCode.UNAUTHENTICATED, str(exc)
-            )
-            self._forget(calls, lock, call.reader.call_id)
+            replies.finish(call_id, grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            self._forget(calls, lock, call_id)
             return
         except _Refusal as exc:
             log.warning("relayed_call_refused", problem=exc.details)

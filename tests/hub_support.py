@@ -92,6 +92,7 @@ class Federation:
     mode: str
     pki: PkiPaths
     crl: bool = True
+    hub_crl: bool = True
     hub: RunningHub | None = None
     hub_port: int = 0
     nodes: dict[str, Started] = field(default_factory=dict)
@@ -108,7 +109,7 @@ class Federation:
             cert_pem=hub.cert.read_bytes(),
             key_pem=hub.key.read_bytes(),
             ca=NodeIdentity.load(hub.cert, hub.key, self.pki.ca.cert).ca,
-            crl=CrlFile(self.crl_path, _ca_cert(self.pki)) if self.crl else None,
+            crl=CrlFile(self.crl_path, _ca_cert(self.pki)) if self.crl and self.hub_crl else None,
             port=port or self.hub_port,
         )
         self.hub_port = self.hub.port
@@ -123,6 +124,7 @@ class Federation:
         bundle: Path | None = None,
         import_data: bool = True,
         ring: bool = True,
+        wait: bool = True,
     ) -> Started:
         engine = make_engine(db_url)
         self._engines.append(engine)
@@ -181,7 +183,8 @@ class Federation:
                 backoff=FAST_BACKOFF,
                 rng=random.Random(7),
             ).start()
-            assert node.wait_connected(10), f"{name} did not connect: {node.last_error}"
+            if wait:
+                assert node.wait_connected(10), f"{name} did not connect: {node.last_error}"
             started = Started(name, "", service, node)  # named, not addressed
         self.nodes[name] = started
         return started

@@ -108,6 +108,11 @@ class HubServicer(hub_grpc.HubServicer):
         with self._lock:
             return sorted(self._sessions)
 
+    def session_for(self, node: str) -> NodeSession | None:
+        """The connection of the node a call names (None when it is not connected)."""
+        with self._lock:
+            return self._sessions.get(node)
+
     def close_all(self) -> None:
         with self._lock:
             sessions = list(self._sessions.values())
@@ -204,8 +209,7 @@ class HubServicer(hub_grpc.HubServicer):
             log.warning("hub_auditor_refused", problem=str(exc))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"auditor refused by the hub: {exc}")
         node = frame.header.node
-        with self._lock:
-            session = self._sessions.get(node)
+        session = self.session_for(node)
         if session is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, f"node {node} is not connected to the hub")
         assert session is not None
