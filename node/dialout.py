@@ -312,7 +312,7 @@ class DialoutNode:
                 call = _Inbound(FrameReader(AUDITOR_PREFIX, self._verify))
                 calls[call_id] = call
         if new:
-            self._begin(call, call_id, signed, calls, lock, outgoing)
+            self._begin(call, call_id, signed, calls=calls, lock=lock, outgoing=outgoing)
             return
         try:
             frame = call.reader.read(signed)
@@ -330,6 +330,7 @@ class DialoutNode:
         call: _Inbound,
         call_id: str,
         signed: hub_pb.SignedFrame,
+        *,
         calls: dict[str, _Inbound],
         lock: threading.Lock,
         outgoing: queue.Queue[Any],
