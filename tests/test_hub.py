@@ -335,7 +335,8 @@ def test_backoff_is_jittered_and_capped() -> None:
     rng = random.Random(1)
     waits = [[backoff.wait(attempt, rng) for _ in range(200)] for attempt in range(8)]
     for attempt, sample in enumerate(waits):
-        assert min(sample) >= 0 and max(sample) <= min(4.0, 0.5 * 2**attempt)
+        assert min(sample) >= 0
+        assert max(sample) <= min(4.0, 0.5 * 2**attempt)
         assert len(set(sample)) == len(sample), "jittered: no two nodes wait alike"
     assert max(waits[7]) > 3.0, "the cap, not the exponent, bounds late attempts"
 
