@@ -10,7 +10,11 @@ one central SQLite database holding all N x R rows, running the same bounded
 aggregations (the same SQL builder, without noise, ledger or network). Both are
 measured in this run; the script prints the medians and their ratio.
 
-    .venv/bin/python bench/audit_overhead.py [--nodes 5] [--rows 200000] [--repeat 3]
+With `--hub`, the same audit also runs through a hub (`fedaudit hub serve`, TLS) to
+nodes that dial out (`fedaudit node connect`, the same databases), every call signed
+by the auditor and every answer by the node, and the script prints that ratio too.
+
+    .venv/bin/python bench/audit_overhead.py [--nodes 5] [--rows 200000] [--repeat 3] [--hub]
 """
 
 from __future__ import annotations
@@ -141,23 +145,14 @@ def free_port() -> int:
 
 
 def start_node(db: Path, policy: Path, port: int) -> subprocess.Popen[bytes]:
+    return _fedaudit(
+        "node", "serve", "--db", str(db), "--policy", str(policy), "--insecure", "--port", str(port)
+    )
+
+
+def _fedaudit(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fedaudit.cli.main",
-            "--log-level",
-            "error",
-            "node",
-            "serve",
-            "--db",
-            str(db),
-            "--policy",
-            str(policy),
-            "--insecure",
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "fedaudit.cli.main", "--log-level", "error", *args],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -227,6 +222,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--hub", action="store_true", help="also run the audit through a hub to dial-out nodes"
+    )
     ns = parser.parse_args()
     configure_logging(json=False, level="warning")
 
@@ -291,6 +289,88 @@ def main() -> None:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
+    if ns.hub:
+        hub_times = bench_hub(work, codes, policy, ns.repeat, offset=ns.repeat)
+        via = statistics.median(hub_times)
+        print(
+            f"federated DP audit through the hub ({ns.nodes} dial-out nodes, TLS, signed "
+            f"envelopes): median {via:.3f} s  runs {[round(x, 3) for x in hub_times]}"
+        )
+        print(f"ratio through the hub / central = {via / cen:.2f}  (target <= 1.5)")
+        print(f"ratio through the hub / direct = {via / fed:.2f}")
+
+
+def bench_hub(
+    work: Path, codes: list[str], policy: Path, repeat: int, *, offset: int
+) -> list[float]:
+    """The same audit through `fedaudit hub serve` to `fedaudit node connect` processes."""
+    from fedaudit.coordinator.running.hub_channel import HubAccess, HubChannel
+    from fedaudit.pki.authority import create_throwaway_pki, issue_node_certificate
+
+    pki = create_throwaway_pki(work / "pki", codes, REQUESTER)
+    hub = issue_node_certificate(work / "pki", "hub", hosts=["127.0.0.1"], days=2)
+    port = free_port()
+    procs = [
+        _fedaudit(
+            "hub", "serve", "--host", "127.0.0.1", "--port", str(port), "--tls-cert",
+            str(hub.cert), "--tls-key", str(hub.key), "--tls-ca", str(pki.ca.cert),
+        )
+    ]  # fmt: skip
+    for code in codes:
+        files = pki.nodes[code]
+        procs.append(
+            _fedaudit(
+                "node", "connect", "--hub", f"127.0.0.1:{port}", "--hub-name", "hub",
+                "--db", str(work / f"{code}.db"), "--policy", str(policy), "--tls-cert",
+                str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(pki.ca.cert),
+            )
+        )  # fmt: skip
+    auditor = pki.auditors[REQUESTER]
+    access = HubAccess.load(f"127.0.0.1:{port}", "hub", auditor.cert, auditor.key, pki.ca.cert)
+    try:
+        _wait_connected(access, codes)
+        times = []
+        for r in range(repeat):
+            plan = bench_plan(offset + r, dict.fromkeys(codes, ""))
+            transports = {
+                c: GrpcNodeTransport(c, "", requester=REQUESTER, channel=HubChannel(access, c))
+                for c in codes
+            }
+            t = time.perf_counter()
+            report = run_audit(plan, transports, run_id=f"bench-hub-{os.getpid()}-{r}")
+            times.append(time.perf_counter() - t)
+            for tr in transports.values():
+                tr.close()
+            assert report["coverage"]["answering"] == len(codes), report["coverage"]
+        return times
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=10)
+
+
+def _wait_connected(access: object, codes: list[str], timeout: float = 60.0) -> None:
+    import grpc
+
+    from fedaudit.wire.v1 import hub_pb2, hub_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    channel = access.open()  # type: ignore[attr-defined]
+    try:
+        while time.monotonic() < deadline:
+            try:
+                nodes = hub_pb2_grpc.HubStub(channel).Connected(
+                    hub_pb2.ConnectedRequest(), timeout=2
+                )
+                if sorted(nodes.nodes) == sorted(codes):
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    finally:
+        channel.close()
+    raise SystemExit("the dial-out nodes did not connect to the hub")
 
 
 if __name__ == "__main__":
