@@ -412,3 +412,20 @@ def test_hub_access_needs_the_auditor_key(pki) -> None:
     files = pki.auditors[REQUESTER]
     access = HubAccess.load("127.0.0.1:1", HUB_NAME, files.cert, files.key, pki.ca.cert)
     assert access.identity.name == REQUESTER
+
+
+@pytest.mark.slow
+def test_demo_dial_out_runs_the_whole_audit_through_a_hub(tmp_path: Path) -> None:
+    """`fedaudit demo --dial-out`: every node answers through the hub, ring and PSI included."""
+    import json
+
+    from fedaudit.cli.main import main
+
+    assert (
+        main(["demo", "--dial-out", "--out", str(tmp_path), "--quiet", "--candidates", "1000"]) == 0
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {n["status"] for n in report["coverage"]["nodes"]} == {"answered"}
+    assert report["audit"]["status"] == "complete"
+    assert report["duplicates"]["status"] == "complete"
+    assert report["reconciliation"]["status"] == "complete"
