@@ -244,6 +244,7 @@ class Federation:
         return {name: node.address for name, node in self.nodes.items()}
 
     def close(self) -> None:
+        """Stop everything (again is harmless)."""
         for t in self._transports:
             t.close()
         for node in self.nodes.values():

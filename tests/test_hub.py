@@ -429,3 +429,35 @@ def test_demo_dial_out_runs_the_whole_audit_through_a_hub(tmp_path: Path) -> Non
     assert report["audit"]["status"] == "complete"
     assert report["duplicates"]["status"] == "complete"
     assert report["reconciliation"]["status"] == "complete"
+
+
+def test_schedule_run_through_the_hub(pki, fed, tmp_path: Path, capsys) -> None:
+    """`schedule check` and `schedule run --once --hub` reach a dial-out node by name."""
+    import json
+
+    from fedaudit.cli.main import main
+    from tests.test_schedule import PLAN_DOC
+
+    fed.start_hub()
+    _start_node(fed, tmp_path)
+    plan = tmp_path / "yearly.yaml"
+    doc = {
+        **PLAN_DOC,
+        "schedule": "0 0 1 1 *",
+        "min_answering_nodes": 1,
+        "nodes": [{"name": "M01"}],
+    }
+    plan.write_text(json.dumps(doc), encoding="utf-8")
+    auditor = pki.auditors[REQUESTER]
+    hub = [
+        "--hub", f"127.0.0.1:{fed.hub_port}", "--hub-name", HUB_NAME, "--tls-cert",
+        str(auditor.cert), "--tls-key", str(auditor.key), "--tls-ca", str(pki.ca.cert),
+    ]  # fmt: skip
+    assert main(["schedule", "check", str(plan), *hub]) == 0
+    archive = tmp_path / "archive"
+    assert main(["schedule", "run", str(plan), "--archive", str(archive), "--once", *hub]) == 0
+    (run,) = list(archive.glob("*/*/report.json"))
+    report = json.loads(run.read_text())
+    assert [n["status"] for n in report["coverage"]["nodes"]] == ["answered"]
+    assert fed.nodes["M01"].service.query_log.rows(requester=REQUESTER)
+    fed.close()  # while the log still goes to this test's captured output
