@@ -48,7 +48,6 @@ from fedaudit.common.envelope import (
 )
 from fedaudit.node.query.service import NodeService
 from fedaudit.node.rpc.relayed import HandlerTable, RelayedContext, run_handler
-from fedaudit.node.rpc.status import SERVICE_NAME
 from fedaudit.node.server import MAX_MESSAGE_BYTES, AuditNodeServicer
 from fedaudit.pki.identity import IdentityError, NodeIdentity, common_name, verify_statement
 from fedaudit.wire.v1 import hub_pb2 as hub_pb
@@ -56,6 +55,9 @@ from fedaudit.wire.v1 import hub_pb2_grpc as hub_grpc
 from fedaudit.wire.v1 import node_pb2_grpc as pb_grpc
 
 log = structlog.get_logger(__name__)
+
+HUB_HEALTH_SERVICE = "hub"
+"""gRPC health service name that is SERVING while the node is connected to the hub."""
 
 _END = object()
 _CANCEL = object()
@@ -188,14 +190,13 @@ class DialoutNode:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _set_health(self) -> None:
-        serving = self.service.ready() and self._connected.is_set()
+        """Health service "hub": SERVING while connected (readiness "" is the database's)."""
         status = (
             health_pb2.HealthCheckResponse.SERVING
-            if serving
+            if self._connected.is_set()
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, status)
+        self.health.set(HUB_HEALTH_SERVICE, status)
 
     def _run(self) -> None:
         attempt = 0

@@ -168,6 +168,10 @@ def test_a_dial_out_node_listens_only_on_the_loopback_ports_it_was_asked_for(wor
     assert {address for address, _ in held} == {"127.0.0.1"}
     health = _run("node", "health", "--address", f"127.0.0.1:{world['extra']['health']}")
     assert health.returncode == 0, health.stdout + health.stderr
+    connected = _run(
+        "node", "health", "--address", f"127.0.0.1:{world['extra']['health']}", "--service", "hub"
+    )
+    assert connected.returncode == 0, connected.stdout + connected.stderr
 
 
 def test_the_socket_check_sees_a_listening_node(tmp_path: Path) -> None:
