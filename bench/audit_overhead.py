@@ -253,23 +253,33 @@ def main() -> None:
 
     ports = [free_port() for _ in codes]
     procs = [start_node(work / f"{c}.db", policy, p) for c, p in zip(codes, ports, strict=True)]
+    access = None
     try:
         addresses = {c: f"127.0.0.1:{p}" for c, p in zip(codes, ports, strict=True)}
         for a in addresses.values():
             wait_ready(a)
-        federated, centralised = [], []
+        if ns.hub:  # both kinds of node run side by side on the same databases
+            hub_procs, access = start_hub_federation(work, codes, policy)
+            procs += hub_procs
+            _wait_connected(access, codes)
+        federated, through_hub, centralised = [], [], []
         for r in range(ns.repeat):
             # A fresh privacy cost each round: the identical query would be replayed for free.
+            # The three measurements alternate, so a warm cache favours none of them.
             plan = bench_plan(r, addresses)
             transports = {
                 c: GrpcNodeTransport(c, a, requester=REQUESTER) for c, a in addresses.items()
             }
-            t = time.perf_counter()
-            report = run_audit(plan, transports, run_id=f"bench-{os.getpid()}-{r}")
-            federated.append(time.perf_counter() - t)
-            for tr in transports.values():
-                tr.close()
-            assert report["coverage"]["answering"] == ns.nodes, report["coverage"]
+            federated.append(timed_audit(plan, transports, f"bench-{os.getpid()}-{r}"))
+            if access is not None:
+                from fedaudit.coordinator.running.hub_channel import HubChannel
+
+                plan = bench_plan(ns.repeat + r, dict.fromkeys(codes, ""))
+                transports = {
+                    c: GrpcNodeTransport(c, "", requester=REQUESTER, channel=HubChannel(access, c))
+                    for c in codes
+                }
+                through_hub.append(timed_audit(plan, transports, f"bench-hub-{os.getpid()}-{r}"))
             t = time.perf_counter()
             total = central_aggregate(central, plan)
             centralised.append(time.perf_counter() - t)
@@ -284,27 +294,36 @@ def main() -> None:
             f"runs {[round(x, 3) for x in centralised]}"
         )
         print(f"ratio federated / central = {fed / cen:.2f}  (target <= 1.5)")
+        if through_hub:
+            via = statistics.median(through_hub)
+            print(
+                f"federated DP audit through the hub ({ns.nodes} dial-out nodes, TLS, signed "
+                f"envelopes): median {via:.3f} s  runs {[round(x, 3) for x in through_hub]}"
+            )
+            print(f"ratio through the hub / central = {via / cen:.2f}  (target <= 1.5)")
+            print(f"ratio through the hub / direct = {via / fed:.2f}")
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(timeout=10)
-    if ns.hub:
-        hub_times = bench_hub(work, codes, policy, ns.repeat, offset=ns.repeat)
-        via = statistics.median(hub_times)
-        print(
-            f"federated DP audit through the hub ({ns.nodes} dial-out nodes, TLS, signed "
-            f"envelopes): median {via:.3f} s  runs {[round(x, 3) for x in hub_times]}"
-        )
-        print(f"ratio through the hub / central = {via / cen:.2f}  (target <= 1.5)")
-        print(f"ratio through the hub / direct = {via / fed:.2f}")
 
 
-def bench_hub(
-    work: Path, codes: list[str], policy: Path, repeat: int, *, offset: int
-) -> list[float]:
-    """The same audit through `fedaudit hub serve` to `fedaudit node connect` processes."""
-    from fedaudit.coordinator.running.hub_channel import HubAccess, HubChannel
+def timed_audit(plan: AuditPlan, transports: dict[str, GrpcNodeTransport], run_id: str) -> float:
+    t = time.perf_counter()
+    report = run_audit(plan, transports, run_id=run_id)
+    elapsed = time.perf_counter() - t
+    for tr in transports.values():
+        tr.close()
+    assert report["coverage"]["answering"] == len(transports), report["coverage"]
+    return elapsed
+
+
+def start_hub_federation(
+    work: Path, codes: list[str], policy: Path
+) -> tuple[list[subprocess.Popen[bytes]], object]:
+    """`fedaudit hub serve` and one `fedaudit node connect` per database; the auditor's access."""
+    from fedaudit.coordinator.running.hub_channel import HubAccess
     from fedaudit.pki.authority import create_throwaway_pki, issue_node_certificate
 
     pki = create_throwaway_pki(work / "pki", codes, REQUESTER)
@@ -327,27 +346,7 @@ def bench_hub(
         )  # fmt: skip
     auditor = pki.auditors[REQUESTER]
     access = HubAccess.load(f"127.0.0.1:{port}", "hub", auditor.cert, auditor.key, pki.ca.cert)
-    try:
-        _wait_connected(access, codes)
-        times = []
-        for r in range(repeat):
-            plan = bench_plan(offset + r, dict.fromkeys(codes, ""))
-            transports = {
-                c: GrpcNodeTransport(c, "", requester=REQUESTER, channel=HubChannel(access, c))
-                for c in codes
-            }
-            t = time.perf_counter()
-            report = run_audit(plan, transports, run_id=f"bench-hub-{os.getpid()}-{r}")
-            times.append(time.perf_counter() - t)
-            for tr in transports.values():
-                tr.close()
-            assert report["coverage"]["answering"] == len(codes), report["coverage"]
-        return times
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(timeout=10)
+    return procs, access
 
 
 def _wait_connected(access: object, codes: list[str], timeout: float = 60.0) -> None:
