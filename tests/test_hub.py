@@ -461,3 +461,36 @@ def test_schedule_run_through_the_hub(pki, fed, tmp_path: Path, capsys) -> None:
     assert [n["status"] for n in report["coverage"]["nodes"]] == ["answered"]
     assert fed.nodes["M01"].service.query_log.rows(requester=REQUESTER)
     fed.close()  # while the log still goes to this test's captured output
+
+
+def test_the_auditor_refuses_answers_signed_by_a_revoked_node(pki, tmp_path) -> None:
+    """A node revoked while connected to a hub without a CRL: its answers are refused anyway."""
+    from cryptography import x509
+
+    from fedaudit.coordinator.running.hub_channel import HubChannel
+    from fedaudit.coordinator.running.transport import GrpcNodeTransport
+    from fedaudit.pki.enrolment import load_crl
+
+    fed = Federation("hub", pki, hub_crl=False)
+    try:
+        fed.start_hub()
+        _start_node(fed, tmp_path)
+        revoke(pki.directory, "M01", role="node")
+        crl = load_crl(fed.crl_path, x509.load_pem_x509_certificate(pki.ca.cert.read_bytes()))
+        files = pki.auditors[REQUESTER]
+        access = HubAccess.load(
+            f"127.0.0.1:{fed.hub_port}",
+            HUB_NAME,
+            files.cert,
+            files.key,
+            pki.ca.cert,
+            revoked=crl.is_revoked,
+        )
+        transport = GrpcNodeTransport(
+            "M01", "", requester=REQUESTER, retries=0, channel=HubChannel(access, "M01")
+        )
+        with pytest.raises(CoordinatorError, match="revoked"):
+            transport.info(timeout=10)
+        transport.close()
+    finally:
+        fed.close()

@@ -52,10 +52,22 @@ class HubAccess:
     hub_name: str
     identity: NodeIdentity  # the auditor's certificate and key (any federation role loads)
     ca_pem: bytes
+    revoked: Callable[[x509.Certificate], bool] | None = None
+    """With the federation CRL: answers signed by a revoked node certificate are refused."""
 
     @classmethod
-    def load(cls, address: str, hub_name: str, cert: Path, key: Path, ca: Path) -> HubAccess:
-        return cls(address, hub_name, NodeIdentity.load(cert, key, ca), ca.read_bytes())
+    def load(
+        cls,
+        address: str,
+        hub_name: str,
+        cert: Path,
+        key: Path,
+        ca: Path,
+        *,
+        revoked: Callable[[x509.Certificate], bool] | None = None,
+    ) -> HubAccess:
+        identity = NodeIdentity.load(cert, key, ca)
+        return cls(address, hub_name, identity, ca.read_bytes(), revoked)
 
     def open(self) -> grpc.Channel:
         credentials = grpc.ssl_channel_credentials(root_certificates=self.ca_pem)
@@ -70,17 +82,26 @@ class HubAccess:
         )
 
 
-def node_verifier(identity: NodeIdentity, node: str) -> Verifier:
-    """Accept frames only from a federation node certificate named `node`."""
+def node_verifier(
+    identity: NodeIdentity,
+    node: str,
+    revoked: Callable[[x509.Certificate], bool] | None = None,
+) -> Verifier:
+    """Accept frames only from a federation node certificate named `node` (and not revoked)."""
 
     def verify(certificate_pem: bytes, statement: bytes, signature: bytes) -> str:
         try:
-            verify_statement(
+            certificate = verify_statement(
                 identity.ca, certificate_pem, statement, signature, claimed_name=node, role="node"
             )
-            return common_name(x509.load_pem_x509_certificate(certificate_pem))
         except (IdentityError, ValueError) as exc:
             raise EnvelopeError(f"the answer is not signed by node {node}: {exc}") from exc
+        if revoked is not None and revoked(certificate):
+            raise EnvelopeError(
+                f"node {node}'s certificate (serial {certificate.serial_number}) was revoked "
+                "by the federation CA"
+            )
+        return common_name(certificate)
 
     return verify
 
@@ -135,7 +156,7 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
         self._access = access
         self._channel = access.open()
         self._stub = hub_grpc.HubStub(self._channel)
-        self._verify = node_verifier(access.identity, node)
+        self._verify = node_verifier(access.identity, node, access.revoked)
 
     # -- the multi-callables the generated stubs ask for
     def unary_unary(

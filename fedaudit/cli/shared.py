@@ -298,7 +298,12 @@ def hub_access(args: argparse.Namespace, requester: str) -> Any:
     try:
         tls.check_tls_files(tls.TlsFiles(*files), "auditor")
         access = HubAccess.load(
-            args.hub, args.hub_name or host.strip("[]"), args.tls_cert, args.tls_key, args.tls_ca
+            args.hub,
+            args.hub_name or host.strip("[]"),
+            args.tls_cert,
+            args.tls_key,
+            args.tls_ca,
+            revoked=_crl_check(args),
         )
     except (tls.TlsError, IdentityError, OSError, ValueError) as exc:
         raise CliError(str(exc)) from exc
@@ -310,3 +315,20 @@ def hub_access(args: argparse.Namespace, requester: str) -> Any:
         )
     warn_expiry([args.tls_cert, args.tls_ca])
     return access
+
+
+def _crl_check(args: argparse.Namespace) -> Any:
+    """With --tls-crl: a test for revoked certificates (nodes' answers through the hub)."""
+    crl_path = getattr(args, "tls_crl", None)
+    if crl_path is None:
+        return None
+    from cryptography import x509
+
+    from fedaudit.pki.authority import PkiError
+    from fedaudit.pki.enrolment import load_crl
+
+    try:
+        crl = load_crl(crl_path, x509.load_pem_x509_certificate(args.tls_ca.read_bytes()))
+    except (OSError, ValueError, PkiError) as exc:
+        raise CliError(f"--tls-crl: {exc}") from exc
+    return crl.is_revoked

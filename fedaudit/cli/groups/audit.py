@@ -252,8 +252,8 @@ def _revoked_nodes(args: argparse.Namespace, plan: Any) -> dict[str, str]:
     if args.tls_crl is None:
         return {}
     if args.hub is not None:
-        # Through the hub, the hub refuses revoked nodes and the answers are checked
-        # against the node certificates; nothing to probe here.
+        # Through the hub, the hub refuses revoked nodes and every answer's signing
+        # certificate is checked against the CRL (`node_reach`); nothing to probe here.
         return {}
     if args.insecure:
         raise CliError("--tls-crl needs mTLS (--tls-cert/--tls-key/--tls-ca), not --insecure")
