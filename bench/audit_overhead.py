@@ -12,7 +12,8 @@ measured in this run; the script prints the medians and their ratio.
 
 With `--hub`, the same audit also runs through a hub (`fedaudit hub serve`, TLS) to
 nodes that dial out (`fedaudit node connect`, the same databases), every call signed
-by the auditor and every answer by the node, and the script prints that ratio too.
+by the auditor and every answer by the node, the messages encrypted end to end, and
+the script prints that ratio too.
 
     .venv/bin/python bench/audit_overhead.py [--nodes 5] [--rows 200000] [--repeat 3] [--hub]
 """
@@ -306,7 +307,10 @@ def main() -> None:
         for p in procs:
             p.terminate()
         for p in procs:
-            p.wait(timeout=10)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # a loaded machine; the numbers are printed
+                p.kill()
 
 
 def timed_audit(plan: AuditPlan, transports: dict[str, GrpcNodeTransport], run_id: str) -> float:

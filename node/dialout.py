@@ -36,6 +36,9 @@ from fedaudit.common.envelope import (
     AUDITOR_PREFIX,
     ENVELOPE_VERSION,
     NODE_PREFIX,
+    TO_AUDITOR,
+    TO_NODE,
+    CallCipher,
     EnvelopeError,
     FrameReader,
     ReplayGuard,
@@ -44,6 +47,7 @@ from fedaudit.common.envelope import (
     hello_statement,
     metadata_entries,
     metadata_pairs,
+    node_cipher,
     seal,
 )
 from fedaudit.node.query.service import NodeService
@@ -103,6 +107,7 @@ class _Inbound:
 
     reader: FrameReader
     context: RelayedContext | None = None
+    cipher: CallCipher | None = None
     requests: queue.Queue[Any] = field(default_factory=queue.Queue)
 
 
@@ -317,11 +322,16 @@ class DialoutNode:
             return
         try:
             frame = call.reader.read(signed)
+            if call.cipher is None:
+                raise EnvelopeError("a frame arrived for a call that was refused")
+            opened = [
+                call.cipher.open(TO_NODE, frame.seq, i, m) for i, m in enumerate(frame.messages)
+            ]
         except EnvelopeError as exc:
             log.warning("hub_frame_refused", call_id=call_id, problem=str(exc))
             self._cancel(call)
             return
-        for raw in frame.messages:
+        for raw in opened:
             call.requests.put(raw)
         if frame.end:
             call.requests.put(_END)
@@ -361,6 +371,17 @@ class DialoutNode:
                     f"{self.identity.name!r}",
                 )
             self._replays.admit(header)
+            if not header.auditor_key:
+                raise _Refusal(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "the call is not encrypted to this node; a dial-out node answers only "
+                    "end-to-end encrypted calls",
+                )
+            call.cipher = node_cipher(self.identity.key, call_id, header.auditor_key)
+            replies.cipher = call.cipher
+            opened = [
+                call.cipher.open(TO_NODE, frame.seq, i, m) for i, m in enumerate(frame.messages)
+            ]
             metadata = metadata_pairs(header.metadata)
             handler = self._table.lookup(header.method, metadata)
             if handler is None:
@@ -382,7 +403,7 @@ class DialoutNode:
             timeout=header.timeout_seconds,
             peer=f"hub:{self.hub}",
         )
-        for raw in frame.messages:
+        for raw in opened:
             call.requests.put(raw)
         if frame.end:
             call.requests.put(_END)
@@ -440,9 +461,11 @@ class _Replies:
         self._outgoing = outgoing
         self._seq = 0
         self._lock = threading.Lock()
+        self.cipher: CallCipher | None = None
+        """Set once the call's header is accepted; refusals before that go unencrypted."""
 
     def message(self, call_id: str, raw: bytes) -> None:
-        self._send(hub_pb.Frame(call_id=call_id, messages=[raw]))
+        self._send(hub_pb.Frame(call_id=call_id), [raw])
 
     def finish(
         self,
@@ -454,12 +477,27 @@ class _Replies:
         status = hub_pb.CallStatus(
             code=code.value[0], details=details, trailing_metadata=metadata_entries(trailing)
         )
-        self._send(hub_pb.Frame(call_id=call_id, status=status))
+        if self.cipher is None:  # refused before the call key existed: nothing of the call's
+            self._send(hub_pb.Frame(call_id=call_id, status=status), [])
+            return
+        frame = hub_pb.Frame(call_id=call_id, status=hub_pb.CallStatus(code=status.code))
+        self._send(frame, [], sealed_status=status.SerializeToString())
 
-    def _send(self, frame: hub_pb.Frame) -> None:
+    def _send(
+        self, frame: hub_pb.Frame, messages: list[bytes], *, sealed_status: bytes | None = None
+    ) -> None:
         with self._lock:
             frame.seq = self._seq
             frame.request_digest = self._digest
+            if self.cipher is not None:
+                messages = [
+                    self.cipher.seal(TO_AUDITOR, frame.seq, i, m) for i, m in enumerate(messages)
+                ]
+                if sealed_status is not None:
+                    frame.sealed_status = self.cipher.seal(
+                        TO_AUDITOR, frame.seq, len(messages), sealed_status
+                    )
+            frame.messages.extend(messages)
             certificate = self._identity.certificate_pem if self._seq == 0 else b""
             self._seq += 1
             signed = seal(frame, NODE_PREFIX, self._identity.sign, certificate)

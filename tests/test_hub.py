@@ -96,9 +96,13 @@ def _start_node(fed: Federation, tmp_path: Path, name: str = "M01", **kwargs: An
 class AnsweringHub(HubServicer):
     """A hub that answers calls itself, signing with a federation key it holds."""
 
-    def __init__(self, admission: Admission, signer: NodeIdentity) -> None:
+    def __init__(self, admission: Admission, signer: NodeIdentity, node_pem: bytes) -> None:
         super().__init__(admission)
         self._signer = signer
+        self._node_pem = node_pem
+
+    def Certificate(self, request, context):
+        return hub_pb.CertificateResponse(certificate_pem=self._node_pem)  # the real, public one
 
     def Call(self, request_iterator, context):
         first = next(request_iterator)
@@ -120,7 +124,11 @@ class AnsweringHub(HubServicer):
 @pytest.mark.parametrize("signer", [HUB_NAME, "M02"])
 def test_a_hub_cannot_answer_for_a_node(pki, fed, signer: str) -> None:
     """An answer signed by the hub's own key, or another node's, is refused by the auditor."""
-    servicer = AnsweringHub(Admission(_identity(pki, HUB_NAME).ca), _identity(pki, signer))
+    servicer = AnsweringHub(
+        Admission(_identity(pki, HUB_NAME).ca),
+        _identity(pki, signer),
+        pki.nodes["M01"].cert.read_bytes(),
+    )
     server, port = _serve(servicer, pki)
     try:
         fed.hub_port = port
@@ -197,14 +205,21 @@ def _raw_call(port: int, frames: list[hub_pb.SignedFrame]) -> hub_pb.CallStatus:
 
 
 _CA: list[bytes] = []
+_NODE_PEM: list[bytes] = []
 
 
 def _signed_call(
     signer: NodeIdentity, node: str = "M01", *, issued_at_ms: int | None = None
 ) -> hub_pb.SignedFrame:
+    """A capabilities call, encrypted to M01's key (of the PKI in `_NODE_PEM`) and signed."""
+    from cryptography import x509
+
+    from fedaudit.common.envelope import TO_NODE, auditor_cipher
     from fedaudit.wire.v1 import node_pb2
 
     call_id = new_call_id()
+    node_key = x509.load_pem_x509_certificate(_NODE_PEM[0]).public_key()
+    auditor_key, cipher = auditor_cipher(node_key, call_id)
     header = hub_pb.CallHeader(
         envelope_version=ENVELOPE_VERSION,
         call_id=call_id,
@@ -213,12 +228,14 @@ def _signed_call(
         issued_at_ms=issued_at_ms if issued_at_ms is not None else int(time.time() * 1000),
         timeout_seconds=10,
         metadata=metadata_entries(call_metadata(REQUESTER)),
+        auditor_key=auditor_key,
     )
+    request = node_pb2.CapabilitiesRequest().SerializeToString()
     frame = hub_pb.Frame(
         call_id=call_id,
         seq=0,
         header=header,
-        messages=[node_pb2.CapabilitiesRequest().SerializeToString()],
+        messages=[cipher.seal(TO_NODE, 0, 0, request)],
         end=True,
     )
     return seal(frame, AUDITOR_PREFIX, signer.sign, signer.certificate_pem)
@@ -227,6 +244,7 @@ def _signed_call(
 def test_the_node_refuses_calls_no_federation_auditor_signed(pki, fed, tmp_path) -> None:
     """Through a hub that admits anyone: the hub's key, a node's key, a foreign CA's auditor."""
     _CA[:] = [pki.ca.cert.read_bytes()]
+    _NODE_PEM[:] = [pki.nodes["M01"].cert.read_bytes()]
     server, port = _serve(HubServicer(Trusting(_identity(pki, HUB_NAME).ca)), pki)
     foreign = create_throwaway_pki(tmp_path / "foreign", ["M01"], REQUESTER)
     impostors = {
@@ -252,6 +270,7 @@ def test_the_node_refuses_calls_no_federation_auditor_signed(pki, fed, tmp_path)
 
 def test_the_node_refuses_replayed_stale_and_misdirected_calls(pki, fed, tmp_path) -> None:
     _CA[:] = [pki.ca.cert.read_bytes()]
+    _NODE_PEM[:] = [pki.nodes["M01"].cert.read_bytes()]
     server, port = _serve(MisroutingHub(Admission(_identity(pki, HUB_NAME).ca)), pki)
     auditor = _identity(pki, REQUESTER, auditor=True)
     try:
@@ -494,3 +513,44 @@ def test_the_auditor_refuses_answers_signed_by_a_revoked_node(pki, tmp_path) -> 
         transport.close()
     finally:
         fed.close()
+
+
+class SpyingHub(HubServicer):
+    """A hub that keeps a copy of every frame it relays."""
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__(admission)
+        self.seen: list[bytes] = []
+
+    def Call(self, request_iterator, context):
+        def recorded():
+            for signed in request_iterator:
+                self.seen.append(signed.body)
+                yield signed
+
+        for item in super().Call(recorded(), context):
+            self.seen.append(item.body)
+            yield item
+
+
+def test_the_hub_sees_no_query_and_no_answer_in_the_clear(pki, fed, tmp_path) -> None:
+    """Queries and answers are encrypted between auditor and node: the relay sees neither."""
+    servicer = SpyingHub(Admission(_identity(pki, HUB_NAME).ca))
+    server, port = _serve(servicer, pki)
+    try:
+        fed.hub_port = port
+        _start_node(fed, tmp_path)
+        transport = fed.transport("M01", "")
+        info = transport.info(timeout=10)
+        spec = planned_queries(load_plan(default_plan_path()))[0].spec
+        preflight = transport.preflight(spec, "spy-1", timeout=10)
+        answer, _ = transport.query(spec, "spy-1", timeout=10)
+    finally:
+        server.stop(None)
+    assert info.municipality_name == "Testhausen"
+    assert preflight.cell_count > 0
+    assert answer.cells
+    relayed = b"".join(servicer.seen)
+    assert len(servicer.seen) >= 6, "three calls, each a request frame and an answer frame"
+    for clear in (b"Testhausen", spec.template.encode(), info.data_version.encode()):
+        assert clear not in relayed, clear

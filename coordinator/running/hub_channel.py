@@ -23,21 +23,32 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from fedaudit.common.envelope import (
     AUDITOR_PREFIX,
     ENVELOPE_VERSION,
     NODE_PREFIX,
+    TO_AUDITOR,
+    TO_NODE,
+    CallCipher,
     EnvelopeError,
     FrameReader,
     Verifier,
+    auditor_cipher,
     digest,
     metadata_entries,
     metadata_pairs,
     new_call_id,
     seal,
 )
-from fedaudit.pki.identity import IdentityError, NodeIdentity, common_name, verify_statement
+from fedaudit.pki.identity import (
+    IdentityError,
+    NodeIdentity,
+    check_certificate,
+    common_name,
+    verify_statement,
+)
 from fedaudit.wire.v1 import hub_pb2 as hub_pb
 from fedaudit.wire.v1 import hub_pb2_grpc as hub_grpc
 
@@ -157,6 +168,42 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
         self._channel = access.open()
         self._stub = hub_grpc.HubStub(self._channel)
         self._verify = node_verifier(access.identity, node, access.revoked)
+        self._node_key: ec.EllipticCurvePublicKey | None = None
+
+    def node_key(self, timeout: float | None) -> ec.EllipticCurvePublicKey:
+        """The node's public key, from the certificate the hub holds, checked before use.
+
+        The certificate must chain to the federation CA, be a node certificate named as the
+        plan names the node, be valid and (with a CRL) not revoked; the hub cannot hand out
+        a key it could decrypt with, since it holds no such certificate's private key.
+        """
+        if self._node_key is None:
+            pem = self._stub.Certificate(
+                hub_pb.CertificateRequest(node=self.node), timeout=timeout
+            ).certificate_pem
+            access = self._access
+            try:
+                certificate = check_certificate(
+                    access.identity.ca, pem, claimed_name=self.node, role="node"
+                )
+            except IdentityError as exc:
+                raise HubCallError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"the hub's certificate for node {self.node} is not usable: {exc}",
+                ) from exc
+            if access.revoked is not None and access.revoked(certificate):
+                raise HubCallError(
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    f"node {self.node}'s certificate (serial {certificate.serial_number}) was "
+                    "revoked by the federation CA",
+                )
+            key = certificate.public_key()
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise HubCallError(
+                    grpc.StatusCode.UNAUTHENTICATED, f"node {self.node}'s key is not an EC key"
+                )
+            self._node_key = key
+        return self._node_key
 
     # -- the multi-callables the generated stubs ask for
     def unary_unary(
@@ -251,6 +298,7 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
         """Send the call's frames; yield the node's response messages once checked."""
         identity = self._access.identity
         call_id = new_call_id()
+        auditor_key, cipher = auditor_cipher(self.node_key(timeout), call_id)
         header = hub_pb.CallHeader(
             envelope_version=ENVELOPE_VERSION,
             call_id=call_id,
@@ -259,10 +307,11 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
             issued_at_ms=int(time.time() * 1000),
             timeout_seconds=timeout or 0.0,
             metadata=metadata_entries(metadata or ()),
+            auditor_key=auditor_key,
         )
         first = hub_pb.Frame(call_id=call_id, seq=0, header=header)
         if not streaming_requests:
-            first.messages.append(next(requests))
+            first.messages.append(cipher.seal(TO_NODE, 0, 0, next(requests)))
             first.end = True
         sealed_first = seal(first, AUDITOR_PREFIX, identity.sign, identity.certificate_pem)
         header_digest = digest(sealed_first.body)
@@ -273,8 +322,9 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
                 return
             seq = 1
             for raw in requests:
+                sealed = cipher.seal(TO_NODE, seq, 0, raw)
                 yield seal(
-                    hub_pb.Frame(call_id=call_id, seq=seq, messages=[raw]),
+                    hub_pb.Frame(call_id=call_id, seq=seq, messages=[sealed]),
                     AUDITOR_PREFIX,
                     identity.sign,
                 )
@@ -284,9 +334,9 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
             )
 
         replies = self._stub.Call(frames(), timeout=timeout)
-        return self._answers(replies, header_digest)
+        return self._answers(replies, header_digest, cipher)
 
-    def _answers(self, replies: Any, header_digest: bytes) -> Iterator[bytes]:
+    def _answers(self, replies: Any, header_digest: bytes, cipher: CallCipher) -> Iterator[bytes]:
         reader = FrameReader(NODE_PREFIX, self._verify)
         try:
             for signed in replies:
@@ -299,9 +349,20 @@ class HubChannel(grpc.Channel):  # type: ignore[misc]
                         grpc.StatusCode.UNAUTHENTICATED,
                         f"node {self.node}'s answer is bound to another call (a replay)",
                     )
-                yield from frame.messages
-                if frame.HasField("status"):
+                try:
+                    opened = [
+                        cipher.open(TO_AUDITOR, frame.seq, i, m)
+                        for i, m in enumerate(frame.messages)
+                    ]
                     status = frame.status
+                    if frame.sealed_status:
+                        status = hub_pb.CallStatus.FromString(
+                            cipher.open(TO_AUDITOR, frame.seq, len(opened), frame.sealed_status)
+                        )
+                except EnvelopeError as exc:
+                    raise HubCallError(grpc.StatusCode.UNAUTHENTICATED, str(exc)) from exc
+                yield from opened
+                if frame.HasField("status"):
                     if status.code != 0:
                         raise HubCallError(
                             _CODES.get(status.code, grpc.StatusCode.UNKNOWN),

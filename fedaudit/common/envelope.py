@@ -11,6 +11,13 @@ key of that certificate. Frames are numbered, so the hub cannot reorder, repeat 
 splice frames of another call without the receiver noticing; it can only drop them,
 which the receiver sees as a call that never ends (the deadline ends it).
 
+The messages inside the frames (requests, responses, the node's full status) are
+encrypted end to end (`CallCipher`): the auditor makes an ephemeral P-256 key per call and
+puts its public half in the signed header; both ends derive the call key from ECDH of that
+key with the node certificate's key (HKDF-SHA256 bound to the call id and the ephemeral
+key) and seal each message with AES-256-GCM under a nonce unique per direction, frame and
+message. The hub, holding neither private key, sees sizes and timing, not content.
+
 The certificate checks themselves (chain to the federation CA, role, validity) are the
 PKI's (`fedaudit.pki.identity.verify_statement`); callers pass them in as a `Verifier`.
 """
@@ -27,9 +34,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedaudit.wire.v1 import hub_pb2 as hub_pb
 
@@ -164,6 +174,63 @@ class ReplayGuard:
             if header.call_id in self._seen:
                 raise EnvelopeError(f"call {header.call_id} was already received: a replay")
             self._seen[header.call_id] = now
+
+
+E2E_INFO = b"fedaudit hub e2e v1\x00"
+TO_NODE = b"\x01"
+TO_AUDITOR = b"\x02"
+
+
+class CallCipher:
+    """One call's AES-256-GCM key; a nonce is (direction, frame number, message index)."""
+
+    def __init__(self, key: bytes, call_id: str) -> None:
+        self._aead = AESGCM(key)
+        self._aad = call_id.encode()
+
+    def seal(self, direction: bytes, seq: int, index: int, plaintext: bytes) -> bytes:
+        return self._aead.encrypt(_nonce(direction, seq, index), plaintext, self._aad)
+
+    def open(self, direction: bytes, seq: int, index: int, ciphertext: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(_nonce(direction, seq, index), ciphertext, self._aad)
+        except InvalidTag as exc:
+            raise EnvelopeError(
+                f"message {index} of frame {seq} does not decrypt (tampered or misplaced)"
+            ) from exc
+
+
+def _nonce(direction: bytes, seq: int, index: int) -> bytes:
+    return direction + seq.to_bytes(4, "big") + index.to_bytes(4, "big") + b"\x00\x00\x00"
+
+
+def _call_key(shared: bytes, call_id: str, auditor_key: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=E2E_INFO + call_id.encode() + auditor_key,
+    ).derive(shared)
+
+
+def auditor_cipher(node_key: ec.EllipticCurvePublicKey, call_id: str) -> tuple[bytes, CallCipher]:
+    """The auditor's side: (the ephemeral public key for the header, the call's cipher)."""
+    ephemeral = ec.generate_private_key(ec.SECP256R1())
+    public = ephemeral.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    shared = ephemeral.exchange(ec.ECDH(), node_key)
+    return public, CallCipher(_call_key(shared, call_id, public), call_id)
+
+
+def node_cipher(
+    node_key: ec.EllipticCurvePrivateKey, call_id: str, auditor_key: bytes
+) -> CallCipher:
+    """The node's side, from the header's ephemeral auditor key."""
+    try:
+        peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), auditor_key)
+    except ValueError as exc:
+        raise EnvelopeError("the call's ephemeral key is not a P-256 point") from exc
+    shared = node_key.exchange(ec.ECDH(), peer)
+    return CallCipher(_call_key(shared, call_id, auditor_key), call_id)
 
 
 def metadata_entries(pairs: Iterable[tuple[str, str | bytes]]) -> list[hub_pb.MetadataEntry]:

@@ -39,6 +39,7 @@ class NodeSession:
     """One connected node: what to send it, and the calls waiting for its frames."""
 
     name: str
+    certificate_pem: bytes = b""  # what the node's hello proved it holds the key of
     outgoing: queue.Queue[Any] = field(default_factory=queue.Queue)
     pending: dict[str, queue.Queue[Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -126,6 +127,18 @@ class HubServicer(hub_grpc.HubServicer):
         """Names only: who is connected is no secret among the federation's parties."""
         return hub_pb.ConnectedResponse(nodes=self.connected())
 
+    def Certificate(
+        self, request: hub_pb.CertificateRequest, context: grpc.ServicerContext
+    ) -> hub_pb.CertificateResponse:
+        """A connected node's certificate: auditors check it and encrypt their calls to it."""
+        session = self.session_for(request.node)
+        if session is None:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"node {request.node[:64]} is not connected to the hub"
+            )
+        assert session is not None
+        return hub_pb.CertificateResponse(certificate_pem=session.certificate_pem)
+
     # -- nodes
     def Connect(
         self, request_iterator: Iterator[hub_pb.NodeToHub], context: grpc.ServicerContext
@@ -149,7 +162,7 @@ class HubServicer(hub_grpc.HubServicer):
         except AdmissionError as exc:
             log.warning("hub_node_refused", claimed=first.hello.name[:64], problem=str(exc))
             context.abort(grpc.StatusCode.UNAUTHENTICATED, f"node refused by the hub: {exc}")
-        session = NodeSession(name)
+        session = NodeSession(name, first.hello.certificate_pem)
         with self._lock:
             previous = self._sessions.get(name)
             self._sessions[name] = session

@@ -108,6 +108,31 @@ def verify_statement(
     A node certificate carries serverAuth, an auditor's clientAuth (fedaudit.pki.authority),
     so an auditor's key cannot speak for a node and a node's cannot ask as an auditor.
     """
+    certificate = check_certificate(
+        ca, certificate_pem, claimed_name=claimed_name, role=role, now=now
+    )
+    public = certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IdentityError("the peer's certificate does not hold an EC key")
+    try:
+        public.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise IdentityError(f"the signature of {claimed_name} does not verify") from exc
+    return certificate
+
+
+def check_certificate(
+    ca: x509.Certificate | tuple[x509.Certificate, ...],
+    certificate_pem: bytes,
+    *,
+    claimed_name: str,
+    role: Role,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Every check of `verify_statement` but the signature: CA, not a CA, validity, role, name.
+
+    Used alone before encrypting to a peer's certificate key (nothing is signed then).
+    """
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem)
     except ValueError as exc:
@@ -134,13 +159,6 @@ def verify_statement(
         raise IdentityError(
             f"the statement claims to come from {claimed_name}, its certificate names {name}"
         )
-    public = certificate.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise IdentityError("the peer's certificate does not hold an EC key")
-    try:
-        public.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature as exc:
-        raise IdentityError(f"the signature of {claimed_name} does not verify") from exc
     return certificate
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x61udit/wire/v1/hub.proto\x12\x10\x66\x65\x64\x61udit.wire.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xb7\x01\n\nCallHeader\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x31\n\x08metadata\x18\x07 \x03(\x0b\x32\x1f.fedaudit.wire.v1.MetadataEntry\"g\n\nCallStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12:\n\x11trailing_metadata\x18\x03 \x03(\x0b\x32\x1f.fedaudit.wire.v1.MetadataEntry\"\xb8\x01\n\x05\x46rame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12,\n\x06header\x18\x03 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CallHeader\x12\x10\n\x08messages\x18\x04 \x03(\x0c\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12,\n\x06status\x18\x06 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CallStatus\x12\x16\n\x0erequest_digest\x18\x07 \x01(\x0c\"G\n\x0bSignedFrame\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"7\n\x0cHubChallenge\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"y\n\tNodeHello\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x18\n\x10software_version\x18\x05 \x01(\t\"\x1a\n\nHubWelcome\x12\x0c\n\x04node\x18\x01 \x01(\t\"\x1d\n\nCancelCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"q\n\tNodeToHub\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.fedaudit.wire.v1.NodeHelloH\x00\x12.\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.SignedFrameH\x00\x42\x06\n\x04kind\"\xd9\x01\n\tHubToNode\x12\x33\n\tchallenge\x18\x01 \x01(\x0b\x32\x1e.fedaudit.wire.v1.HubChallengeH\x00\x12.\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.SignedFrameH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CancelCallH\x00\x12/\n\x07welcome\x18\x04 \x01(\x0b\x32\x1c.fedaudit.wire.v1.HubWelcomeH\x00\x42\x06\n\x04kind\"\x12\n\x10\x43onnectedRequest\"\"\n\x11\x43onnectedResponse\x12\r\n\x05nodes\x18\x01 \x03(\t2\xee\x01\n\x03Hub\x12G\n\x07\x43onnect\x12\x1b.fedaudit.wire.v1.NodeToHub\x1a\x1b.fedaudit.wire.v1.HubToNode(\x01\x30\x01\x12H\n\x04\x43\x61ll\x12\x1d.fedaudit.wire.v1.SignedFrame\x1a\x1d.fedaudit.wire.v1.SignedFrame(\x01\x30\x01\x12T\n\tConnected\x12\".fedaudit.wire.v1.ConnectedRequest\x1a#.fedaudit.wire.v1.ConnectedResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x65\x64\x61udit/wire/v1/hub.proto\x12\x10\x66\x65\x64\x61udit.wire.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\xcc\x01\n\nCallHeader\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x0f\n\x07\x63\x61ll_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x03\x12\x17\n\x0ftimeout_seconds\x18\x06 \x01(\x01\x12\x31\n\x08metadata\x18\x07 \x03(\x0b\x32\x1f.fedaudit.wire.v1.MetadataEntry\x12\x13\n\x0b\x61uditor_key\x18\x08 \x01(\x0c\"g\n\nCallStatus\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12:\n\x11trailing_metadata\x18\x03 \x03(\x0b\x32\x1f.fedaudit.wire.v1.MetadataEntry\"\xcf\x01\n\x05\x46rame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\r\x12,\n\x06header\x18\x03 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CallHeader\x12\x10\n\x08messages\x18\x04 \x03(\x0c\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x08\x12,\n\x06status\x18\x06 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CallStatus\x12\x16\n\x0erequest_digest\x18\x07 \x01(\x0c\x12\x15\n\rsealed_status\x18\x08 \x01(\x0c\"G\n\x0bSignedFrame\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\"7\n\x0cHubChallenge\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\r\n\x05nonce\x18\x02 \x01(\x0c\"y\n\tNodeHello\x12\x18\n\x10\x65nvelope_version\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x18\n\x10software_version\x18\x05 \x01(\t\"\x1a\n\nHubWelcome\x12\x0c\n\x04node\x18\x01 \x01(\t\"\x1d\n\nCancelCall\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\"q\n\tNodeToHub\x12,\n\x05hello\x18\x01 \x01(\x0b\x32\x1b.fedaudit.wire.v1.NodeHelloH\x00\x12.\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.SignedFrameH\x00\x42\x06\n\x04kind\"\xd9\x01\n\tHubToNode\x12\x33\n\tchallenge\x18\x01 \x01(\x0b\x32\x1e.fedaudit.wire.v1.HubChallengeH\x00\x12.\n\x05\x66rame\x18\x02 \x01(\x0b\x32\x1d.fedaudit.wire.v1.SignedFrameH\x00\x12.\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1c.fedaudit.wire.v1.CancelCallH\x00\x12/\n\x07welcome\x18\x04 \x01(\x0b\x32\x1c.fedaudit.wire.v1.HubWelcomeH\x00\x42\x06\n\x04kind\"\"\n\x12\x43\x65rtificateRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\".\n\x13\x43\x65rtificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\x0c\"\x12\n\x10\x43onnectedRequest\"\"\n\x11\x43onnectedResponse\x12\r\n\x05nodes\x18\x01 \x03(\t2\xca\x02\n\x03Hub\x12G\n\x07\x43onnect\x12\x1b.fedaudit.wire.v1.NodeToHub\x1a\x1b.fedaudit.wire.v1.HubToNode(\x01\x30\x01\x12H\n\x04\x43\x61ll\x12\x1d.fedaudit.wire.v1.SignedFrame\x1a\x1d.fedaudit.wire.v1.SignedFrame(\x01\x30\x01\x12T\n\tConnected\x12\".fedaudit.wire.v1.ConnectedRequest\x1a#.fedaudit.wire.v1.ConnectedResponse\x12Z\n\x0b\x43\x65rtificate\x12$.fedaudit.wire.v1.CertificateRequest\x1a%.fedaudit.wire.v1.CertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METADATAENTRY']._serialized_start=48
   _globals['_METADATAENTRY']._serialized_end=91
   _globals['_CALLHEADER']._serialized_start=94
-  _globals['_CALLHEADER']._serialized_end=277
-  _globals['_CALLSTATUS']._serialized_start=279
-  _globals['_CALLSTATUS']._serialized_end=382
-  _globals['_FRAME']._serialized_start=385
-  _globals['_FRAME']._serialized_end=569
-  _globals['_SIGNEDFRAME']._serialized_start=571
-  _globals['_SIGNEDFRAME']._serialized_end=642
-  _globals['_HUBCHALLENGE']._serialized_start=644
-  _globals['_HUBCHALLENGE']._serialized_end=699
-  _globals['_NODEHELLO']._serialized_start=701
-  _globals['_NODEHELLO']._serialized_end=822
-  _globals['_HUBWELCOME']._serialized_start=824
-  _globals['_HUBWELCOME']._serialized_end=850
-  _globals['_CANCELCALL']._serialized_start=852
-  _globals['_CANCELCALL']._serialized_end=881
-  _globals['_NODETOHUB']._serialized_start=883
-  _globals['_NODETOHUB']._serialized_end=996
-  _globals['_HUBTONODE']._serialized_start=999
-  _globals['_HUBTONODE']._serialized_end=1216
-  _globals['_CONNECTEDREQUEST']._serialized_start=1218
-  _globals['_CONNECTEDREQUEST']._serialized_end=1236
-  _globals['_CONNECTEDRESPONSE']._serialized_start=1238
-  _globals['_CONNECTEDRESPONSE']._serialized_end=1272
-  _globals['_HUB']._serialized_start=1275
-  _globals['_HUB']._serialized_end=1513
+  _globals['_CALLHEADER']._serialized_end=298
+  _globals['_CALLSTATUS']._serialized_start=300
+  _globals['_CALLSTATUS']._serialized_end=403
+  _globals['_FRAME']._serialized_start=406
+  _globals['_FRAME']._serialized_end=613
+  _globals['_SIGNEDFRAME']._serialized_start=615
+  _globals['_SIGNEDFRAME']._serialized_end=686
+  _globals['_HUBCHALLENGE']._serialized_start=688
+  _globals['_HUBCHALLENGE']._serialized_end=743
+  _globals['_NODEHELLO']._serialized_start=745
+  _globals['_NODEHELLO']._serialized_end=866
+  _globals['_HUBWELCOME']._serialized_start=868
+  _globals['_HUBWELCOME']._serialized_end=894
+  _globals['_CANCELCALL']._serialized_start=896
+  _globals['_CANCELCALL']._serialized_end=925
+  _globals['_NODETOHUB']._serialized_start=927
+  _globals['_NODETOHUB']._serialized_end=1040
+  _globals['_HUBTONODE']._serialized_start=1043
+  _globals['_HUBTONODE']._serialized_end=1260
+  _globals['_CERTIFICATEREQUEST']._serialized_start=1262
+  _globals['_CERTIFICATEREQUEST']._serialized_end=1296
+  _globals['_CERTIFICATERESPONSE']._serialized_start=1298
+  _globals['_CERTIFICATERESPONSE']._serialized_end=1344
+  _globals['_CONNECTEDREQUEST']._serialized_start=1346
+  _globals['_CONNECTEDREQUEST']._serialized_end=1364
+  _globals['_CONNECTEDRESPONSE']._serialized_start=1366
+  _globals['_CONNECTEDRESPONSE']._serialized_end=1400
+  _globals['_HUB']._serialized_start=1403
+  _globals['_HUB']._serialized_end=1733
 # @@protoc_insertion_point(module_scope)

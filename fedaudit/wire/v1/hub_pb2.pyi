@@ -4,7 +4,10 @@ isort:skip_file
 The hub (docs/hub.md): nodes behind a firewall dial out to it, auditors call them
 through it by name. The hub relays envelopes; it never reads or answers a call.
 
-Envelope version 1. A call is a sequence of signed frames. The auditor's frames
+Envelope version 1. A call is a sequence of signed frames. The messages inside are
+encrypted end to end between the auditor and the node (ECDH of an ephemeral auditor key
+with the node certificate's key, HKDF-SHA256, AES-256-GCM), so the hub sees their sizes,
+not their content. The auditor's frames
 (header, request messages, end) are signed with its federation auditor key; the
 node checks that signature against the federation CA, the header's freshness and
 that its call id is new, and serves the call through the same servicers, with the
@@ -65,6 +68,7 @@ class CallHeader(_message.Message):
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    AUDITOR_KEY_FIELD_NUMBER: _builtins.int
     envelope_version: _builtins.int
     """1"""
     call_id: _builtins.str
@@ -77,6 +81,8 @@ class CallHeader(_message.Message):
     """the auditor's clock, for the node's freshness check"""
     timeout_seconds: _builtins.float
     """the call's deadline, relative to its arrival"""
+    auditor_key: _builtins.bytes
+    """ephemeral P-256 public key (X9.62 uncompressed) for this call"""
     @_builtins.property
     def metadata(self) -> _containers.RepeatedCompositeFieldContainer[Global___MetadataEntry]:
         """the call's metadata (protocol version, ...)"""
@@ -91,10 +97,11 @@ class CallHeader(_message.Message):
         issued_at_ms: _builtins.int = ...,
         timeout_seconds: _builtins.float = ...,
         metadata: _abc.Iterable[Global___MetadataEntry] | None = ...,
+        auditor_key: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "envelope_version", b"envelope_version", "issued_at_ms", b"issued_at_ms", "metadata", b"metadata", "method", b"method", "node", b"node", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auditor_key", b"auditor_key", "call_id", b"call_id", "envelope_version", b"envelope_version", "issued_at_ms", b"issued_at_ms", "metadata", b"metadata", "method", b"method", "node", b"node", "timeout_seconds", b"timeout_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -144,23 +151,28 @@ class Frame(_message.Message):
     END_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     REQUEST_DIGEST_FIELD_NUMBER: _builtins.int
+    SEALED_STATUS_FIELD_NUMBER: _builtins.int
     call_id: _builtins.str
     seq: _builtins.int
     end: _builtins.bool
     """auditor: no more request messages"""
     request_digest: _builtins.bytes
-    """node: SHA-256 of the auditor's frame 0 body it answers"""
+    """only its code is in the clear, the rest is sealed_status)
+    node: SHA-256 of the auditor's frame 0 body it answers
+    """
+    sealed_status: _builtins.bytes
+    """node: the whole CallStatus, encrypted"""
     @_builtins.property
     def header(self) -> Global___CallHeader:
         """auditor's frame 0 only"""
 
     @_builtins.property
     def messages(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
-        """serialized request (auditor) or response (node) messages"""
+        """request (auditor) or response (node) messages, encrypted"""
 
     @_builtins.property
     def status(self) -> Global___CallStatus:
-        """node: the call is over (set only on the node's last frame)"""
+        """node: the call is over (set only on the node's last frame;"""
 
     def __init__(
         self,
@@ -172,10 +184,11 @@ class Frame(_message.Message):
         end: _builtins.bool = ...,
         status: Global___CallStatus | None = ...,
         request_digest: _builtins.bytes = ...,
+        sealed_status: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "end", b"end", "header", b"header", "messages", b"messages", "request_digest", b"request_digest", "seq", b"seq", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "end", b"end", "header", b"header", "messages", b"messages", "request_digest", b"request_digest", "sealed_status", b"sealed_status", "seq", b"seq", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,6 +379,44 @@ class HubToNode(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___HubToNode: _TypeAlias = HubToNode  # noqa: Y015
+
+@_typing.final
+class CertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateRequest: _TypeAlias = CertificateRequest  # noqa: Y015
+
+@_typing.final
+class CertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateResponse: _TypeAlias = CertificateResponse  # noqa: Y015
 
 @_typing.final
 class ConnectedRequest(_message.Message):

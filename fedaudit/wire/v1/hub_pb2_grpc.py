@@ -49,6 +49,11 @@ class HubStub:
                 request_serializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedRequest.SerializeToString,
                 response_deserializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedResponse.FromString,
                 _registered_method=True)
+        self.Certificate = channel.unary_unary(
+                '/fedaudit.wire.v1.Hub/Certificate',
+                request_serializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateRequest.SerializeToString,
+                response_deserializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateResponse.FromString,
+                _registered_method=True)
 
 
 class HubServicer:
@@ -77,6 +82,14 @@ class HubServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Certificate(self, request, context):
+        """The certificate a connected node proved it holds the key of (the auditor checks it
+        against the federation CA and the node's name before encrypting to it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HubServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +107,11 @@ def add_HubServicer_to_server(servicer, server):
                     servicer.Connected,
                     request_deserializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedRequest.FromString,
                     response_serializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedResponse.SerializeToString,
+            ),
+            'Certificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Certificate,
+                    request_deserializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateRequest.FromString,
+                    response_serializer=fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -177,6 +195,33 @@ class Hub:
             '/fedaudit.wire.v1.Hub/Connected',
             fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedRequest.SerializeToString,
             fedaudit_dot_wire_dot_v1_dot_hub__pb2.ConnectedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Certificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedaudit.wire.v1.Hub/Certificate',
+            fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateRequest.SerializeToString,
+            fedaudit_dot_wire_dot_v1_dot_hub__pb2.CertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,
