@@ -298,7 +298,7 @@ def main() -> None:
         if through_hub:
             via = statistics.median(through_hub)
             print(
-                f"federated DP audit through the hub ({ns.nodes} dial-out nodes, TLS, signed "
+                f"federated DP audit through the hub ({ns.nodes} dial-out nodes, TLS, signed and encrypted "
                 f"envelopes): median {via:.3f} s  runs {[round(x, 3) for x in through_hub]}"
             )
             print(f"ratio through the hub / central = {via / cen:.2f}  (target <= 1.5)")
