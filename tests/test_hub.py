@@ -554,3 +554,34 @@ def test_the_hub_sees_no_query_and_no_answer_in_the_clear(pki, fed, tmp_path) ->
     assert len(servicer.seen) >= 6, "three calls, each a request frame and an answer frame"
     for clear in (b"Testhausen", spec.template.encode(), info.data_version.encode()):
         assert clear not in relayed, clear
+
+
+def test_an_anonymous_connection_that_never_says_hello_is_dropped(pki, fed, monkeypatch) -> None:
+    """Before its hello a peer is nobody: it may not hold a hub worker for long."""
+    from fedaudit.hub import relay
+
+    monkeypatch.setattr(relay, "FIRST_FRAME_SECONDS", 0.5)
+    fed.start_hub()
+    silent = threading.Event()
+
+    def nothing() -> Iterator[hub_pb.NodeToHub]:
+        silent.wait(30)
+        return
+        yield
+
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{fed.hub_port}",
+        grpc.ssl_channel_credentials(pki.ca.cert.read_bytes()),
+        options=[("grpc.ssl_target_name_override", HUB_NAME)],
+    )
+    started = time.monotonic()
+    try:
+        stream = hub_grpc.HubStub(channel).Connect(nothing(), timeout=20)
+        assert next(stream).WhichOneof("kind") == "challenge"
+        with pytest.raises(grpc.RpcError) as ended:
+            next(stream)
+        assert ended.value.code() == grpc.StatusCode.CANCELLED
+        assert time.monotonic() - started < 5
+    finally:
+        silent.set()
+        channel.close()

@@ -30,6 +30,12 @@ log = structlog.get_logger(__name__)
 _GONE = object()
 """Put in a call's queue when its node disconnects."""
 
+FIRST_FRAME_SECONDS = 10.0
+"""How long a peer may take to send its hello or its call's first frame.
+
+Before that frame the peer is anonymous; without a limit, idle connections from anyone
+who reaches the port would hold the hub's workers."""
+
 MAX_CALLS_PER_NODE = 256
 """Calls in flight to one node at most; more are refused (RESOURCE_EXHAUSTED)."""
 
@@ -147,7 +153,7 @@ class HubServicer(hub_grpc.HubServicer):
         yield hub_pb.HubToNode(
             challenge=hub_pb.HubChallenge(envelope_version=ENVELOPE_VERSION, nonce=nonce)
         )
-        first = next(request_iterator, None)
+        first = _first(request_iterator, context)
         if first is None or first.WhichOneof("kind") != "hello":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node must answer with its hello")
         assert first is not None
@@ -208,7 +214,7 @@ class HubServicer(hub_grpc.HubServicer):
     def Call(
         self, request_iterator: Iterator[hub_pb.SignedFrame], context: grpc.ServicerContext
     ) -> Iterator[hub_pb.SignedFrame]:
-        first = next(request_iterator, None)
+        first = _first(request_iterator, context)
         if first is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the call sent no frame")
         assert first is not None
@@ -267,6 +273,19 @@ class HubServicer(hub_grpc.HubServicer):
                     return
         finally:
             session.close_call(call_id)
+
+
+def _first(messages: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    """The peer's first message, or None; the call is cancelled if it takes too long."""
+    timer = threading.Timer(FIRST_FRAME_SECONDS, context.cancel)
+    timer.daemon = True
+    timer.start()
+    try:
+        return next(messages, None)
+    except grpc.RpcError:
+        return None
+    finally:
+        timer.cancel()
 
 
 def _forward(frames: Iterator[hub_pb.SignedFrame], session: NodeSession) -> None:
