@@ -204,6 +204,13 @@ def test_audit_run_through_the_hub_names_the_nodes(world, tmp_path: Path) -> Non
     plan_path = tmp_path / "plan.yaml"
     plan_path.write_text(yaml.safe_dump(plan))
     auditor = world["pki"].auditors[REQUESTER]
+    hub = [
+        "--hub", f"127.0.0.1:{world['hub_port']}", "--hub-name", HUB_NAME, "--tls-cert",
+        str(auditor.cert), "--tls-key", str(auditor.key), "--tls-ca", str(world["pki"].ca.cert),
+    ]  # fmt: skip
+    preview = _run("audit", "preview", str(plan_path), *hub)
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "3 of 3 nodes" in " ".join(preview.stdout.split())
     out = tmp_path / "report"
     result = _run(
         "audit", "run", str(plan_path), "--hub", f"127.0.0.1:{world['hub_port']}",

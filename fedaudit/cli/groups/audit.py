@@ -23,7 +23,6 @@ from fedaudit.cli.interrupt import AnswerCounter, interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
     add_hub_arguments,
-    channel_credentials,
     load_plan,
     node_reach,
     parse_node_args,
@@ -123,6 +122,7 @@ def register(parsers: Parsers) -> None:
     preview.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
     preview.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     preview.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
+    add_hub_arguments(preview)
     preview.set_defaults(handler=audit_preview)
 
 
@@ -289,7 +289,6 @@ def audit_preview(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.planning.checks import planned_queries
     from fedaudit.coordinator.planning.preview import QueryNoise, detectable_gaps
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
-    from fedaudit.pki.tls import pinned_channel_options
 
     plan = load_plan(args.plan)
     plan = with_node_overrides(plan, parse_node_args(args.node))
@@ -305,8 +304,8 @@ def audit_preview(args: argparse.Namespace) -> int:
         ) from exc
     if not sizes or min(sizes) < 1:
         raise CliError(f"--sizes: expected positive whole numbers, got {args.sizes!r}")
-    credentials = channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
-    probe = peer_probe(args)
+    reach = node_reach(args, plan.nodes, plan.requester)
+    probe = peer_probe(args) if args.hub is None else None
     queries = planned_queries(plan)
     noise: dict[str, QueryNoise] = {}
     answered = 0
@@ -315,10 +314,9 @@ def audit_preview(args: argparse.Namespace) -> int:
             n.name,
             n.address,
             requester=plan.requester,
-            credentials=credentials,
-            channel_options=pinned_channel_options(n.name) if credentials is not None else None,
             peer_names=probe,
             retries=0,
+            **reach(n.name, n.address),
         )
         try:
             for pq in queries:
