@@ -585,3 +585,61 @@ def test_an_anonymous_connection_that_never_says_hello_is_dropped(pki, fed, monk
     finally:
         silent.set()
         channel.close()
+
+
+@pytest.mark.slow
+def test_hub_killed_before_the_ring_fails_the_ring_cleanly(pki, fed, bundles, tmp_path) -> None:
+    """The queries are answered, then the hub dies: the ring and reconciliation report the
+    failure, the audit ends promptly, and the re-run completes them without charging twice."""
+    policy = example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0, reconciliation=True)
+    fed.start_hub()
+    for bundle in bundles:
+        fed.start(
+            bundle.name, f"sqlite:///{tmp_path / bundle.name}.db", policy=policy, bundle=bundle
+        )
+    plan = load_plan(default_plan_path()).with_nodes(fed.plan_nodes())
+    total = len(bundles) * len(planned_queries(plan))
+    answers = []
+
+    def kill_after_the_queries(*_: Any) -> None:
+        answers.append(1)
+        if len(answers) == total:
+            fed.hub.stop(grace=None)
+
+    started = time.monotonic()
+    first = run_audit(
+        plan,
+        fed.transports(),
+        run_id="ring-killed-1",
+        on_answer=kill_after_the_queries,
+        dedup_transports=fed.dedup_transports(),
+        reconcile_transports=fed.reconcile_transports(),
+    )
+    assert time.monotonic() - started < 120, "a dead hub must not hang the ring"
+    assert {n["status"] for n in first["coverage"]["nodes"]} == {"answered"}
+    assert first["duplicates"]["status"] != "complete"
+    assert first["audit"]["status"] != "complete"
+
+    fed.start_hub()
+    for node in fed.nodes.values():
+        assert node.handle.wait_connected(15), node.handle.last_error
+    spent_before = {
+        n: s.service.ledger.status(REQUESTER, s.service.clock()).requester_rho_spent
+        for n, s in fed.nodes.items()
+    }
+    second = run_audit(
+        plan,
+        fed.transports(),
+        run_id="ring-killed-1",
+        dedup_transports=fed.dedup_transports(),
+        reconcile_transports=fed.reconcile_transports(),
+    )
+    assert second["duplicates"]["status"] == "complete", second["duplicates"]
+    for node in second["privacy"]["nodes"]:
+        assert node["replayed"] == len(planned_queries(plan)), "the queries are replayed free"
+    for name, started_node in fed.nodes.items():
+        service = started_node.service
+        spent = service.ledger.status(REQUESTER, service.clock()).requester_rho_spent
+        # Only the ring and reconciliation were charged again (a failed ring run whose
+        # batch was released keeps its charge, docs/dedup.md): the queries were not.
+        assert spent - spent_before[name] <= 1.0 + 0.05 + 1e-9, name
