@@ -236,3 +236,37 @@ def test_audit_run_without_hub_needs_addresses(world, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "have no address in the plan" in result.stderr
     assert "--hub" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--hub", "nohost"], "--hub: expected HOST:PORT, got 'nohost'"),
+        (["--hub", "h:1", "--health-host", "0.0.0.0", "--health-port", "8081"], "loopback only"),
+        (["--hub", "h:1", "--metrics-host", "10.0.0.1", "--metrics-port", "9464"], "loopback only"),
+        (["--hub", "h:1", "--max-clock-skew", "0"], "--max-clock-skew must be > 0"),
+    ],
+)
+def test_node_connect_refuses_bad_input_in_one_line(tmp_path: Path, extra, message) -> None:
+    pki = make_pki(tmp_path / "pki")
+    files = pki.nodes["M01"]
+    result = _run(
+        "node", "connect", "--db", str(tmp_path / "none.db"), "--policy", str(POLICY),
+        "--tls-cert", str(files.cert), "--tls-key", str(files.key), "--tls-ca", str(pki.ca.cert),
+        *extra,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "none.db").exists()
+
+
+def test_hub_serve_refuses_an_auditor_certificate(tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    auditor = pki.auditors[REQUESTER]
+    result = _run(
+        "hub", "serve", "--port", str(_free_port()), "--tls-cert", str(auditor.cert),
+        "--tls-key", str(auditor.key), "--tls-ca", str(pki.ca.cert),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "the hub needs a node certificate" in result.stderr, result.stderr
