@@ -96,6 +96,7 @@ class Federation:
     hub: RunningHub | None = None
     hub_port: int = 0
     nodes: dict[str, Started] = field(default_factory=dict)
+    hub_process: Any = None
     _engines: list[Any] = field(default_factory=list)
     _transports: list[Any] = field(default_factory=list)
 
@@ -114,6 +115,53 @@ class Federation:
         )
         self.hub_port = self.hub.port
         return self.hub
+
+    def start_hub_process(self, port: int) -> Any:
+        """`fedaudit hub serve` as its own process (so a test can kill it, SIGKILL)."""
+        import subprocess
+        import sys
+        import time
+
+        files = self.pki.nodes[HUB_NAME]
+        script = Path(sys.executable).with_name("fedaudit")
+        self.hub_process = subprocess.Popen(
+            [
+                str(script),
+                "--log-level",
+                "warning",
+                "hub",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--tls-cert",
+                str(files.cert),
+                "--tls-key",
+                str(files.key),
+                "--tls-ca",
+                str(self.pki.ca.cert),
+                "--tls-crl",
+                str(self.crl_path),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.hub_port = port
+        channel = self.access().open()
+        try:
+            from fedaudit.wire.v1 import hub_pb2, hub_pb2_grpc
+
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    hub_pb2_grpc.HubStub(channel).Connected(hub_pb2.ConnectedRequest(), timeout=2)
+                    return self.hub_process
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        finally:
+            channel.close()
+        raise AssertionError("the hub process did not come up")
 
     def start(
         self,
@@ -251,6 +299,9 @@ class Federation:
             node.stop()
         if self.hub is not None:
             self.hub.stop(grace=None)
+        if self.hub_process is not None and self.hub_process.poll() is None:
+            self.hub_process.kill()
+            self.hub_process.wait()
         for engine in self._engines:
             engine.dispose()
 

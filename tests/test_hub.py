@@ -79,6 +79,14 @@ def _serve(servicer: HubServicer, pki: Any) -> tuple[grpc.Server, int]:
     return server, port
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _identity(pki: Any, name: str, *, auditor: bool = False) -> NodeIdentity:
     files = (pki.auditors if auditor else pki.nodes)[name]
     return NodeIdentity.load(files.cert, files.key, pki.ca.cert)
@@ -369,7 +377,8 @@ def _bundles(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def test_hub_killed_mid_audit_gives_a_partial_report_and_the_rerun_charges_nothing_twice(
     pki, fed, bundles, tmp_path
 ) -> None:
-    fed.start_hub()
+    port = _free_port()
+    hub = fed.start_hub_process(port)  # a real process, killed with SIGKILL below
     for bundle in bundles:
         fed.start(bundle.name, f"sqlite:///{tmp_path / bundle.name}.db", bundle=bundle, ring=False)
     plan = load_plan(default_plan_path()).with_nodes(fed.plan_nodes())
@@ -379,7 +388,8 @@ def test_hub_killed_mid_audit_gives_a_partial_report_and_the_rerun_charges_nothi
     def kill_after_some(node: str, request_id: str, key: str, answer: Any) -> None:
         answers.append(node)
         if len(answers) == 8:
-            fed.hub.stop(grace=None)  # the hub process dies: every stream breaks at once
+            hub.kill()  # the hub process dies: every stream breaks at once
+            hub.wait()
 
     started = time.monotonic()
     first = run_audit(plan, fed.transports(), run_id="killed-1", on_answer=kill_after_some)
@@ -389,9 +399,9 @@ def test_hub_killed_mid_audit_gives_a_partial_report_and_the_rerun_charges_nothi
     charged_first = {n["node"]: n["rho"] for n in first["privacy"]["nodes"]}
     assert 0 < sum(charged_first.values()) < per_node * len(bundles)
 
-    fed.start_hub()  # the same port: the nodes find it again by themselves
+    fed.start_hub_process(port)  # the same port: the nodes find it again by themselves
     for node in fed.nodes.values():
-        assert node.handle.wait_connected(15), node.handle.last_error
+        assert node.handle.wait_connected(30), node.handle.last_error
         assert node.handle.connections == 2
     second = run_audit(plan, fed.transports(), run_id="killed-1")
     assert second["audit"]["status"] == "complete"
