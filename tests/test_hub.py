@@ -602,7 +602,8 @@ def test_hub_killed_before_the_ring_fails_the_ring_cleanly(pki, fed, bundles, tm
     """The queries are answered, then the hub dies: the ring and reconciliation report the
     failure, the audit ends promptly, and the re-run completes them without charging twice."""
     policy = example_policy({REQUESTER: 5.0}, max_rho_per_request=1.0, reconciliation=True)
-    fed.start_hub()
+    port = _free_port()
+    hub = fed.start_hub_process(port)
     for bundle in bundles:
         fed.start(
             bundle.name, f"sqlite:///{tmp_path / bundle.name}.db", policy=policy, bundle=bundle
@@ -614,7 +615,8 @@ def test_hub_killed_before_the_ring_fails_the_ring_cleanly(pki, fed, bundles, tm
     def kill_after_the_queries(*_: Any) -> None:
         answers.append(1)
         if len(answers) == total:
-            fed.hub.stop(grace=None)
+            hub.kill()
+            hub.wait()
 
     started = time.monotonic()
     first = run_audit(
@@ -630,9 +632,9 @@ def test_hub_killed_before_the_ring_fails_the_ring_cleanly(pki, fed, bundles, tm
     assert first["duplicates"]["status"] != "complete"
     assert first["audit"]["status"] != "complete"
 
-    fed.start_hub()
+    fed.start_hub_process(port)
     for node in fed.nodes.values():
-        assert node.handle.wait_connected(15), node.handle.last_error
+        assert node.handle.wait_connected(30), node.handle.last_error
     spent_before = {
         n: s.service.ledger.status(REQUESTER, s.service.clock()).requester_rho_spent
         for n, s in fed.nodes.items()
