@@ -98,6 +98,9 @@ class BudgetStatus:
     node_rho_cap: float
     node_rho_remaining: float
     max_rho_per_request: float
+    cohort: str = ""
+    """The cohort the figures are for: of the cohorts asked about, the one that binds
+    (has spent most); "0000-00" stands for the earliest cohorts. Empty from old nodes."""
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,8 @@ RING = "tests/test_ring_privacy.py"
 SPLIT = "tests/test_audit_confidence_split.py"
 SENSITIVITY = "tests/test_dedup_sensitivity.py"  # remove-one-person over generated federations
 NODE = [BLACKBOX, LIFECYCLE, "tests/test_ledger.py", "tests/test_node_grpc.py"]
+COHORTS = "tests/test_cohorts.py"
+COHORT_AUDIT = "tests/test_cohort_blackbox.py"
 
 
 @dataclass(frozen=True)
@@ -213,7 +215,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "R2",
         "node/query/service.py",
-        "same = self._ledger.find_released(query_hash, data_version, requester=requester)",
+        "same = self._ledger.find_released(\n"
+        "                query_hash, version, requester=requester, data_key=key\n"
+        "            )",
         "same = None",
         "the identical query on the same data draws fresh noise instead of replaying",
         tuple(NODE),
@@ -242,6 +246,47 @@ MUTANTS: tuple[Mutant, ...] = (
         "        sensitivity=sens.l2,\n        confidence=confidence,",
         "pure-DP ring releases planned with the L2 sensitivity",
         (RING,),
+    ),
+    # --- cohort accounting (docs/cohorts.md) ---------------------------------------------------
+    Mutant(
+        "K1",
+        "node/query/catalogue.py",
+        "if dim in spec.filters or dim in WINDOW_DIMENSIONS",
+        'if (dim in spec.filters and dim != "cohort") or dim in WINDOW_DIMENSIONS',
+        "a cohort filter is charged but not applied in SQL (reads other cohorts' persons)",
+        (COHORT_AUDIT, COHORTS),
+    ),
+    Mutant(
+        "K2",
+        "node/privacy/cohorts.py",
+        "        if total > best:\n            best, where = total, point",
+        "        if best < 0 or total < best:\n            best, where = total, point",
+        "caps checked against the least charged cohort instead of the most charged",
+        ("tests/test_ledger.py", COHORTS),
+    ),
+    Mutant(
+        "K3",
+        "node/privacy/cohorts.py",
+        "start = EARLIEST if index == 0 else key",
+        "start = key",
+        "the first cohort key is not charged for the earlier months it holds",
+        (COHORTS,),
+    ),
+    Mutant(
+        "K4",
+        "node/privacy/ledger.py",
+        "        return ((co.EARLIEST, co.add_months(last, 1)),)",
+        "        return ((last, co.add_months(last, 1)),)",
+        "the ring and reconciliation charged only the newest cohorts",
+        (COHORTS,),
+    ),
+    Mutant(
+        "K5",
+        "node/query/service.py",
+        "                self._check_unchanged(tx, state)\n",
+        "",
+        "a query counting data of an import that landed meanwhile is charged for the old cohorts",
+        (COHORTS,),
     ),
     # --- error control -----------------------------------------------------------------------
     Mutant(

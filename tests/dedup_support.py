@@ -143,10 +143,13 @@ class RingNode:
         return f"127.0.0.1:{self.port}"
 
 
-def ring_credentials(directory: Path, codes: Iterable[str]) -> dict[str, NodeIdentity]:
-    """A throw-away federation CA and each node's ring identity (its node certificate)."""
+def ring_credentials(
+    directory: Path, codes: Iterable[str], *, days: int = 2
+) -> dict[str, NodeIdentity]:
+    """A throw-away federation CA and each node's ring identity (its node certificate),
+    valid for `days` (a compressed-time test of years needs them valid that long)."""
     codes = list(codes)
-    pki = create_throwaway_pki(directory, codes, REQUESTER)
+    pki = create_throwaway_pki(directory, codes, REQUESTER, days=days)
     return {c: NodeIdentity.load(pki.nodes[c].cert, pki.nodes[c].key, pki.ca.cert) for c in codes}
 
 

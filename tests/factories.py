@@ -279,6 +279,31 @@ class RegistryFactory:
         return engine
 
 
+def record_import(
+    engine: Engine, reg: RegistryFactory, reference_date: dt.date, version: str = "v1-test"
+) -> dict[str, str]:
+    """What `node import` writes besides the registry: a data version, the persons' cohorts
+    and the cohorts' digests (by the importer's own code). Returns cohort -> digest."""
+    from sqlalchemy import insert
+
+    from fedaudit.node.ingest import cohorts
+    from fedaudit.node.store.models import DataVersion
+
+    rows = {model.__tablename__: reg.rows_of(model) for model in REGISTRY_TABLES}
+    with engine.begin() as conn:
+        conn.execute(
+            insert(DataVersion.__table__),
+            {
+                "version": version,
+                "bundle_digest": version,
+                "imported_at": dt.datetime.combine(reference_date, dt.time(), dt.UTC),
+                "reference_date": reference_date,
+                "row_counts": "{}",
+            },
+        )
+        return cohorts.record(conn, rows, reference_date=reference_date, data_version=version)
+
+
 def delete_person(conn: Connection, candidate_id: str) -> None:
     """Remove a person and every row that refers to them (the DP neighbour relation)."""
     for table in reversed(REGISTRY_TABLES):

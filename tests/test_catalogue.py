@@ -9,8 +9,8 @@ import math
 from collections.abc import Callable, Iterator, Mapping
 
 import pytest
-from factories import RegistryFactory, delete_person
-from sqlalchemy import Connection, Engine, inspect
+from factories import RegistryFactory, delete_person, record_import
+from sqlalchemy import Connection, Engine, inspect, select
 
 from fedaudit.node.domain import Mechanism, QuerySpec
 from fedaudit.node.errors import DataUnavailableError, InvalidParametersError, PolicyError
@@ -27,6 +27,7 @@ from fedaudit.node.query.catalogue import (
     validate,
 )
 from fedaudit.node.store.db import create_schema, make_engine
+from fedaudit.node.store.models import PersonCohort
 
 PERIODS = ("2023", "2024")
 REF = dt.date(2024, 12, 31)
@@ -471,6 +472,8 @@ def test_dimension_keys_come_from_reference_tables(town: Engine) -> None:
         "citizenship_group": ("national", "foreign", "unknown"),
         "months_after": ("6", "12"),
         "subject_type": ("assessment", "certificate", "recognition"),
+        # From the first period's January to the newest import's month (no import yet).
+        "cohort": ("2023-01",),
     }
     assert set(keys) == set(catalogue.DIMENSIONS)
 
@@ -710,6 +713,57 @@ def test_removing_a_person_changes_counts_by_at_most_k(db_url: str, template_nam
 
 
 @pytest.mark.parametrize("template_name", list(TEMPLATES))
+def test_cohort_grouped_and_filtered_counts_keep_sensitivity_k(
+    db_url: str, template_name: str
+) -> None:
+    """A person is in exactly one cohort: grouped by cohort, their whole contribution (at most
+    K, tight) lies in their cohort's cells; restricted to other cohorts, it is zero."""
+    reg, _, people = _sensitivity_registry(template_name)
+    engine = reg.build(db_url)
+    record_import(engine, reg, REF)
+    with engine.connect() as conn:
+        cohort_of = dict(conn.execute(select(PersonCohort.candidate_id, PersonCohort.cohort)).all())
+        keys = dimension_keys(conn, PERIODS)["cohort"]
+    assert keys[0] == "2023-01"
+    assert keys[-1] == "2024-12"
+    # The person with 2019 records is counted in the first key (it holds earlier months).
+    assert sorted(cohort_of.values())[0] < keys[0]
+    assert len(set(cohort_of.values())) >= 4
+    for spec in (_spec(template_name, "cohort"), _spec(template_name, "cohort", "sex")):
+        with engine.connect() as conn:
+            rows = _count(conn, spec, k=SENS_K)
+            ungrouped = _count(conn, _spec(template_name), k=SENS_K)
+        # Grouping by cohort partitions the persons: the cohort cells add up to the total.
+        for category in {c for _, c, _ in ungrouped}:
+            total = sum(n for _, c, n in ungrouped if c == category)
+            assert sum(n for _, c, n in rows if c == category) == total
+        full = _vector(rows)
+        for person in people:
+            diff = [
+                a - b
+                for a, b in zip(full, _without(engine, person.candidate_id, spec), strict=True)
+            ]
+            assert sum(abs(d) for d in diff) == min(SENS_K, person.in_window)
+            own = max(cohort_of[person.candidate_id], keys[0])
+            assert all(
+                d == 0 for (group, _, _), d in zip(rows, diff, strict=True) if group[0] != own
+            ), (person, spec.group_by)
+    for person in people:
+        own = max(cohort_of[person.candidate_id], keys[0])
+        for wanted, expect in (((own,), True), (tuple(k for k in keys if k != own), False)):
+            spec = _spec(template_name, "sex", filters={"cohort": wanted})
+            with engine.connect() as conn:
+                full = _vector(_count(conn, spec, k=SENS_K))
+            diff = [
+                a - b
+                for a, b in zip(full, _without(engine, person.candidate_id, spec), strict=True)
+            ]
+            moved = sum(abs(d) for d in diff)
+            assert moved == (min(SENS_K, person.in_window) if expect else 0), (person, wanted)
+    engine.dispose()
+
+
+@pytest.mark.parametrize("template_name", list(TEMPLATES))
 def test_kept_rows_do_not_depend_on_other_people(tmp_path: object, template_name: str) -> None:
     """A person's contribution is identical whether or not a crowd of others is present."""
     template = TEMPLATES[template_name]
@@ -750,6 +804,7 @@ KEYS: dict[str, tuple[str, ...]] = {
     "citizenship_group": ("national", "foreign", "unknown"),
     "months_after": ("6", "12"),
     "subject_type": ("assessment", "certificate", "recognition"),
+    "cohort": ("2023-01", "2023-02", "2023-03"),
 }
 
 
@@ -784,13 +839,13 @@ def test_validate_names_the_unknown_template_and_the_known_ones() -> None:
         (
             _spec("appeal_outcomes", "isco_code"),
             "cannot group 'appeal_outcomes' by 'isco_code'; allowed dimensions: "
-            "subject_type, period, sex, citizenship_group",
+            "subject_type, period, sex, citizenship_group, cohort",
         ),
         (_spec("assessment_results", "sex", "period", "sex"), "duplicate group_by dimension 'sex'"),
         (
             _spec("assessment_results", "town"),
             "cannot group 'assessment_results' by unknown dimension 'town'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", "isco_code", "eqf_level", "provider", "period", "sex"),
@@ -799,12 +854,12 @@ def test_validate_names_the_unknown_template_and_the_known_ones() -> None:
         (
             _spec("assessment_results", filters={"colour": ("red",)}),
             "cannot filter 'assessment_results' on unknown dimension 'colour'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", filters={"months_after": ("6",)}),
             "cannot filter 'assessment_results' on 'months_after'; allowed "
-            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group",
+            "dimensions: isco_code, eqf_level, provider, period, sex, citizenship_group, cohort",
         ),
         (
             _spec("assessment_results", filters={"provider": ("PA", "PX", "PY")}),

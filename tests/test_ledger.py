@@ -18,6 +18,7 @@ from fedaudit.node.errors import (
     InvalidParametersError,
     RequesterNotAllowedError,
 )
+from fedaudit.node.privacy.cohorts import ALL, EARLIEST
 from fedaudit.node.privacy.ledger import (
     DuplicateRequestError,
     Ledger,
@@ -29,7 +30,7 @@ from fedaudit.node.privacy.ledger import (
 )
 from fedaudit.node.privacy.policy import Policy, example_policy
 from fedaudit.node.store.db import create_schema, make_engine
-from fedaudit.node.store.models import BudgetLock, LedgerEntry
+from fedaudit.node.store.models import BudgetLock, LedgerCohortRange, LedgerEntry
 
 NOW = dt.datetime(2026, 11, 15, 12, 0, tzinfo=dt.UTC)
 THREADS = 16
@@ -72,8 +73,10 @@ def _reserve(
     now: dt.datetime = NOW,
     query_hash: str = "q1",
     data_version: str = "v1",
+    cohorts: tuple[tuple[str, str], ...] = ALL,
 ) -> int:
     return ledger.reserve(
+        cohorts=cohorts,
         request_id=request_id,
         requester=requester,
         template="certificates_issued",
@@ -140,6 +143,7 @@ def test_charges_add_up_exactly_and_caps_are_inclusive(engine: Engine) -> None:
         "remaining_rho": "0",
         "requested_rho": "0.000000000001",
         "period": "2026-Q4",
+        "cohort": "0000-00",  # charged to every cohort: the earliest one binds first
     }
 
 
@@ -384,6 +388,201 @@ def test_epsilon_and_delta_are_recorded(engine: Engine) -> None:
     assert mechanism == "discrete_laplace"
 
 
+# --- cohorts (parallel composition) ---------------------------------------------------------
+
+JAN, FEB, MAR = ("2027-01", "2027-01"), ("2027-02", "2027-02"), ("2027-03", "2027-03")
+
+
+def _brute_force_spent(engine: Engine, cohort: str, requester: str | None = None) -> int:
+    """Units charged to `cohort`: every entry one of whose ranges contains it, summed."""
+    e, r = LedgerEntry.__table__, LedgerCohortRange.__table__
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(e.c.id, e.c.requester, e.c.rho_units, r.c.first, r.c.last).join(
+                r, r.c.entry_id == e.c.id
+            )
+        ).all()
+    hit: dict[int, int] = {}
+    for entry_id, who, units, first, last in rows:
+        if first <= cohort <= last and (requester is None or who == requester):
+            hit[entry_id] = units
+    return sum(hit.values())
+
+
+def test_caps_hold_per_cohort_and_a_restricted_charge_touches_no_other_cohort(
+    engine: Engine,
+) -> None:
+    """The node cap (1.0) holds for each cohort: cohort-restricted charges add up per cohort,
+    a charge over all cohorts counts in each, and a refusal names the cohort that binds."""
+    ledger = Ledger(
+        engine, _policy({"board": 10.0}, node_total=1.0, per_request=1.0, shares={"board": 1.0})
+    )
+    _reserve(ledger, "jan", 0.75, cohorts=(JAN,))
+    _reserve(ledger, "feb", 0.5, cohorts=(FEB,))
+    # Two non-adjacent cohorts in one charge: February is not charged.
+    _reserve(ledger, "jan-mar", 0.25, cohorts=(JAN, MAR))
+    spent = ledger.spent_by_cohort(["2026-12", "2027-01", "2027-02", "2027-03", "2027-04"])
+    assert spent == {
+        "2026-12": 0.0,
+        "2027-01": 1.0,
+        "2027-02": 0.5,
+        "2027-03": 0.25,
+        "2027-04": 0.0,
+    }
+    for cohort in spent:
+        assert _brute_force_spent(engine, cohort) == rho_to_units(spent[cohort])
+    # Far more than 1.0 was charged in total, yet every cohort is within its cap.
+    assert _stored_units(engine) == rho_to_units(1.5)
+    # January is full: anything reading it is refused, naming January.
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "jan-feb", 1e-12, cohorts=(("2027-01", "2027-02"),))
+    assert info.value.details["cohort"] == "2027-01"
+    assert "cohort 2027-01" in str(info.value)
+    # A charge over every cohort counts in each, so it meets January's cap too.
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "all", 0.25)
+    assert info.value.details["cohort"] == "2027-01"
+    # February and later still have room; what remains is the binding cohort's.
+    status = ledger.status("board", NOW, (("2027-02", "2027-04"),))
+    assert (status.cohort, status.node_rho_remaining) == ("2027-02", 0.5)
+    assert ledger.status("board", NOW).cohort == "2027-01"
+    assert ledger.status("board", NOW).node_rho_remaining == 0.0
+    _reserve(ledger, "feb-apr", 0.5, cohorts=(("2027-02", "2027-04"),))
+    assert ledger.spent_by_cohort(["2027-02", "2027-04"]) == {"2027-02": 1.0, "2027-04": 0.5}
+
+
+def test_requester_caps_hold_per_cohort(engine: Engine) -> None:
+    """A requester may spend its per-period cap and its share on each cohort."""
+    ledger = Ledger(
+        engine, _policy({"board": 0.5}, node_total=2.0, per_request=0.5, shares={"board": 1.0})
+    )
+    _reserve(ledger, "jan", 0.5, cohorts=(JAN,))
+    _reserve(ledger, "feb", 0.5, cohorts=(FEB,))
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "jan-again", 0.25, cohorts=(JAN,))
+    assert (info.value.details["scope"], info.value.details["cohort"]) == ("requester", "2027-01")
+    later = NOW + dt.timedelta(days=92)  # next quarter: the period cap renews, per cohort
+    _reserve(ledger, "jan-q2", 0.5, cohorts=(JAN,), now=later)
+    with pytest.raises(BudgetExhaustedError) as info:
+        _reserve(ledger, "jan-q2-more", 0.25, cohorts=(JAN,), now=later)
+    assert (info.value.details["scope"], info.value.details["cohort"]) == ("share", "2027-01")
+    # March has spent nothing: the whole period cap is there.
+    assert ledger.status("board", later, (MAR,)).requester_rho_remaining == 0.5
+
+
+def test_bad_cohort_ranges_are_refused_before_anything_is_written(engine: Engine) -> None:
+    """Overlapping, reversed or empty cohort ranges are a caller bug: nothing is charged."""
+    ledger = Ledger(engine, _policy())
+    before = _rows(engine)
+    for bad in ((), (("2027-02", "2027-01"),), (("2027-01", "2027-03"), FEB)):
+        with pytest.raises(ValueError, match="cohort range"):
+            _reserve(ledger, "bad", 0.125, cohorts=bad)
+    assert _rows(engine) == before
+
+
+def test_cancel_removes_the_cohort_charges_too(engine: Engine) -> None:
+    """A refunded reservation leaves no cohort range behind (and no spending)."""
+    ledger = Ledger(engine, _policy())
+    entry = _reserve(ledger, "x", 0.125, cohorts=(JAN, MAR))
+    ledger.cancel(entry)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(LedgerCohortRange)).scalar_one() == 0
+    assert ledger.spent_by_cohort(["2027-01", "2027-03"]) == {"2027-01": 0.0, "2027-03": 0.0}
+
+
+def test_race_for_overlapping_cohort_sets(engine: Engine) -> None:
+    """16 threads charge [Jan, Feb] or [Feb, Mar] at once; February (in both) fits exactly k.
+
+    Exactly k win whatever the interleaving, and by brute force over the entries no
+    cohort is charged past its cap."""
+    charge = 0.0625
+    for k in (3, 7):
+        engine_policy = _policy(
+            {"board": 10.0}, node_total=k * charge, per_request=charge, shares={"board": k * charge}
+        )
+        ledger = Ledger(engine, engine_policy)
+        barrier = threading.Barrier(THREADS)
+        sets = ((("2027-01", "2027-02"),), (("2027-02", "2027-03"),))
+
+        def attempt(
+            i: int,
+            k: int = k,
+            ledger: Ledger = ledger,
+            barrier: threading.Barrier = barrier,
+            sets: tuple[tuple[tuple[str, str], ...], ...] = sets,
+        ) -> object:
+            barrier.wait()
+            try:
+                return _reserve(ledger, f"k{k}-{i}", charge, cohorts=sets[i % 2])
+            except BudgetExhaustedError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=THREADS) as pool:
+            outcomes = list(pool.map(attempt, range(THREADS)))
+        wins = [o for o in outcomes if isinstance(o, int)]
+        refusals = [o for o in outcomes if isinstance(o, BudgetExhaustedError)]
+        assert len(wins) == k
+        assert len(refusals) == THREADS - k
+        assert {r.details["cohort"] for r in refusals} == {"2027-02"}
+        assert _brute_force_spent(engine, "2027-02") == k * rho_to_units(charge)
+        for cohort in ("2027-01", "2027-02", "2027-03"):
+            assert _brute_force_spent(engine, cohort) <= cap_to_units(k * charge)
+        with engine.begin() as conn:  # a fresh ledger for the next round
+            conn.execute(LedgerCohortRange.__table__.delete())
+            conn.execute(LedgerEntry.__table__.delete())
+
+
+def test_spent_per_cohort_stays_fast_with_years_of_monthly_entries(engine: Engine) -> None:
+    """Ten years of monthly runs (3,600 entries over 120 cohorts): a charge still checks
+    every cap in well under a second, because sums are grouped by range in SQL."""
+    import time
+
+    e, r = LedgerEntry.__table__, LedgerCohortRange.__table__
+    months = [f"{2027 + m // 12}-{m % 12 + 1:02d}" for m in range(120)]
+    entries, ranges = [], []
+    for i in range(3600):
+        month = months[i // 30]
+        entries.append(
+            {
+                "request_id": f"h{i}",
+                "requester": "board",
+                "period": f"{month[:4]}-Q1",
+                "template": "certificates_issued",
+                "template_version": "1",
+                "query_hash": f"{i:064x}",
+                "data_version": "v1",
+                "mechanism": "discrete_gaussian",
+                "rho_units": 1_000_000,
+                "epsilon": None,
+                "delta": 0.0,
+                "state": "released",
+                "answer": None,
+                "created_at": NOW,
+                "data_key": None,
+            }
+        )
+        # Most runs ask about the newest cohort; every tenth reads all cohorts so far.
+        ranges.append((f"h{i}", EARLIEST if i % 10 == 0 else month, month))
+    with engine.begin() as conn:
+        conn.execute(e.insert(), entries)
+        ids = dict(conn.execute(select(e.c.request_id, e.c.id)).all())
+        conn.execute(
+            r.insert(),
+            [{"entry_id": ids[rid], "first": a, "last": b} for rid, a, b in ranges],
+        )
+    ledger = Ledger(
+        engine, _policy({"board": 10.0}, node_total=10.0, per_request=0.5, shares={"board": 10.0})
+    )
+    started = time.perf_counter()
+    for n in range(10):
+        _reserve(ledger, f"new{n}", 0.001, cohorts=((EARLIEST, months[-1]),))
+    elapsed = (time.perf_counter() - started) / 10
+    assert elapsed < 0.5, f"a charge took {elapsed:.3f} s"
+    assert _brute_force_spent(engine, months[0]) == rho_to_units(0.001) * 10 + 1_000_000 * (
+        30 + sum(1 for i in range(30, 3600) if i % 10 == 0)
+    )
+
+
 # --- concurrency ---------------------------------------------------------------------------
 
 
@@ -509,3 +708,28 @@ def test_race_across_processes(engine: Engine, db_url: str) -> None:
     assert sum(wins) == 5
     assert _stored_units(engine, "board") == cap_to_units(0.1875)
     assert _stored_units(engine, "other") == cap_to_units(0.125)
+
+
+def test_peak_agrees_with_brute_force_on_random_ranges() -> None:
+    """The sweep in `cohorts.peak` equals the maximum of per-cohort sums computed one by one."""
+    import random
+
+    from fedaudit.node.privacy import cohorts
+
+    rng = random.Random(13)
+    months = cohorts.months("2026-01", "2027-12")
+    for _ in range(300):
+        rows = []
+        for _ in range(rng.randrange(0, 12)):
+            a, b = sorted(rng.sample(months, 2))
+            rows.append(
+                (rng.choice([a, EARLIEST]), rng.choice([b, "9999-99"]), rng.randrange(1, 9))
+            )
+        lo, hi = sorted(rng.sample(months, 2))
+        picked = ((lo, hi),) if rng.random() < 0.5 else ((EARLIEST, lo), (hi, hi))
+        candidates = [c for c in (EARLIEST, *months) if any(a <= c <= b for a, b in picked)]
+        sums = [sum(u for a, b, u in rows if a <= c <= b) for c in candidates]
+        best = max(sums)
+        got, where = cohorts.peak(rows, picked)
+        assert got == best
+        assert sum(u for a, b, u in rows if a <= where <= b) == best

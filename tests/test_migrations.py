@@ -135,7 +135,8 @@ def test_old_database_upgrades_and_keeps_its_ledger(engine: Engine, versioned: b
 
     assert current_revision(engine) == head_revision()
     after_rows, after_sums = _ledger_snapshot(engine)
-    assert after_rows == before_rows
+    # 0005 adds the replay data key, empty on old entries (they replay by data version).
+    assert after_rows == [(*row, None) for row in before_rows]
     assert after_sums == before_sums
     assert ("oversight-board", "2026-Q2", 155_000_000_001) in after_sums
     # The ledger keeps working on the upgraded database, and never reuses a cancelled id.
@@ -153,6 +154,59 @@ def test_old_database_upgrades_and_keeps_its_ledger(engine: Engine, versioned: b
     assert new_id == 7
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM candidates")).scalar_one() == 10
+
+
+def test_0004_database_gets_cohorts_and_old_charges_count_for_every_cohort(
+    engine: Engine,
+) -> None:
+    """From 0004 with data and a ledger: every person gets their cohort (earliest record,
+    clamped to the data's reference month); every old entry is charged to every cohort."""
+    upgrade(engine, "0004")
+    _fill_old_database(engine)
+    with engine.connect() as conn:
+        earliest = dict(
+            conn.execute(
+                text(
+                    "SELECT candidate_id, MIN(d) FROM ("
+                    " SELECT candidate_id, assessed_on AS d FROM assessments"
+                    " UNION ALL SELECT candidate_id, issued_on FROM certificates"
+                    " UNION ALL SELECT candidate_id, received_on FROM recognition_requests"
+                    " UNION ALL SELECT candidate_id, lodged_on FROM appeals) AS dated"
+                    " GROUP BY candidate_id"
+                )
+            ).all()
+        )
+        people = conn.execute(text("SELECT candidate_id FROM candidates")).scalars().all()
+    upgrade(engine)
+    assert current_revision(engine) == head_revision()
+    reference_month = T0.date().isoformat()[:7]
+    with engine.connect() as conn:
+        cohorts = dict(conn.execute(text("SELECT candidate_id, cohort FROM person_cohorts")).all())
+        versions = set(conn.execute(text("SELECT data_version FROM person_cohorts")).scalars())
+        ranges = conn.execute(
+            text("SELECT entry_id, first, last FROM ledger_cohort_ranges ORDER BY entry_id")
+        ).all()
+        entry_ids = conn.execute(text("SELECT id FROM ledger_entries ORDER BY id")).scalars()
+        entry_ids = list(entry_ids)
+    expected = {
+        person: min(str(earliest[person])[:7], reference_month)
+        if person in earliest
+        else reference_month
+        for person in people
+    }
+    assert cohorts == expected
+    assert len(cohorts) == 10
+    assert len(set(cohorts.values())) > 1  # the fixture spans several months
+    assert versions == {"v1-old"}
+    assert [tuple(r) for r in ranges] == [(i, "0000-00", "9999-99") for i in entry_ids]
+    # The old charges count against every cohort, old and new alike.
+    ledger = Ledger(engine, POLICY)
+    spent = ledger.spent_by_cohort(["2001-01", "2026-05", "2031-12"])
+    assert len(set(spent.values())) == 1
+    assert spent["2026-05"] == pytest.approx(
+        (50_000_000_000 + 30_000_000_001 + 125_000_000_000 + 10_000_000_000 + 999_999_999_999)
+        * 1e-12
+    )
 
 
 def test_models_and_migrated_schema_agree(engine: Engine) -> None:

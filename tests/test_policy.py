@@ -101,6 +101,25 @@ def test_node_shares_cannot_promise_more_than_the_node_has() -> None:
         parse_policy(_with("requesters.stats.node_share", 0))
 
 
+def test_ring_padding_defaults_off_switch_and_bad_values() -> None:
+    """The ring's DP dummy padding: on by default, `off` turns it off, bad values named."""
+    policy = parse_policy(VALID)
+    assert (policy.ring.padding_rho, policy.ring.padding_delta) == (0.25, 1e-7)
+    off = copy.deepcopy(VALID)
+    off["ring"] = {"padding_rho": "off"}
+    assert parse_policy(off).ring.padding_rho is None
+    for field, value, message in (
+        ("padding_rho", 0, r"ring\.padding_rho: must be a finite number > 0"),
+        ("padding_rho", "no", r"ring\.padding_rho: must be a finite number > 0"),
+        ("padding_delta", 0.5, r"ring\.padding_delta: must be a number > 0 and at most 0\.0001"),
+        ("padding_delta", True, r"ring\.padding_delta: must be a number > 0"),
+    ):
+        bad = copy.deepcopy(VALID)
+        bad["ring"] = {field: value}
+        with pytest.raises(PolicyError, match=message):
+            parse_policy(bad)
+
+
 def test_minimum_charges_default_and_are_checked() -> None:
     """The least rho of a query: default, override, and bad values."""
     policy = parse_policy(VALID)
@@ -275,6 +294,12 @@ def test_example_policy_is_valid() -> None:
         (_with("periods.last", 2018), "periods.last: must not be before periods.first"),
         (_with("periods.first", "2019"), "periods.first: must be an integer from 1900 to 2100"),
         (_with("periods.first", _DELETE), "periods.first: is required"),
+        (_with("cohorts", {"first": "2023-3"}), "cohorts.first: must be a month as 'YYYY-MM'"),
+        (_with("cohorts", {"first": "2023-13"}), "cohorts.first: must be a month as 'YYYY-MM'"),
+        (_with("cohorts", {"first": 202301}), "cohorts.first: must be a month as 'YYYY-MM'"),
+        (_with("cohorts", {"open_months": -1}), "cohorts.open_months: must be an integer from 0"),
+        (_with("cohorts", {"open_months": 121}), "cohorts.open_months: must be an integer from 0"),
+        (_with("cohorts", {"last": "2023-01"}), "cohorts.last: unknown key"),
         (_with("templates", ["nope"]), "templates[0]: unknown template 'nope'"),
         (_with("version", 2), "version: must be 1, got 2"),
         (_with("version", True), "version: must be 1, got True"),
@@ -290,6 +315,17 @@ def test_invalid_field_is_named(document: object, expected: str) -> None:
         parse_policy(document, source="policy.yaml")
     assert str(info.value).startswith("policy.yaml: ")
     assert expected in str(info.value)
+
+
+def test_cohort_settings_and_their_defaults() -> None:
+    """The first cohort defaults to January of the first period; open_months to 13."""
+    policy = parse_policy(VALID)
+    assert (policy.cohort_start, policy.cohort_open_months) == (
+        f"{policy.periods[0]}-01",
+        13,
+    )
+    custom = parse_policy(_with("cohorts", {"first": "2024-07", "open_months": 0}))
+    assert (custom.cohort_start, custom.cohort_open_months) == ("2024-07", 0)
 
 
 def test_valid_document_parses() -> None:

@@ -25,6 +25,9 @@ RECOGNITION_DECISION_TIME = "recognition_decision_time"
 RECOGNITION_DECISIONS = "recognition_decisions"
 APPEAL_OUTCOMES = "appeal_outcomes"
 
+COHORT = "cohort"
+"""The catalogue dimension of a person's cohort (month of their first record at the node)."""
+
 KEY_PASS_RATES = "pass_rates"
 KEY_EMPLOYMENT = "employment"
 KEY_RECOGNITION_TIME = "recognition_time"
@@ -44,9 +47,19 @@ class PlannedQuery:
 
 
 def outcome_group_by(plan: AuditPlan) -> tuple[str, ...]:
-    """Grouping of the pass_rates and employment queries: provider x the disparity groups."""
-    dims = ["provider", "citizenship_group"]
+    """Grouping of the pass_rates and employment queries: provider x the disparity groups.
+
+    A cohort plan asks about a month's persons, tens per municipality: it groups by
+    provider only when its `cohorts.by_provider` says so, and by population group only
+    for an outcome_disparity check, since every extra row adds noise to each rate.
+    """
     disparity = plan.checks.outcome_disparity
+    if plan.cohorts is not None:
+        dims = ["provider"] if plan.cohorts.by_provider else []
+        if disparity is not None:
+            dims += [d for d in ("citizenship_group", "sex") if d in disparity.by]
+        return tuple(dims)
+    dims = ["provider", "citizenship_group"]
     if disparity is not None and "sex" in disparity.by:
         dims.append("sex")
     return tuple(dims)
@@ -70,6 +83,9 @@ def planned_queries(plan: AuditPlan) -> list[PlannedQuery]:
         all_filters = dict(filters or {})
         if plan.periods:
             all_filters["period"] = tuple(plan.periods)
+        if plan.asked is not None and check in plan.asked:
+            # A cohort plan's run: only these cohorts are read, so only they are charged.
+            all_filters[COHORT] = tuple(plan.asked[check])
         gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
         spec = QuerySpec(
             template=template,

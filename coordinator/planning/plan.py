@@ -26,6 +26,7 @@ from cronsim import CronSim, CronSimError
 from fedaudit.common.ring_protocol import ALL_KEYS, NAME_KEYS
 from fedaudit.common.safe_yaml import MAX_BYTES, YamlError, load_yaml
 from fedaudit.coordinator.errors import PlanError
+from fedaudit.coordinator.planning.cohorts import MAX_CATCH_UP_MONTHS, MONTH_RE, CohortPlan
 from fedaudit.node.domain import Mechanism
 
 CHECK_NAMES: tuple[str, ...] = (
@@ -60,6 +61,8 @@ QUERY_WEIGHTS: Mapping[str, tuple[float, ...]] = {
 Recognition sends the decision-time query its late share is tested on, and the decisions
 query that is only described: most of the cost goes where a finding is decided, which
 narrows the late share's interval (noise variance x 0.625 against an even split)."""
+
+COHORT_FIELDS: tuple[str, ...] = ("lag_months", "first", "catch_up_months", "by_provider")
 
 DISPARITY_DIMENSIONS: tuple[str, ...] = ("sex", "citizenship_group")
 MONTHS_AFTER: tuple[int, ...] = (6, 12)
@@ -182,6 +185,11 @@ class DuplicatesCheck:
     bound: int = 2
     shopping: bool = True
     revoked: bool = True
+    every_months: int = 1
+    """On a schedule, the ring runs in every `every_months`-th slot month (counted from
+    January), since it charges every cohort at every node; 1: every run."""
+    cadence_reason: str = ""
+    """Why that cadence (shown in the report when a run leaves the ring out)."""
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,9 @@ class RevocationCheck:
     charging `budget` to its own ledger."""
 
     budget: Budget
+    every_months: int = 1
+    """On a schedule, run in every `every_months`-th slot month (it charges every cohort)."""
+    cadence_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -227,6 +238,12 @@ class AuditPlan:
     nodes: tuple[NodeRef, ...] = ()
     # Cron expression (5 fields, UTC) for unattended runs; None: run on demand only.
     schedule: str | None = None
+    # Ask each check about cohorts (planning/cohorts.py) instead of every published year.
+    cohorts: CohortPlan | None = None
+    # Set per run (planning/cohort_runs.py): the run's month and, per check, the cohorts it
+    # asks; checks absent here were answered by earlier runs and are not asked again.
+    run_month: str | None = None
+    asked: Mapping[str, tuple[str, ...]] | None = None
     source: str = field(default="<plan>", compare=False)
 
     def with_nodes(
@@ -356,6 +373,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
             "min_denominator",
             "nodes",
             "schedule",
+            "cohorts",
         ),
     )
     name = r.text(top, "name", pattern=_NAME_RE, what="letters, digits, '.', '_' or '-'")
@@ -368,6 +386,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
     min_den = r.integer(top, "min_denominator", low=1, default=30)
     nodes = r.nodes(top, "nodes")
     schedule = r.cron(top, "schedule")
+    cohorts = r.cohorts(top, "cohorts")
     checks = r.checks(top["checks"], "checks", mechanism) if "checks" in top else None
     if nodes:
         _check_node_count(nodes, min_nodes, source, r.problems)
@@ -387,6 +406,7 @@ def parse_plan(data: object, *, source: str) -> AuditPlan:
         min_denominator=min_den if min_den is not None else 30,
         nodes=nodes,
         schedule=schedule,
+        cohorts=cohorts,
         source=source,
     )
 
@@ -571,6 +591,47 @@ class _Reader:
             self.problem(path, f"must be an integer {rng} (got {value})")
             return None
         return value
+
+    def cohorts(self, m: Mapping[str, Any], key: str) -> CohortPlan | None:
+        """The `cohorts` section: {lag_months, first, catch_up_months, by_provider} (optional)."""
+        if key not in m or m[key] is None:
+            return None
+        path = _join(m["__path__"], key)
+        value = m[key]
+        if not isinstance(value, Mapping):
+            self.problem(path, f"must be a mapping of settings (got {_kind(value)})")
+            return None
+        c = self.mapping_keys(value, path, required=(), optional=COHORT_FIELDS)
+        lag = self.integer(c, "lag_months", low=0, high=24, default=1)
+        catch_up = self.integer(c, "catch_up_months", low=0, high=MAX_CATCH_UP_MONTHS, default=3)
+        first = None
+        if "first" in c:
+            first = c["first"]
+            if not isinstance(first, str) or not MONTH_RE.match(first):
+                self.problem(
+                    _join(path, "first"), f'must be a month such as "2027-01" (got {_kind(first)})'
+                )
+                first = None
+        by_provider = c.get("by_provider", False)
+        if not isinstance(by_provider, bool):
+            self.problem(
+                _join(path, "by_provider"), f"must be true or false (got {_kind(by_provider)})"
+            )
+            by_provider = False
+        return CohortPlan(
+            lag_months=1 if lag is None else lag,
+            first=first,
+            catch_up_months=3 if catch_up is None else catch_up,
+            by_provider=by_provider,
+        )
+
+    def cadence(self, m: Mapping[str, Any]) -> tuple[int, str]:
+        """`every_months` (1..120) and `cadence_reason` of a check reading every cohort."""
+        every = self.integer(m, "every_months", low=1, high=120, default=1)
+        reason = ""
+        if "cadence_reason" in m:
+            reason = self.text(m, "cadence_reason") or ""
+        return (every or 1), reason
 
     def mechanism(self, m: Mapping[str, Any], key: str) -> Mechanism:
         if key not in m:
@@ -761,7 +822,16 @@ def _read_duplicates(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mecha
         spec,
         path,
         required=(),
-        optional=("rho", "epsilon", "keys", "bound", "shopping", "revoked"),
+        optional=(
+            "rho",
+            "epsilon",
+            "keys",
+            "bound",
+            "shopping",
+            "revoked",
+            "every_months",
+            "cadence_reason",
+        ),
     )
     keys: tuple[str, ...] = DEFAULT_DUPLICATE_KEYS
     if "keys" in m:
@@ -787,18 +857,24 @@ def _read_duplicates(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mecha
             value = True
         flags[name] = value
     bound = r.integer(m, "bound", low=1, high=10, default=2)
+    every, reason = r.cadence(m)
     return DuplicatesCheck(
         budget=r.budget(m, mech),
         keys=keys,
         bound=bound or 2,
         shopping=flags["shopping"],
         revoked=flags["revoked"],
+        every_months=every,
+        cadence_reason=reason,
     )
 
 
 def _read_revocation(r: _Reader, spec: Mapping[str, Any], path: str, mech: Mechanism) -> Any:
-    m = r.mapping_keys(spec, path, required=("rho",), optional=())
-    return RevocationCheck(budget=r.budget(m, Mechanism.DISCRETE_GAUSSIAN))
+    m = r.mapping_keys(spec, path, required=("rho",), optional=("every_months", "cadence_reason"))
+    every, reason = r.cadence(m)
+    return RevocationCheck(
+        budget=r.budget(m, Mechanism.DISCRETE_GAUSSIAN), every_months=every, cadence_reason=reason
+    )
 
 
 _CHECK_READERS: Mapping[str, Callable[[_Reader, Mapping[str, Any], str, Mechanism], Any]] = {

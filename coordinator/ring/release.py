@@ -298,6 +298,7 @@ def privacy_summary(releases: Releases, mechanism: Mechanism) -> dict[str, Any]:
         ],
         "note": (
             "Charged by the coordinator for its own releases of the ring's counts; every "
-            "node that joined charged the same amount to its ledger for its registry's persons."
+            "node that joined charged the same amount to its ledger for its registry's persons, "
+            "plus the DP dummy padding of its batch (its policy's ring.padding_rho)."
         ),
     }

@@ -29,7 +29,9 @@ from fedaudit.coordinator.errors import (
     NodeTimeoutError,
     NodeUnavailableError,
 )
-from fedaudit.coordinator.planning.checks import PlannedQuery, planned_queries
+from fedaudit.coordinator.planning.checks import COHORT, PlannedQuery, planned_queries
+from fedaudit.coordinator.planning.cohort_runs import plan_for_run, report_section
+from fedaudit.coordinator.planning.cohorts import month_of
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.config import config_from_plan
 from fedaudit.coordinator.ring.reconcile import ReconcileTransport, run_reconciliation
@@ -39,7 +41,7 @@ from fedaudit.coordinator.running.outcome import verdict
 from fedaudit.coordinator.running.transport import NodeInfo, NodeTransport
 from fedaudit.coordinator.statistics.gaps import evaluate
 from fedaudit.coordinator.statistics.wording import split_sentence
-from fedaudit.node.domain import Answer, BudgetStatus
+from fedaudit.node.domain import Answer, BudgetStatus, Preflight
 
 log = structlog.get_logger(__name__)
 
@@ -103,17 +105,26 @@ def run_audit(
     dedup_transports: Mapping[str, DedupTransport] | None = None,
     reconcile_transports: Mapping[str, ReconcileTransport] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    cohorts: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `plan` against the given node transports and return the report as a dict.
+
+    A cohort plan (`plan.cohorts`) not yet narrowed to a run is narrowed here to the
+    cohorts due in the month the run starts (`planning.cohort_runs`); a scheduler that
+    narrowed it against its archive passes the resulting report section as `cohorts`.
 
     With a `duplicates` check and `dedup_transports`, the blinding ring runs after the
     quality queries. The audit's error budget is then split in two halves (Bonferroni
     across the two families, Holm or gatekeeping within each), so the stated confidence
     holds for the audit as a whole.
     """
+    started = clock()
+    if plan.cohorts is not None and plan.run_month is None:
+        full = plan
+        plan = plan_for_run(plan, month_of(started))
+        cohorts = report_section(full, plan)
     run_ring = config_from_plan(plan) is not None and bool(dedup_transports)
     family_plan = replace(plan, confidence=1.0 - (1.0 - plan.confidence) / 2) if run_ring else plan
-    started = clock()
     run_id = run_id or default_run_id(plan, started)
     queries = planned_queries(plan)
     deadline = time.monotonic() + plan.deadline_seconds
@@ -163,8 +174,11 @@ def run_audit(
                 + (f"; {missing}" if missing else "")
                 + "; findings cover the answering nodes only"
             )
+    ring_left_out = (cohorts or {}).get("left_out", {}).get("duplicates")
     duplicates = _not_run(
-        "the plan has no duplicates check"
+        f"not part of this run: the blinding ring {ring_left_out}"
+        if ring_left_out
+        else "the plan has no duplicates check"
         if config_from_plan(plan) is None
         else "no dedup connections to the nodes were given"
     )
@@ -235,6 +249,8 @@ def run_audit(
     }
     if reconciliation is not None:
         report["reconciliation"] = reconciliation
+    if cohorts is not None:
+        report["audit"]["cohorts"] = dict(cohorts)
     report["audit"]["verdict"] = verdict(report)
     return report
 
@@ -325,22 +341,16 @@ def _run_node(
         outcome.info = transport.info(timeout=max(0.001, remaining()))
         # Pre-flight the whole audit at this node: free, and it keeps a node that cannot
         # afford the audit from being charged for a part of it.
-        total = 0.0
-        for q in queries:
-            pre = transport.preflight(
-                q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+        priced = [
+            (
+                q,
+                transport.preflight(
+                    q.spec, request_id_for(run_id, name, q.key), timeout=max(0.001, remaining())
+                ),
             )
-            total += pre.charge.rho
-        budget = outcome.info.budget
-        available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
-        if total > available + 1e-12:
-            raise NodeRefusedError(
-                name,
-                "BUDGET_EXHAUSTED",
-                f"this audit costs rho={total:.4g} at this node, but only rho={available:.4g} remains "
-                f"in period {budget.period}",
-                {"requested_rho": f"{total:.6g}", "remaining_rho": f"{available:.6g}"},
-            )
+            for q in queries
+        ]
+        _check_affordable(name, priced)
     except CoordinatorError as exc:
         _mark_all(outcome, queries, exc)
         for _ in queries:
@@ -375,6 +385,39 @@ def _run_node(
         first = outcome.queries[0]
         outcome.status, outcome.reason, outcome.message = first.status, first.reason, first.message
     return outcome
+
+
+def _check_affordable(name: str, priced: list[tuple[PlannedQuery, Preflight]]) -> None:
+    """Refuse (before anything is charged) an audit this node cannot afford in full.
+
+    A node with cohort accounting charges each query to the cohorts it reads, and its
+    preflight reports what is left for the cohort among them that has spent most. So each
+    query must fit together with every other query that reads any of its cohorts (a query
+    without a cohort filter reads them all): for a node without cohorts, or an audit over
+    all years, that is the whole audit against the one budget, as before.
+    """
+    for q, pre in priced:
+        mine = q.spec.filters.get(COHORT)
+        total = math.fsum(
+            other_pre.charge.rho
+            for other, other_pre in priced
+            if mine is None
+            or other.spec.filters.get(COHORT) is None
+            or set(mine) & set(other.spec.filters[COHORT])
+        )
+        budget = pre.budget
+        available = min(budget.requester_rho_remaining, budget.node_rho_remaining)
+        if total > available + 1e-12:
+            where = f"in period {budget.period}"
+            if budget.cohort:
+                where += f" for cohort {budget.cohort}"
+            raise NodeRefusedError(
+                name,
+                "BUDGET_EXHAUSTED",
+                f"this audit costs rho={total:.4g} at this node, but only rho={available:.4g} "
+                f"remains {where}",
+                {"requested_rho": f"{total:.6g}", "remaining_rho": f"{available:.6g}"},
+            )
 
 
 def _classify(exc: CoordinatorError) -> tuple[str, str, str]:

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,7 +190,31 @@ def _plan_view(name: str, rows: Sequence[ArchivedRun]) -> dict[str, Any]:
     }
 
 
+_READ_CACHE: dict[Path, tuple[tuple[int, int], ArchivedRun]] = {}
+_READ_LOCK = threading.Lock()
+
+
 def _read_run(plan: str, run_dir: Path, stamp: str, run_id: str) -> ArchivedRun:
+    """One index row; parsed again only when the report file changed (the index is
+    rebuilt after every run, and a scheduler running for years archives hundreds)."""
+    path = run_dir / "report.json"
+    try:
+        stat = path.stat()
+    except OSError:
+        return _parse_run(plan, run_dir, stamp, run_id)
+    key = (stat.st_mtime_ns, stat.st_size)
+    with _READ_LOCK:
+        cached = _READ_CACHE.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    row = _parse_run(plan, run_dir, stamp, run_id)
+    if row.status != "unreadable":
+        with _READ_LOCK:
+            _READ_CACHE[path] = (key, row)
+    return row
+
+
+def _parse_run(plan: str, run_dir: Path, stamp: str, run_id: str) -> ArchivedRun:
     link = f"{plan}/{run_dir.name}/report.html"
     try:
         report = json.loads((run_dir / "report.json").read_text(encoding="utf-8"))

@@ -31,6 +31,8 @@ from typing import Any
 import structlog
 from cronsim import CronSim
 
+from fedaudit.coordinator.planning.cohort_runs import is_empty, plan_for_run, report_section
+from fedaudit.coordinator.planning.cohorts import month_of
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.reconcile import ReconcileTransport
 from fedaudit.coordinator.ring.relay import DedupTransport
@@ -39,6 +41,12 @@ from fedaudit.coordinator.running.outcome import exit_code
 from fedaudit.coordinator.running.transport import NodeTransport
 from fedaudit.coordinator.scheduling.alerts import Alert, Notifier, evaluate_alert
 from fedaudit.coordinator.scheduling.archive import Archive
+from fedaudit.coordinator.scheduling.incremental import (
+    answered_cohorts,
+    archived_reports,
+    reask_plan,
+    write_trend,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -244,12 +252,77 @@ class Scheduler:
     # -- running -----------------------------------------------------------------------------
 
     def run_due(self) -> list[RunRecord]:
-        """Run every due slot once; returns what each run did."""
-        return [self.run_slot(d) for d in self.due()]
+        """Run every due slot once; returns what each run did (slots with nothing to ask
+        are recorded in the state and return nothing)."""
+        return [r for r in (self.run_slot(d) for d in self.due()) if r is not None]
 
-    def run_slot(self, due: DueRun) -> RunRecord:
-        """Run one slot: audit, archive, state, alert. The state moves on only once archived."""
-        plan = due.plan
+    def narrow(self, plan: AuditPlan, slot: dt.datetime) -> tuple[AuditPlan, dict[str, Any]]:
+        """`plan` as this slot asks it: cohorts not yet answered (per the archive), the ring
+        and reconciliation by their cadence; and the report's `audit.cohorts` section."""
+        answered = answered_cohorts(archived_reports(self.archive.root, plan.name))
+        narrowed = plan_for_run(plan, month_of(slot), answered)
+        return narrowed, report_section(plan, narrowed)
+
+    def run_slot(self, due: DueRun) -> RunRecord | None:
+        """Run one slot: audit, archive, state, alert. The state moves on only once archived.
+
+        A cohort plan's slot with nothing left to ask (every due cohort answered, the ring
+        not due) runs no audit: the state records the slot and None is returned.
+        """
+        plan, cohorts = self.narrow(due.plan, due.slot)
+        if is_empty(plan):
+            log.info("schedule_nothing_to_ask", plan=plan.name, slot=_iso(due.slot))
+            write_state(
+                self.archive.root,
+                plan.name,
+                {
+                    **read_state(self.archive.root, plan.name),
+                    "plan": plan.name,
+                    "last_completed_slot": _iso(due.slot),
+                    "last_run_id": due.run_id,
+                    "last_status": "nothing_to_ask",
+                    "skipped_slots": [_iso(s) for s in due.missed],
+                },
+            )
+            return None
+        return self._run(plan, due, cohorts, advance=True)
+
+    def reask(self, plan: AuditPlan, cohort: str, reason: str) -> RunRecord:
+        """Ask again, now, what the archived runs asked about `cohort`, after a corrected
+        re-import of its data at a node. A node whose data officer reopened the cohort at
+        that import (`node import --reopen`) charges these questions again, to the cohorts
+        they read only; any other node replays its stored answers for free. The report
+        replaces the cohort's earlier numbers in the trend; the schedule's progress does
+        not move."""
+        now = _utc(self._clock())
+        asked = reask_plan(
+            plan, cohort, archived_reports(self.archive.root, plan.name), month_of(now)
+        )
+        section = {
+            **report_section(plan, asked),
+            "left_out": {},
+            "reason": f"re-asked cohort {cohort}: {reason}",
+        }
+        stamp = now.replace(second=0, microsecond=0)
+        due = DueRun(plan=plan, slot=stamp)
+        return self._run(
+            asked,
+            due,
+            section,
+            advance=False,
+            run_id=f"{plan.name}-reask-{cohort}-{stamp:%Y%m%dT%H%MZ}",
+        )
+
+    def _run(
+        self,
+        plan: AuditPlan,
+        due: DueRun,
+        cohorts: Mapping[str, Any],
+        *,
+        advance: bool,
+        run_id: str | None = None,
+    ) -> RunRecord:
+        run_id = run_id or due.run_id
         if due.missed:
             log.warning(
                 "schedule_missed_slots",
@@ -259,7 +332,7 @@ class Scheduler:
                 note="slots missed while the scheduler was down are not run one by one; "
                 "the most recent slot is run once instead",
             )
-        log.info("schedule_run_started", plan=plan.name, slot=_iso(due.slot), run_id=due.run_id)
+        log.info("schedule_run_started", plan=plan.name, slot=_iso(due.slot), run_id=run_id)
         transports = self._transports(plan)
         ring = (
             self._dedup_transports(plan)
@@ -275,10 +348,11 @@ class Scheduler:
             report = run_audit(
                 plan,
                 transports,
-                run_id=due.run_id,
+                run_id=run_id,
                 clock=self._clock,
                 dedup_transports=ring,
                 reconcile_transports=psi,
+                cohorts=cohorts if plan.cohorts is not None or cohorts["left_out"] else None,
             )
         finally:
             for t in [*transports.values(), *ring.values(), *psi.values()]:
@@ -287,18 +361,23 @@ class Scheduler:
                 except Exception as exc:  # closing must not lose a finished report
                     log.warning("transport_close_failed", node=t.name, error=str(exc))
         report_dir = self.archive.store(report, slot=due.slot)
-        write_state(
-            self.archive.root,
-            plan.name,
-            {
-                "plan": plan.name,
-                "last_completed_slot": _iso(due.slot),
-                "last_run_id": due.run_id,
-                "last_status": report["audit"]["status"],
-                "last_report": str(report_dir.relative_to(self.archive.root)),
-                "skipped_slots": [_iso(s) for s in due.missed],
-            },
-        )
+        if plan.cohorts is not None:
+            write_trend(
+                self.archive.root, plan.name, archived_reports(self.archive.root, plan.name)
+            )
+        if advance:
+            write_state(
+                self.archive.root,
+                plan.name,
+                {
+                    "plan": plan.name,
+                    "last_completed_slot": _iso(due.slot),
+                    "last_run_id": run_id,
+                    "last_status": report["audit"]["status"],
+                    "last_report": str(report_dir.relative_to(self.archive.root)),
+                    "skipped_slots": [_iso(s) for s in due.missed],
+                },
+            )
         self.archive.rebuild_index()
         alert = evaluate_alert(
             report,
@@ -311,7 +390,7 @@ class Scheduler:
             log.warning(
                 "schedule_alert",
                 plan=plan.name,
-                run_id=due.run_id,
+                run_id=run_id,
                 reasons=list(alert.reasons),
                 findings=len(alert.findings),
             )
@@ -320,7 +399,7 @@ class Scheduler:
         record = RunRecord(
             plan=plan.name,
             slot=due.slot,
-            run_id=due.run_id,
+            run_id=run_id,
             status=report["audit"]["status"],
             findings=len(report["findings"]),
             report_dir=report_dir,
@@ -332,7 +411,7 @@ class Scheduler:
         log.info(
             "schedule_run_finished",
             plan=plan.name,
-            run_id=due.run_id,
+            run_id=run_id,
             status=record.status,
             findings=record.findings,
             report=str(report_dir),
@@ -350,7 +429,9 @@ class Scheduler:
         while max_runs is None or len(records) < max_runs:
             for due in self.due():
                 try:
-                    records.append(self.run_slot(due))
+                    record = self.run_slot(due)
+                    if record is not None:
+                        records.append(record)
                 except Exception as exc:
                     log.exception("schedule_run_crashed", plan=due.plan.name, error=str(exc))
             now = _utc(self._clock())

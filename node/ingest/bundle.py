@@ -18,7 +18,7 @@ import datetime as dt
 import difflib
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -27,6 +27,7 @@ import structlog
 from sqlalchemy import Connection, Engine, Table, delete, func, insert, select, text
 
 from fedaudit.node.errors import BundleError
+from fedaudit.node.ingest import cohorts
 from fedaudit.node.ingest.bundle_schema import (
     FILES,
     FILES_BY_NAME,
@@ -40,8 +41,9 @@ from fedaudit.node.ingest.problems import (
     Row,
 )
 from fedaudit.node.ingest.rules import check_table
+from fedaudit.node.privacy.cohorts import is_month, month_of
 from fedaudit.node.store.db import create_schema
-from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion, Municipality
+from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion, Municipality, PersonCohort
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +73,9 @@ class ImportResult:
     data_version: str
     row_counts: dict[str, int]
     digest: str
+    changed_cohorts: tuple[str, ...] = ()
+    """Cohorts whose data this import changed (the officer's view; see `--reopen`)."""
+    reopened_cohorts: tuple[str, ...] = ()
 
 
 # --- the bundle -----------------------------------------------------------------------------
@@ -207,6 +212,7 @@ def import_bundle(
     now: dt.datetime | None = None,
     allow_municipality_change: bool = False,
     limits: BundleLimits | None = None,
+    reopen: Sequence[str] = (),
 ) -> ImportResult:
     """Validate a bundle, then replace the registry with it as a new data version.
 
@@ -214,11 +220,16 @@ def import_bundle(
     replacement and the new `DataVersion` row commit together: queries never see a
     half-loaded registry or data without its version. A node serves one municipality,
     so a bundle for another one is refused unless the change is explicit.
+
+    `reopen` names cohorts ("YYYY-MM") whose data this import corrects: questions about
+    them become new (chargeable, to them) even when they are no longer open. Whether
+    other cohorts' data changed is reported in the result, never made public.
     """
     # Local time: the node runs at the municipality, and "today" is its calendar day.
     now = now or dt.datetime.now().astimezone()
     if now.tzinfo is None:
         now = now.astimezone()  # a naive time is local time
+    _check_reopen(reopen, now.date())
     create_schema(engine)
     parsed = validate_bundle(path, today=now.date(), limits=limits)
     with engine.begin() as conn:
@@ -241,6 +252,10 @@ def import_bundle(
             _insert_rows(conn, table, parsed.rows[table.name])
         count = conn.execute(select(func.count()).select_from(DataVersion)).scalar_one()
         version = f"v{count + 1}-{parsed.digest[:12]}"
+        # New persons get their cohort (fixed from now on); every cohort's data a digest.
+        changes = cohorts.record(
+            conn, parsed.rows, reference_date=now.date(), data_version=version, reopen=reopen
+        )
         conn.execute(
             insert(DataVersion.__table__),
             {
@@ -254,7 +269,7 @@ def import_bundle(
     # Fresh planner statistics: without them PostgreSQL picks nested loops for the
     # bounded aggregations and a 200k-row query takes seconds instead of tenths.
     with engine.begin() as conn:
-        for model in REGISTRY_TABLES:
+        for model in (*REGISTRY_TABLES, PersonCohort):
             conn.exec_driver_sql(f"ANALYZE {model.__tablename__}")
     log.info(
         "bundle_imported",
@@ -263,5 +278,24 @@ def import_bundle(
         row_counts=dict(parsed.row_counts),
     )
     return ImportResult(
-        data_version=version, row_counts=dict(parsed.row_counts), digest=parsed.digest
+        data_version=version,
+        row_counts=dict(parsed.row_counts),
+        digest=parsed.digest,
+        changed_cohorts=changes.changed,
+        reopened_cohorts=changes.reopened,
     )
+
+
+def _check_reopen(reopen: Sequence[str], today: dt.date) -> None:
+    """Cohorts to reopen are months no later than the import's own month."""
+    problems = []
+    for cohort in reopen:
+        if not is_month(cohort):
+            problems.append(f"--reopen: -: {cohort!r} is not a month as YYYY-MM")
+        elif cohort > month_of(today):
+            problems.append(
+                f"--reopen: -: cohort {cohort} is after this import's month {month_of(today)}; "
+                "no person can be in it yet"
+            )
+    if problems:
+        raise BundleError(problems)

@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Connection, Engine, func, inspect, select, text
 
+from fedaudit.node.privacy import cohorts
+from fedaudit.node.privacy.ledger import spent_ranges
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.store.db import is_sqlite, make_readonly_engine, sqlite_path
-from fedaudit.node.store.models import DataVersion, LedgerEntry
+from fedaudit.node.store.models import DataVersion, LedgerCohortRange, LedgerEntry
 
 log = structlog.get_logger(__name__)
 
@@ -493,20 +495,39 @@ def check_ledger(
             select(LedgerEntry.id, LedgerEntry.created_at).where(LedgerEntry.state == "reserved")
         ).all()
         entries = conn.execute(select(func.count()).select_from(LedgerEntry)).scalar_one()
-        node_spent = int(
-            conn.execute(select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))).scalar_one()
+        # Caps hold per cohort: what counts is the most charged cohort's sum (before
+        # migration 0005 there are no cohorts, and every entry counts for the node).
+        cohorted = "ledger_cohort_ranges" in inspect(conn).get_table_names()
+        node_spent, node_cohort = _most_charged(conn, cohorted)
+        unranged = (
+            conn.execute(
+                select(func.count()).where(
+                    LedgerEntry.id.not_in(select(LedgerCohortRange.entry_id))
+                )
+            ).scalar_one()
+            if cohorted
+            else 0
         )
         period_spent: dict[str, int] = {}
         if policy is not None:
             period = policy.period_of(now)
             details["period"] = period
             rows = conn.execute(
-                select(LedgerEntry.requester, func.sum(LedgerEntry.rho_units))
+                select(LedgerEntry.requester)
                 .where(LedgerEntry.period == period)
                 .group_by(LedgerEntry.requester)
-            ).all()
-            period_spent = {requester: int(units) for requester, units in rows}
+            ).scalars()
+            period_spent = {
+                requester: _most_charged(conn, cohorted, requester, period)[0] for requester in rows
+            }
     details.update(entries=entries, node_spent_rho=units_to_text(max(node_spent, 0)))
+    if node_cohort and node_spent:
+        details["node_most_charged_cohort"] = node_cohort
+    if unranged:
+        errors.append(
+            f"{unranged} entr(ies) charged to no cohort (written around the ledger; "
+            "they count against no cap)"
+        )
     if negative:
         errors.append(f"{negative} entr(ies) with a negative charge")
     if unknown:
@@ -552,6 +573,20 @@ def check_ledger(
         f"{entries} entr(ies), node spent {details['node_spent_rho']} rho, none stuck",
         details,
     )
+
+
+def _most_charged(
+    conn: Connection, cohorted: bool, requester: str | None = None, period: str | None = None
+) -> tuple[int, str]:
+    """(units, cohort) of the most charged cohort; the plain sum on a pre-cohort schema."""
+    if cohorted:
+        return cohorts.peak(spent_ranges(conn, requester, period), cohorts.ALL)
+    query = select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))
+    if requester is not None:
+        query = query.where(LedgerEntry.requester == requester)
+    if period is not None:
+        query = query.where(LedgerEntry.period == period)
+    return int(conn.execute(query).scalar_one()), ""
 
 
 def _first_line(exc: BaseException) -> str:

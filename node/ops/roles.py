@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from sqlalchemy.dialects import postgresql
 
-from fedaudit.node.store.models import REGISTRY_TABLES, DataVersion
+from fedaudit.node.store.models import REGISTRY_TABLES, CohortDigest, DataVersion, PersonCohort
 
 QUERY_TABLES: tuple[str, ...] = (
     *(model.__tablename__ for model in REGISTRY_TABLES),
     DataVersion.__tablename__,
+    PersonCohort.__tablename__,
+    CohortDigest.__tablename__,
 )
-"""Tables the query role reads: the registry, and the data versions (to tag answers)."""
+"""Tables the query role reads: the registry, the data versions (to tag answers), the
+persons' cohorts (the `cohort` dimension) and the cohorts' data digests (replay keys)."""
 
 
 def query_role_grants(role: str, schema: str = "public") -> list[str]:

@@ -10,10 +10,19 @@ transaction of its own and settles later)
 1. makes sure the lock rows of its scopes exist (`node`, `requester:{name}:{period}`),
 2. locks them in a fixed order (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the
    whole transaction already holds the writer lock from `BEGIN IMMEDIATE`),
-3. sums what was spent (reserved, released and failed entries all count),
+3. sums what was spent (reserved, released and failed entries all count) by each
+   cohort the charge would be charged to,
 4. checks the per-request maximum, the requester's cap for the period, the
    requester's share of the node's never-renewed cap (`Policy.node_share`) and the
-   node's cap itself, and only then inserts the entry.
+   node's cap itself, each **per cohort** (the cohort that has spent most binds),
+   and only then inserts the entry and its cohort ranges.
+
+Cohorts (`fedaudit.node.privacy.cohorts`, docs/cohorts.md): every entry is charged
+to one or more disjoint ranges of cohorts; what a cohort has spent is the sum of the
+entries charged to it. A person belongs to one cohort, so the caps per cohort are
+the bounds per person. The ring and reconciliation are charged to every cohort that
+has persons (`existing_cohorts`); a charge without a cohort set, and everything
+written before cohort accounting, to every cohort.
 
 Requests belong to the requester that sent them: a request id is unique per
 requester (another requester using the same id is a different request), and only a
@@ -36,13 +45,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
-from sqlalchemy import Connection, Engine, delete, func, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -54,9 +63,10 @@ from fedaudit.node.errors import (
     NodeError,
     RequesterNotAllowedError,
 )
+from fedaudit.node.privacy import cohorts as co
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.store.db import is_sqlite
-from fedaudit.node.store.models import BudgetLock, LedgerEntry
+from fedaudit.node.store.models import BudgetLock, DataVersion, LedgerCohortRange, LedgerEntry
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +114,7 @@ def _requester_scope(requester: str, period: str) -> str:
 
 NODE_SCOPE = "node"
 _ENTRIES = LedgerEntry.__table__
+_RANGES = LedgerCohortRange.__table__
 
 
 def _stored(row: Mapping[str, Any]) -> StoredEntry:
@@ -142,13 +153,20 @@ class Ledger:
         charge: Charge,
         now: dt.datetime,
         outer: Connection | None = None,
+        cohorts: Sequence[co.CohortRange] = co.ALL,
+        data_key: str | None = None,
     ) -> int:
         """Charge `charge` to `requester` before anything is released; return the entry id.
 
         The template's permission is the caller's check (`Policy.allows`); the ledger
         only knows budgets. Raises `BudgetExhaustedError` (scope request, requester or
-        node, with what remains), `DuplicateRequestError`, `RequesterNotAllowedError` or
-        `InvalidParametersError`; in every such case nothing is written.
+        node, with what remains and the cohort that binds), `DuplicateRequestError`,
+        `RequesterNotAllowedError` or `InvalidParametersError`; in every such case
+        nothing is written.
+
+        `cohorts` are the ranges of cohorts the query can read (default: every
+        cohort); each cap is checked against the cohort in them that has spent most.
+        `data_key` is what `find_released` matches for replay (default: `data_version`).
 
         With `outer` (from `transaction`), the charge is part of the caller's
         transaction and its locks are held until the caller commits or rolls back.
@@ -164,6 +182,7 @@ class Ledger:
         if not math.isfinite(charge.rho) or charge.rho <= 0:
             raise ValueError(f"a charge must have a finite rho > 0, got {charge.rho!r}")
         period = self._policy.period_of(now)
+        ranges = co.check_ranges(cohorts)
         cost = rho_to_units(charge.rho)
         per_request = cap_to_units(self._policy.max_rho_per_request)
         if cost > per_request:
@@ -181,19 +200,24 @@ class Ledger:
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
                 if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
-                node_left = cap_to_units(self._policy.node_rho_total) - self._spent_node(conn)
-                share_left = cap_to_units(self._policy.node_share(requester)) - self._spent_node(
-                    conn, requester
-                )
-                requester_left = cap_to_units(entry.rho_per_period) - self._spent_requester(
-                    conn, requester, period
-                )
+                node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+                node_spent, node_at = co.peak(node_rows, ranges)
+                share_spent, share_at = co.peak(share_rows, ranges)
+                requester_spent, requester_at = co.peak(period_rows, ranges)
                 failing = [
-                    (left, scope)
-                    for scope, left in (
-                        ("node", node_left),
-                        ("share", share_left),
-                        ("requester", requester_left),
+                    (left, scope, cohort)
+                    for scope, left, cohort in (
+                        ("node", cap_to_units(self._policy.node_rho_total) - node_spent, node_at),
+                        (
+                            "share",
+                            cap_to_units(self._policy.node_share(requester)) - share_spent,
+                            share_at,
+                        ),
+                        (
+                            "requester",
+                            cap_to_units(entry.rho_per_period) - requester_spent,
+                            requester_at,
+                        ),
                     )
                     if cost > left
                 ]
@@ -202,7 +226,7 @@ class Ledger:
                     # caller's own share (it reveals nothing of others' spending), then
                     # the node (waiting for the next period will not help there).
                     order = {"share": 0, "node": 1, "requester": 2}
-                    left, scope = min(failing, key=lambda item: (item[0], order[item[1]]))
+                    left, scope, cohort = min(failing, key=lambda item: (item[0], order[item[1]]))
                     self._refuse(
                         scope,
                         left=left,
@@ -210,6 +234,7 @@ class Ledger:
                         period=period,
                         requester=requester,
                         request_id=request_id,
+                        cohort=cohort,
                     )
                 result = conn.execute(
                     _ENTRIES.insert().values(
@@ -227,9 +252,14 @@ class Ledger:
                         state=RESERVED,
                         answer=None,
                         created_at=now,
+                        data_key=data_key if data_key is not None else data_version,
                     )
                 )
                 entry_id = int(result.inserted_primary_key[0])
+                conn.execute(
+                    _RANGES.insert(),
+                    [{"entry_id": entry_id, "first": a, "last": b} for a, b in ranges],
+                )
         except IntegrityError:
             # Only the request id is unique among the columns we write; the explicit check
             # above makes this a last line of defence.
@@ -244,6 +274,7 @@ class Ledger:
             template=template,
             period=period,
             rho=units_to_text(cost),
+            cohorts=[list(r) for r in ranges],
         )
         return entry_id
 
@@ -264,10 +295,22 @@ class Ledger:
         """Failure before any data was touched: remove the reservation (a full refund)."""
         self._transition(entry_id, delete(LedgerEntry), "cancelled")
 
+    def _delete_ranges(self, conn: Connection, entry_id: int) -> None:
+        """Remove a cancelled reservation's cohort ranges (before the entry: foreign key)."""
+        conn.execute(
+            delete(LedgerCohortRange).where(
+                LedgerCohortRange.entry_id == entry_id,
+                select(LedgerEntry.state).where(LedgerEntry.id == entry_id).scalar_subquery()
+                == RESERVED,
+            )
+        )
+
     def _transition(
         self, entry_id: int, statement: Any, event: str, outer: Connection | None = None
     ) -> None:
         with self._tx(outer) as conn:
+            if event == "cancelled":
+                self._delete_ranges(conn, entry_id)
             result = conn.execute(
                 statement.where(LedgerEntry.id == entry_id, LedgerEntry.state == RESERVED)
             )
@@ -298,21 +341,38 @@ class Ledger:
         return None if row is None else _stored(row._mapping)
 
     def find_released(
-        self, query_hash: str, data_version: str, *, requester: str
+        self,
+        query_hash: str,
+        data_version: str,
+        *,
+        requester: str,
+        data_key: str | None = None,
     ) -> StoredEntry | None:
         """The newest answer released to `requester` for the same query on the same data.
 
         Replaying it costs nothing and gives a repeating requester nothing new to average.
         Only the requester's own answers are found: another's would tell it what that
         requester asked (and give it the answer without a charge).
+
+        "The same data" is the same `data_key` (a digest of the data of the cohorts the
+        query reads, so a new month's import leaves questions about old cohorts
+        replayable); entries written before cohort accounting have none and match on
+        their `data_version`.
         """
+        key = data_key if data_key is not None else data_version
         with self._connect() as conn, conn.begin():
             row = conn.execute(
                 select(_ENTRIES)
                 .where(
                     LedgerEntry.requester == requester,
                     LedgerEntry.query_hash == query_hash,
-                    LedgerEntry.data_version == data_version,
+                    or_(
+                        LedgerEntry.data_key == key,
+                        and_(
+                            LedgerEntry.data_key.is_(None),
+                            LedgerEntry.data_version == data_version,
+                        ),
+                    ),
                     LedgerEntry.state == RELEASED,
                 )
                 .order_by(LedgerEntry.id.desc())
@@ -320,8 +380,17 @@ class Ledger:
             ).one_or_none()
         return None if row is None else _stored(row._mapping)
 
-    def status(self, requester: str, now: dt.datetime) -> BudgetStatus:
+    def status(
+        self,
+        requester: str,
+        now: dt.datetime,
+        cohorts: Sequence[co.CohortRange] = co.ALL,
+    ) -> BudgetStatus:
         """What `requester` has spent and may still spend now, as it may see it.
+
+        Per cohort: the figures are those of the cohort in `cohorts` (default: all)
+        that has spent most, i.e. what a query reading `cohorts` would meet;
+        `BudgetStatus.cohort` names it.
 
         `node_rho_cap` is the requester's share of the node's never-renewed cap and
         `node_rho_remaining` what is left of that share after the requester's own
@@ -334,14 +403,19 @@ class Ledger:
         if entry is None:
             raise RequesterNotAllowedError(f"requester {requester!r} is not in the node policy")
         period = self._policy.period_of(now)
+        ranges = co.check_ranges(cohorts)
         with self._connect() as conn, conn.begin():
-            spent = self._spent_requester(conn, requester, period)
-            lifetime = self._spent_node(conn, requester)
-            node_spent = self._spent_node(conn)
+            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+            spent, _ = co.peak(period_rows, ranges)
+            lifetime, lifetime_at = co.peak(share_rows, ranges)
+            node_spent, node_at = co.peak(node_rows, ranges)
         requester_cap = cap_to_units(entry.rho_per_period)
         share = self._policy.node_share(requester)
         share_left = cap_to_units(share) - lifetime
         node_left = cap_to_units(self._policy.node_rho_total) - node_spent
+        # The cohort named is the one that binds the node-wide figure the caller sees
+        # (its own share unless the node's remainder is lower).
+        binding = lifetime_at if share_left <= node_left else node_at
         return BudgetStatus(
             period=period,
             requester_rho_cap=entry.rho_per_period,
@@ -350,7 +424,21 @@ class Ledger:
             node_rho_cap=share,
             node_rho_remaining=units_to_rho(max(0, min(share_left, node_left))),
             max_rho_per_request=self._policy.max_rho_per_request,
+            cohort=binding,
         )
+
+    def spent_by_cohort(self, keys: Sequence[str]) -> dict[str, float]:
+        """Rho charged node-wide to each cohort key in `keys` (the data officer's view).
+
+        A key's spending is the sum of the entries whose ranges contain it; the first
+        key of the public list also stands for earlier months, which have spent at
+        least as much as it (entries charged before cohort accounting count for all).
+        """
+        with self._connect() as conn, conn.begin():
+            rows = self._spent_ranges(conn)
+        return {
+            key: units_to_rho(sum(units for a, b, units in rows if a <= key <= b)) for key in keys
+        }
 
     def spent_by_requester(self, now: dt.datetime) -> dict[str, float]:
         """Rho spent in the current period per requester (every policy requester listed).
@@ -369,6 +457,23 @@ class Ledger:
         for requester, units in rows:
             spent[requester] = units_to_rho(int(units))
         return spent
+
+    def existing_cohorts(self, now: dt.datetime) -> tuple[co.CohortRange, ...]:
+        """The cohorts a request reading the whole registry is charged to (ring, reconcile).
+
+        Every person's cohort is at most the month of the newest import's reference date;
+        one month beyond that month or `now`'s (whichever is later) covers an import that
+        commits between the charge and the read. Later cohorts are not charged: their
+        persons were not there to be read. Without any import: every cohort.
+        """
+        with self._connect() as conn, conn.begin():
+            newest = conn.execute(select(func.max(DataVersion.reference_date))).scalar()
+        if newest is None:
+            return co.ALL
+        if isinstance(newest, str):  # SQLite returns MAX() of a date as text
+            newest = dt.date.fromisoformat(newest)
+        last = max(co.month_of(newest), co.month_of(now.astimezone(dt.UTC).date()))
+        return ((co.EARLIEST, co.add_months(last, 1)),)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -429,21 +534,45 @@ class Ledger:
         ).scalar_one_or_none()
 
     @staticmethod
-    def _spent_node(conn: Connection, requester: str | None = None) -> int:
-        """Everything charged at this node, over all periods (by `requester` only, if given)."""
-        query = select(func.coalesce(func.sum(LedgerEntry.rho_units), 0))
-        if requester is not None:
-            query = query.where(LedgerEntry.requester == requester)
-        return int(conn.execute(query).scalar_one())
+    def _scope_ranges(
+        conn: Connection, requester: str, period: str
+    ) -> tuple[list[tuple[str, str, int]], ...]:
+        """(first, last, units) rows of the node, of `requester`, and of it in `period`.
+
+        One grouped scan instead of three: the node's rows are the sums over all
+        (requester, period) groups of a range.
+        """
+        node: dict[tuple[str, str], int] = {}
+        mine: dict[tuple[str, str], int] = {}
+        now: list[tuple[str, str, int]] = []
+        for who, when, first, last, units in conn.execute(
+            select(
+                _ENTRIES.c.requester,
+                _ENTRIES.c.period,
+                _RANGES.c.first,
+                _RANGES.c.last,
+                func.sum(_ENTRIES.c.rho_units),
+            )
+            .select_from(_RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id))
+            .group_by(_ENTRIES.c.requester, _ENTRIES.c.period, _RANGES.c.first, _RANGES.c.last)
+        ):
+            key, amount = (str(first), str(last)), int(units)
+            node[key] = node.get(key, 0) + amount
+            if who == requester:
+                mine[key] = mine.get(key, 0) + amount
+                if when == period:
+                    now.append((*key, amount))
+        return (
+            [(*k, v) for k, v in node.items()],
+            [(*k, v) for k, v in mine.items()],
+            now,
+        )
 
     @staticmethod
-    def _spent_requester(conn: Connection, requester: str, period: str) -> int:
-        total = conn.execute(
-            select(func.coalesce(func.sum(LedgerEntry.rho_units), 0)).where(
-                LedgerEntry.requester == requester, LedgerEntry.period == period
-            )
-        ).scalar_one()
-        return int(total)
+    def _spent_ranges(
+        conn: Connection, requester: str | None = None, period: str | None = None
+    ) -> list[tuple[str, str, int]]:
+        return spent_ranges(conn, requester, period)
 
     def _refuse(
         self,
@@ -454,6 +583,7 @@ class Ledger:
         period: str,
         requester: str,
         request_id: str,
+        cohort: str = "",
     ) -> NoReturn:
         remaining = max(0, left)
         details = {
@@ -462,6 +592,10 @@ class Ledger:
             "requested_rho": units_to_text(cost),
             "period": period,
         }
+        where = ""
+        if scope != "request":
+            details["cohort"] = cohort
+            where = f" for {cohort_label(cohort)}"
         if scope == "request":
             message = (
                 f"a single request may cost at most {details['remaining_rho']} rho; "
@@ -470,18 +604,46 @@ class Ledger:
         elif scope == "share":
             message = (
                 f"requester {requester!r} has {details['remaining_rho']} rho left of its share "
-                f"of the node's total privacy budget (never renewed); this request costs "
+                f"of the node's total privacy budget{where} (never renewed); this request costs "
                 f"{details['requested_rho']}"
             )
         elif scope == "node":
             message = (
-                f"the node's total privacy budget has {details['remaining_rho']} rho left "
+                f"the node's total privacy budget has {details['remaining_rho']} rho left{where} "
                 f"(never renewed); this request costs {details['requested_rho']}"
             )
         else:
             message = (
                 f"requester {requester!r} has {details['remaining_rho']} rho left in period "
-                f"{period}; this request costs {details['requested_rho']}"
+                f"{period}{where}; this request costs {details['requested_rho']}"
             )
         log.info("ledger.refused", request_id=request_id, requester=requester, **details)
         raise BudgetExhaustedError(message, details)
+
+
+def spent_ranges(
+    conn: Connection, requester: str | None = None, period: str | None = None
+) -> list[tuple[str, str, int]]:
+    """What was charged per distinct cohort range: (first, last, units).
+
+    Everything at this node over all periods; by `requester` only, and in `period`
+    only, if given. Grouped in SQL, so the rows are as many as the distinct ranges
+    (a handful per cohort), not as the entries (years of monthly runs). Feed it to
+    `cohorts.peak` for what the most charged cohort has spent.
+    """
+    query = select(_RANGES.c.first, _RANGES.c.last, func.sum(_ENTRIES.c.rho_units)).select_from(
+        _RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id)
+    )
+    if requester is not None:
+        query = query.where(_ENTRIES.c.requester == requester)
+    if period is not None:
+        query = query.where(_ENTRIES.c.period == period)
+    rows = conn.execute(query.group_by(_RANGES.c.first, _RANGES.c.last)).all()
+    return [(str(a), str(b), int(units)) for a, b, units in rows]
+
+
+def cohort_label(cohort: str) -> str:
+    """A cohort as a refusal names it ("cohort 2027-03", or the earliest ones)."""
+    if cohort == co.EARLIEST:
+        return "the earliest cohort (and those before cohort accounting began)"
+    return f"cohort {cohort}"

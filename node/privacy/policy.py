@@ -81,7 +81,14 @@ _TOP_KEYS = (
     "templates",
     "revocation_reconciliation",
     "ring",
+    "cohorts",
 )
+_COHORTS_KEYS = ("first", "open_months")
+DEFAULT_COHORT_OPEN_MONTHS = 13
+"""How long after its month a cohort's data is taken to keep changing (employment is
+observed 6 and 12 months after a certificate, plus a month for the data to arrive)."""
+MAX_COHORT_OPEN_MONTHS = 120
+_MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _RECONCILIATION_KEYS = ("share_revocations", "receive", "peers")
 _REQUIRED_TOP_KEYS = ("version", "requesters", "budget")
 _REQUESTER_KEYS = ("rho_per_period", "templates", "node_share")
@@ -95,13 +102,19 @@ _BUDGET_KEYS = (
 _REQUIRED_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
 _PERIODS_KEYS = ("first", "last")
-_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho")
+_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho", "padding_rho", "padding_delta")
 
 DEFAULT_RING_MIN_MUNICIPALITIES = 2
 DEFAULT_RING_MIN_RHO = 0.05
 """A ring run asking less than this is refused: a near-free run would let a requester
 probe the ring as often as it likes (the attack of issue 9 asked 1e-12)."""
 MAX_RING_MUNICIPALITIES = 1000
+DEFAULT_RING_PADDING_RHO = 0.25
+"""zCDP rho of the ring's DP dummy padding (node/ring/padding.py): what the row counts of
+every batch cost the persons of a registry, charged at Join as a separate ledger entry."""
+DEFAULT_RING_PADDING_DELTA = 1e-7
+"""The padding's truncation delta (the chance that a cell's count gives a person away)."""
+MAX_RING_PADDING_DELTA = 1e-4
 
 
 @dataclass(frozen=True)
@@ -111,11 +124,16 @@ class RingPolicy:
     `min_municipalities`: a roster with fewer distinct federation nodes is refused.
     `allowed_peers`: when set, every other roster member must be one of these node
     names (None: any node of the federation). `min_rho`: the least a run may charge.
+    `padding_rho`, `padding_delta`: the DP dummy padding of this node's batches
+    (`fedaudit.node.ring.padding`), charged at Join on top of the run's rho.
     """
 
     min_municipalities: int = DEFAULT_RING_MIN_MUNICIPALITIES
     allowed_peers: frozenset[str] | None = None
     min_rho: float = DEFAULT_RING_MIN_RHO
+    padding_rho: float | None = DEFAULT_RING_PADDING_RHO
+    """None (`padding_rho: off`): no dummy rows, the coordinator sees exact row counts."""
+    padding_delta: float = DEFAULT_RING_PADDING_DELTA
 
 
 @dataclass(frozen=True)
@@ -166,6 +184,17 @@ class Policy:
     ring: RingPolicy = RingPolicy()
     node_reserved_rho: float = 0.0
     min_rho_per_query: float = DEFAULT_MIN_RHO_PER_QUERY
+    first_cohort: str = ""
+    """The first key of the `cohort` dimension ("YYYY-MM"; it also holds every earlier
+    month). Empty means the first month of the first period year."""
+    cohort_open_months: int = DEFAULT_COHORT_OPEN_MONTHS
+    """A cohort is open while its month is at most this many months before an import's
+    reference month: every such import makes questions about it new (replay keys)."""
+
+    @property
+    def cohort_start(self) -> str:
+        """The first cohort key: `first_cohort`, else January of the first period."""
+        return self.first_cohort or f"{self.periods[0]}-01"
 
     def node_share(self, requester: str) -> float:
         """The part of `node_rho_total` that `requester` may spend, over all periods.
@@ -407,6 +436,28 @@ def _periods(value: object, today: dt.date) -> tuple[str, ...]:
     return tuple(str(year) for year in range(first, last + 1))
 
 
+def _cohort_open_months(value: object) -> int:
+    fields = _mapping(value, "cohorts", _COHORTS_KEYS)
+    return _integer(
+        fields.get("open_months", DEFAULT_COHORT_OPEN_MONTHS),
+        "cohorts.open_months",
+        0,
+        MAX_COHORT_OPEN_MONTHS,
+    )
+
+
+def _first_cohort(value: object) -> str:
+    fields = _mapping(value, "cohorts", _COHORTS_KEYS)
+    first = fields.get("first", "")
+    if first == "":
+        return ""
+    if not isinstance(first, str) or not _MONTH.fullmatch(first):
+        raise _Problem("cohorts.first", f"must be a month as 'YYYY-MM', got {_show(first)}")
+    if not MIN_YEAR <= int(first[:4]) <= MAX_YEAR:
+        raise _Problem("cohorts.first", f"must be a year from {MIN_YEAR} to {MAX_YEAR}")
+    return first
+
+
 def _flag(value: object, path: str) -> bool:
     if not isinstance(value, bool):
         raise _Problem(path, f"must be true or false, got {_show(value)}")
@@ -451,7 +502,25 @@ def _ring(value: object) -> RingPolicy:
                 raise _Problem(f"ring.allowed_peers[{i}]", f"not a node name: {_show(item)}")
         peers = frozenset(peers_value)
     min_rho = _positive_rho(fields.get("min_rho", DEFAULT_RING_MIN_RHO), "ring.min_rho")
-    return RingPolicy(min_municipalities=minimum, allowed_peers=peers, min_rho=min_rho)
+    padding_value = fields.get("padding_rho", DEFAULT_RING_PADDING_RHO)
+    padding = None if padding_value == "off" else _positive_rho(padding_value, "ring.padding_rho")
+    delta = fields.get("padding_delta", DEFAULT_RING_PADDING_DELTA)
+    if (
+        isinstance(delta, bool)
+        or not isinstance(delta, int | float)
+        or not 0 < delta <= MAX_RING_PADDING_DELTA
+    ):
+        raise _Problem(
+            "ring.padding_delta",
+            f"must be a number > 0 and at most {MAX_RING_PADDING_DELTA:g}, got {_show(delta)}",
+        )
+    return RingPolicy(
+        min_municipalities=minimum,
+        allowed_peers=peers,
+        min_rho=min_rho,
+        padding_rho=padding,
+        padding_delta=float(delta),
+    )
 
 
 def _parse(data: object, today: dt.date) -> Policy:
@@ -490,6 +559,8 @@ def _parse(data: object, today: dt.date) -> Policy:
         ring=_ring(top.get("ring", {})),
         node_reserved_rho=reserved,
         min_rho_per_query=min_query,
+        first_cohort=_first_cohort(top.get("cohorts", {})),
+        cohort_open_months=_cohort_open_months(top.get("cohorts", {})),
     )
 
 

@@ -26,13 +26,15 @@ request its own view (its group_by order, its confidence, its request id).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from fedaudit.common.mechanisms import with_confidence
 from fedaudit.node.domain import Answer, Cell, QuerySpec
+from fedaudit.node.privacy import cohorts
 from fedaudit.node.query.catalogue import Template
 
 SIGNIFICANT_DIGITS = 6
@@ -88,6 +90,39 @@ def replay_key(canonical: QuerySpec) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(f"fedaudit-query-v2\x00{text}".encode()).hexdigest()
+
+
+def data_key(
+    *,
+    version: str,
+    ranges: Sequence[tuple[str, str]],
+    imports: Sequence[tuple[int, str, frozenset[str]]],
+    open_months: int,
+    reference_digest: str,
+    reference_date: dt.date | None,
+) -> str:
+    """What "the same data" means for a query's replay: the public state of what it reads.
+
+    The cohort ranges read (a query over all cohorts reads a new month once it is in
+    the key list), the last import that made questions about them new (`cohorts.epoch`:
+    while a cohort is open, every import; later, only an import that reopens it), the
+    reference tables' digest (public reference data) and, for templates whose answers
+    age with it, the reference date. Importing a new month therefore leaves questions
+    about closed cohorts replayable, and a declared correction of an old cohort makes
+    questions about it (only) new. Nothing here depends on the persons' records, so
+    whether a query replays tells a requester nothing about them. Data imported before
+    cohort accounting (no reference digest) keeps the data version as its key.
+    """
+    if not reference_digest:
+        return version
+    parts = {
+        "ranges": [list(r) for r in ranges],
+        "epoch": cohorts.epoch(ranges, imports, open_months),
+        "reference": reference_digest,
+        "reference_date": reference_date.isoformat() if reference_date is not None else "",
+    }
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"))
+    return "k" + hashlib.sha256(f"fedaudit-data-key-v1\x00{text}".encode()).hexdigest()[:63]
 
 
 def present(

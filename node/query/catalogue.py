@@ -22,12 +22,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from fedaudit.node.domain import Mechanism, QuerySpec
 from fedaudit.node.errors import DataUnavailableError, InvalidParametersError, PolicyError
+from fedaudit.node.privacy import cohorts
 from fedaudit.node.query import sql
-from fedaudit.node.store.models import Municipality, Provider, Qualification
+from fedaudit.node.store.models import DataVersion, Municipality, Provider, Qualification
 
 CATALOGUE_VERSION = "2026.1"
 
@@ -82,6 +83,12 @@ DIMENSIONS: Mapping[str, Dimension] = {
         ),
         Dimension("months_after", "months from certificate to employment observation: 6 or 12"),
         Dimension("subject_type", "what an appeal is about: " + ", ".join(SUBJECT_TYPES)),
+        Dimension(
+            "cohort",
+            "month (YYYY-MM) of the person's earliest record at this node, fixed at their "
+            "first import; the first key also holds every earlier month. A query is "
+            "charged to the cohorts it reads (docs/cohorts.md)",
+        ),
     )
 }
 """Every public dimension, by name."""
@@ -101,16 +108,27 @@ _YEAR = re.compile(r"[0-9]{4}")
 
 
 def dimension_keys(
-    conn: sqlalchemy.Connection, periods: Sequence[str]
+    conn: sqlalchemy.Connection, periods: Sequence[str], first_cohort: str | None = None
 ) -> dict[str, tuple[str, ...]]:
     """The public key list of every dimension.
 
     Read from reference tables only (qualifications, providers), or fixed; the
-    periods come from the node policy and act as a window on the data.
+    periods come from the node policy and act as a window on the data. The cohorts
+    run from `first_cohort` (default: January of the first period) to the month of
+    the latest reference date of any import (no person's cohort is later, see
+    `fedaudit.node.ingest.cohorts`), read from `data_versions`, not from persons.
     """
     bad = [p for p in periods if not isinstance(p, str) or not _YEAR.fullmatch(p)]
     if bad:
         raise PolicyError(f"periods must be four-digit years as text, got {bad[0]!r}")
+    first = first_cohort or (f"{min(periods)}-01" if periods else "")
+    if not cohorts.is_month(first):
+        raise PolicyError(f"the first cohort must be a month as YYYY-MM, got {first!r}")
+    newest = conn.execute(select(func.max(DataVersion.reference_date))).scalar_one_or_none()
+    if isinstance(newest, str):  # SQLite returns MAX() of a date column as text
+        newest = dt.date.fromisoformat(newest)
+    last = cohorts.month_of(newest) if newest is not None else first
+    cohort_keys = cohorts.months(first, last) or (first,)
     isco = sorted(set(conn.execute(select(Qualification.isco_code)).scalars()))
     providers = sorted(set(conn.execute(select(Provider.provider_id)).scalars()))
     if sql.NO_PROVIDER not in providers:
@@ -124,6 +142,7 @@ def dimension_keys(
         "citizenship_group": CITIZENSHIP_GROUPS,
         "months_after": MONTHS_AFTER,
         "subject_type": SUBJECT_TYPES,
+        "cohort": cohort_keys,
     }
 
 
@@ -161,6 +180,9 @@ class Template:
     params: tuple[ParamInfo, ...]
     category_fn: Callable[[Mapping[str, int]], tuple[str, ...]] = field(repr=False)
     rows: Callable[[RowContext], sql.RowSource] = field(repr=False, compare=False)
+    uses_reference_date: bool = False
+    """Whether answers depend on the data's reference date (not only on the rows read):
+    then the date is part of what "the same data" means for replay."""
 
     def categories(self, params: Mapping[str, int] | None = None) -> tuple[str, ...]:
         """The categories, in release order, for resolved `params`."""
@@ -238,8 +260,16 @@ EARNINGS_BINS: tuple[tuple[int | None, str], ...] = (
 """Monthly earnings bins: (exclusive upper bound, label)."""
 NOT_REPORTED = "not_reported"
 
-_QUALIFICATION_PERSON = ("isco_code", "eqf_level", "provider", "period", "sex", "citizenship_group")
-_RECOGNITION = ("isco_code", "eqf_level", "period", "sex", "citizenship_group")
+_QUALIFICATION_PERSON = (
+    "isco_code",
+    "eqf_level",
+    "provider",
+    "period",
+    "sex",
+    "citizenship_group",
+    "cohort",
+)
+_RECOGNITION = ("isco_code", "eqf_level", "period", "sex", "citizenship_group", "cohort")
 
 _TEMPLATE_LIST = (
     Template(
@@ -301,6 +331,7 @@ _TEMPLATE_LIST = (
             pending_within=PENDING_WITHIN_LIMIT,
             pending_overdue=PENDING_OVERDUE,
         ),
+        uses_reference_date=True,
     ),
     Template(
         name="recognition_decisions",
@@ -315,7 +346,7 @@ _TEMPLATE_LIST = (
         name="appeal_outcomes",
         version="1",
         description="Appeals by outcome; period = year lodged.",
-        dimensions=("subject_type", "period", "sex", "citizenship_group"),
+        dimensions=("subject_type", "period", "sex", "citizenship_group", "cohort"),
         params=(),
         category_fn=_fixed("upheld", "dismissed", "withdrawn", "pending"),
         rows=lambda ctx: sql.appeal_rows(ctx.country),
@@ -516,6 +547,17 @@ def validate(
     return template, params
 
 
+def charged_cohorts(
+    spec: QuerySpec, keys: Mapping[str, tuple[str, ...]]
+) -> tuple[cohorts.CohortRange, ...]:
+    """The cohort ranges a validated query reads, and is charged to.
+
+    With a `cohort` filter exactly those cohorts; without one every cohort up to the
+    newest key (the first key's range reaches back to the earliest months).
+    """
+    return cohorts.ranges_for_keys(spec.filters.get("cohort", keys["cohort"]), keys["cohort"])
+
+
 def cell_count(
     template: Template,
     spec: QuerySpec,
@@ -572,6 +614,8 @@ def true_counts(
     source = template.rows(
         RowContext(country=_country(conn), params=params, reference_date=reference_date)
     )
+    if "cohort" in spec.group_by or "cohort" in spec.filters:
+        source = sql.with_cohort(source, first_key=keys["cohort"][0])
     statement = sql.bounded_histogram(
         source,
         group_by=spec.group_by,

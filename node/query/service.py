@@ -22,7 +22,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import structlog
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from fedaudit.common import mechanisms
 from fedaudit.common.budget_units import rho_to_units
@@ -52,11 +52,12 @@ from fedaudit.node.errors import (
 )
 from fedaudit.node.evidence import querylog
 from fedaudit.node.evidence.querylog import LogEvent, QueryLog
+from fedaudit.node.privacy.cohorts import CohortRange, month_of
 from fedaudit.node.privacy.ledger import DuplicateRequestError, Ledger
 from fedaudit.node.privacy.policy import Policy
 from fedaudit.node.query import canonical, catalogue
 from fedaudit.node.store.db import is_sqlite
-from fedaudit.node.store.models import DataVersion, Municipality
+from fedaudit.node.store.models import CohortDigest, DataVersion, Municipality
 from fedaudit.pki.identity import NodeIdentity
 
 log = structlog.get_logger(__name__)
@@ -73,11 +74,15 @@ class _DataState:
     """What the node knows about its current data version (cached per version)."""
 
     version: str
+    version_id: int
     reference_date: dt.date
     municipality_code: str
     municipality_name: str
     country: str
     keys: dict[str, tuple[str, ...]]
+    imports: tuple[tuple[int, str, frozenset[str]], ...]
+    """Every import: (sequence, reference month, cohorts it reopened); public."""
+    reference_digest: str
 
 
 class NodeService:
@@ -216,8 +221,15 @@ class NodeService:
             confidence=spec.confidence,
         )
         self._check_minimum(charge)
-        budget = self._ledger.status(requester, self._clock())
-        replay = self._would_replay(requester, request_id, _hashes(spec, canon), state.version)
+        ranges = catalogue.charged_cohorts(canon, state.keys)
+        # What remains for the cohorts this query would be charged (the binding one).
+        budget = self._ledger.status(requester, self._clock(), ranges)
+        replay = self._would_replay(
+            requester,
+            request_id,
+            _hashes(spec, canon),
+            _data_key(template, ranges, state, self._policy),
+        )
         if replay:
             charge = Charge(rho=0.0)
         reason, message = "", ""
@@ -247,7 +259,7 @@ class NodeService:
         )
 
     def _would_replay(
-        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> bool:
         """Whether the query would replay one of the caller's own stored answers.
 
@@ -258,8 +270,9 @@ class NodeService:
             entry = self._ledger.find_by_request_id(request_id, requester=requester)
             if entry is not None:
                 return entry.query_hash in hashes and entry.state == "released"
+        version, key = data
         return any(
-            self._ledger.find_released(h, data_version, requester=requester) is not None
+            self._ledger.find_released(h, version, requester=requester, data_key=key) is not None
             for h in hashes
         )
 
@@ -285,8 +298,10 @@ class NodeService:
             confidence=spec.confidence,
         )
         self._check_minimum(charge)
+        ranges = catalogue.charged_cohorts(canon, state.keys)
+        data = _data_key(template, ranges, state, self._policy)
 
-        replay = self._replay(requester, request_id, hashes, state.version)
+        replay = self._replay(requester, request_id, hashes, data)
         if replay is not None:
             return _replayed(
                 event,
@@ -310,10 +325,13 @@ class NodeService:
                     charge=charge,
                     now=now,
                     outer=tx,
+                    cohorts=ranges,
+                    data_key=data[1],
                 )
                 counts = self._true_counts(
                     tx, template=template, canon=canon, state=state, params=params, bound=bound
                 )
+                self._check_unchanged(tx, state)
                 answer = self._noisy_answer(
                     request_id,
                     template=template,
@@ -334,7 +352,7 @@ class NodeService:
             event.appended, event.head = True, (row.seq, row.row_hash)
         except DuplicateRequestError:
             # A concurrent retry of the same request won the race; answer as a replay.
-            replay = self._replay(requester, request_id, hashes, state.version)
+            replay = self._replay(requester, request_id, hashes, data)
             if replay is None:
                 raise RateLimitedError(
                     f"request {request_id} is being answered; retry shortly"
@@ -393,6 +411,20 @@ class NodeService:
                 "query_failed_before_release", template=template.name, error=type(exc).__name__
             )
             raise DataUnavailableError("the node could not compute this query") from exc
+
+    def _check_unchanged(self, tx: Connection, state: _DataState) -> None:
+        """Refuse (and roll the charge back) if an import landed while the counts ran.
+
+        The counts could then include persons of a cohort newer than those the query
+        was charged for. Read after the counts on the writer's transaction, so any
+        import the counts could have seen has committed before this read.
+        """
+        newest = tx.execute(select(func.max(DataVersion.id))).scalar()
+        if newest != state.version_id:
+            self.reload()
+            raise RateLimitedError(
+                "the node's data was replaced while this query ran; nothing was charged; retry"
+            )
 
     def _noisy_answer(
         self,
@@ -523,7 +555,7 @@ class NodeService:
         return template, params
 
     def _replay(
-        self, requester: str, request_id: str, hashes: tuple[str, ...], data_version: str
+        self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> Answer | None:
         """The caller's stored answer to this request id or query, as stored, or None."""
         entry = self._ledger.find_by_request_id(request_id, requester=requester)
@@ -539,16 +571,32 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
+        version, key = data
         for query_hash in hashes:
-            same = self._ledger.find_released(query_hash, data_version, requester=requester)
+            same = self._ledger.find_released(
+                query_hash, version, requester=requester, data_key=key
+            )
             if same is not None and same.answer_json:
                 return answer_from_json(same.answer_json, request_id=request_id)
         return None
 
     def _data_state(self) -> _DataState:
+        """The current data version's public state, cached until another import lands.
+
+        Checked on every request (one indexed read): an import into a running node's
+        database is picked up at once, so the cohort keys a query is charged for are
+        never older than the data it reads (see also `_check_unchanged`).
+        """
         with self._state_lock:
             if self._state is not None:
-                return self._state
+                try:
+                    with self._query_engine.connect() as conn:
+                        newest = conn.execute(select(func.max(DataVersion.id))).scalar()
+                except Exception as exc:
+                    raise DataUnavailableError("the node's database is not reachable") from exc
+                if newest == self._state.version_id:
+                    return self._state
+                self._state = None
             try:
                 with self._query_engine.connect() as conn:
                     version = conn.execute(
@@ -559,18 +607,30 @@ class NodeService:
                         raise DataUnavailableError(
                             "no data bundle has been imported into this node yet"
                         )
-                    keys = catalogue.dimension_keys(conn, self._policy.periods)
+                    keys = catalogue.dimension_keys(
+                        conn, self._policy.periods, self._policy.cohort_start
+                    )
+                    imports = _imports(conn)
+                    reference_digest = conn.execute(
+                        select(CohortDigest.digest).where(
+                            CohortDigest.data_version == version.version,
+                            CohortDigest.cohort == "*",
+                        )
+                    ).scalar_one_or_none()
             except RefusedError:
                 raise
             except Exception as exc:
                 raise DataUnavailableError("the node's database is not reachable") from exc
             self._state = _DataState(
                 version=version.version,
+                version_id=version.id,
                 reference_date=version.reference_date,
                 municipality_code=muni.municipality_code,
                 municipality_name=muni.name,
                 country=muni.country,
                 keys=keys,
+                imports=imports,
+                reference_digest=reference_digest or "",
             )
             return self._state
 
@@ -583,6 +643,40 @@ def _event(requester: str, method: str, spec: QuerySpec, *, request_id: str = ""
         request_id=request_id,
         template=spec.template,
         parameters=spec.canonical_json(),
+    )
+
+
+def _data_key(
+    template: catalogue.Template,
+    ranges: tuple[CohortRange, ...],
+    state: _DataState,
+    policy: Policy,
+) -> tuple[str, str]:
+    """(data version, replay data key) of a query reading `ranges` (see `canonical.data_key`)."""
+    return state.version, canonical.data_key(
+        version=state.version,
+        ranges=ranges,
+        imports=state.imports,
+        open_months=policy.cohort_open_months,
+        reference_digest=state.reference_digest,
+        reference_date=state.reference_date if template.uses_reference_date else None,
+    )
+
+
+def _imports(conn: Connection) -> tuple[tuple[int, str, frozenset[str]], ...]:
+    """Every import's sequence number, reference month and reopened cohorts (public)."""
+    reopened: dict[str, set[str]] = {}
+    for version, cohort in conn.execute(
+        select(CohortDigest.data_version, CohortDigest.cohort).where(CohortDigest.reopened)
+    ):
+        reopened.setdefault(version, set()).add(cohort)
+    return tuple(
+        (int(seq), month_of(day), frozenset(reopened.get(version, ())))
+        for seq, version, day in conn.execute(
+            select(DataVersion.id, DataVersion.version, DataVersion.reference_date).order_by(
+                DataVersion.id
+            )
+        )
     )
 
 

@@ -45,6 +45,7 @@ from fedaudit.node.store.models import (
     Candidate,
     Certificate,
     EmploymentOutcome,
+    PersonCohort,
     Qualification,
     RecognitionRequest,
 )
@@ -334,6 +335,28 @@ def appeal_rows(country: str) -> RowSource:
             **_person_dims(country),
         },
         category=a.c.outcome,
+    )
+
+
+def with_cohort(source: RowSource, *, first_key: str) -> RowSource:
+    """`source` with the `cohort` dimension: the person's fixed cohort (person_cohorts).
+
+    Cohorts before `first_key` count as `first_key` (the public key list starts there).
+    Joined only when a query groups or filters by cohort: every person has a cohort
+    row from their first import on, so the inner join drops nobody.
+    """
+    p = PersonCohort.__table__
+    first = literal(first_key, String)
+    return RowSource(
+        from_=source.from_.join(p, p.c.candidate_id == source.person),
+        person=source.person,
+        order_by=source.order_by,
+        dimensions={
+            **source.dimensions,
+            "cohort": case((p.c.cohort < first, first), else_=p.c.cohort),
+        },
+        category=source.category,
+        where=source.where,
     )
 
 

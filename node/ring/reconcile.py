@@ -270,6 +270,8 @@ class ReconcileService:
             mechanism=Mechanism.DISCRETE_GAUSSIAN,
             charge=Charge(rho=charge.rho),
             now=self._clock(),
+            # Matches may be anyone's: charged to every cohort that has any.
+            cohorts=self._ledger.existing_cohorts(self._clock()),
         )
         try:
             persons = persons_matched(self._engine, requester, run_id)

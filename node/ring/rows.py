@@ -58,9 +58,12 @@ def hashed_rows(
         if p.fail_months:
             flags |= rc.FLAG_FAILED
             for month in p.fail_months:
+                # The slot of the row's own pass month is blank: otherwise the row would
+                # show the coordinator an internal equality (pass inside its own window,
+                # at which offset) that DP padding's dummy rows cannot reproduce.
                 tokens.append(
                     token(event_string(run_id, p.isco_code, p.event_value, month))
-                    if p.event_value
+                    if p.event_value and month != p.pass_month
                     else blank()
                 )
         if p.pass_month is not None:

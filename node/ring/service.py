@@ -75,11 +75,13 @@ from fedaudit.node.ring.keys import (
     PersonInput,
     merge_local,
 )
+from fedaudit.node.ring.padding import Cell, PaddingPlan, cells, dummy_rows, plan_padding
 from fedaudit.node.ring.roster import check_roster
 from fedaudit.node.ring.rows import hashed_rows, load_persons
 from fedaudit.node.store.models import (
     DataVersion,
     Municipality,
+    Qualification,
 )
 from fedaudit.pki.enrolment import RevocationList
 from fedaudit.pki.identity import NodeIdentity
@@ -94,6 +96,8 @@ MAX_KEYS = len(ALL_KEYS)
 RUN_TTL_SECONDS = 3600.0
 """A run not finished within this time is dropped with its secrets."""
 MAX_ROW_BYTES = 8 + 32 * (MAX_KEYS + 14)
+MAX_DUMMY_ROWS = 2_000_000
+"""A run whose DP padding could add more dummy rows than this is refused before any read."""
 
 
 class RingProtocolError(InvalidParametersError):
@@ -110,6 +114,8 @@ class _Run:
     keys: rc.RunKeys
     entry_id: int
     created: float
+    padding_entry_id: int | None = None
+    """The ledger entry of the DP dummy padding (None: the policy turned padding off)."""
     roster: tuple[RosterEntry, ...] = ()
     roster_digest: bytes = b""
     started: bool = False
@@ -119,6 +125,11 @@ class _Run:
 
 def request_id_for_run(run_id: str) -> str:
     return "dedup-" + hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
+def padding_request_id(run_id: str) -> str:
+    """The ledger entry of a run's DP dummy padding (beside the run's own entry)."""
+    return request_id_for_run(run_id) + "-padding"
 
 
 class DedupService:
@@ -211,8 +222,13 @@ class DedupService:
             mechanism=mechanism,
             charge=Charge(rho=params.rho, epsilon=params.epsilon),
             now=self._clock(),
+            # The ring reads every person here: charged to every cohort that has any.
+            cohorts=self._ledger.existing_cohorts(self._clock()),
         )
+        padding_id = self._reserve_padding(requester, run_id, query_hash, version, entry_id)
         event.rho_units, event.epsilon = rho_to_units(params.rho), params.epsilon
+        if padding_id is not None:
+            event.rho_units += rho_to_units(self._padding_rho())
         try:
             keys = rc.RunKeys.fresh()
             signing_public = bytes(keys.signing.verify_key)
@@ -230,13 +246,13 @@ class DedupService:
                 ),
             )
         except Exception:
-            self._ledger.cancel(entry_id)  # nothing was read; no run to settle later
+            self._cancel(entry_id, padding_id)  # nothing was read; no run to settle later
             event.rho_units = 0
             raise
         with self._lock:
             if (requester, run_id) in self._runs:  # a concurrent join of the same run won the race
                 keys.wipe()
-                self._ledger.cancel(entry_id)
+                self._cancel(entry_id, padding_id)
                 event.rho_units = 0
                 raise RingProtocolError("this run has already been joined at this node")
             self._runs[(requester, run_id)] = _Run(
@@ -248,6 +264,7 @@ class DedupService:
                 keys=keys,
                 entry_id=entry_id,
                 created=time.monotonic(),
+                padding_entry_id=padding_id,
             )
         log.info("dedup.joined", run_id=run_id, bound=bound, keys=len(params.keys))
         return info
@@ -280,13 +297,16 @@ class DedupService:
             now=self._clock(),
             revocations=self._revocations,
         )
+        padding = self._padding(run, len(roster))  # before the registry: may still refuse
         with self._lock:
             if run.started:
                 raise RingProtocolError("this node's batch was already sent in this run")
             run.started = True  # the registry is read next: the charge stands from here
             run.roster, run.roster_digest = roster, roster_digest(run_id, roster)
         rows = self._own_rows(run_id, run)
-        rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)
+        if padding is not None:
+            rows += dummy_rows(*padding)
+        rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)  # shuffles
         self.blinded_points += sum(len(r.tokens) for r in rows)
         origin = roster[me].municipality_code
         log.info("dedup.started", run_id=run_id, nodes=len(roster))
@@ -408,15 +428,96 @@ class DedupService:
         """Refund only when the registry was never read for this run; otherwise keep it."""
         run.keys.wipe()
         if not run.started:
-            self._ledger.cancel(run.entry_id)  # the registry was never read for this run
+            self._cancel(run.entry_id, run.padding_entry_id)  # the registry was never read
             event.message = "refunded: the registry was never read for this run"
         else:
-            if completed:
-                self._ledger.complete(run.entry_id, json.dumps({"processed": len(run.processed)}))
-            else:
-                self._ledger.fail(run.entry_id)
-            event.rho_units, event.epsilon = rho_to_units(run.params.rho), run.params.epsilon
+            entries = [run.entry_id]
+            rho = run.params.rho
+            if run.padding_entry_id is not None:
+                entries.append(run.padding_entry_id)
+                rho += self._padding_rho()
+            for entry in entries:
+                if completed:
+                    self._ledger.complete(entry, json.dumps({"processed": len(run.processed)}))
+                else:
+                    self._ledger.fail(entry)
+            event.rho_units, event.epsilon = rho_to_units(rho), run.params.epsilon
             event.message = "charge kept" + ("" if completed else " (run not completed)")
+
+    def _padding_rho(self) -> float:
+        rho = self._policy.ring.padding_rho
+        assert rho is not None
+        return rho
+
+    def _reserve_padding(
+        self, requester: str, run_id: str, query_hash: str, version: str, entry_id: int
+    ) -> int | None:
+        """Charge the DP dummy padding (a separate ledger entry); None when the policy has none.
+
+        Reserved at Join with the run's own charge, so both are in place before anything
+        is read or blinded; if it does not fit, the run's charge is cancelled too.
+        """
+        rho = self._policy.ring.padding_rho
+        if rho is None:
+            return None
+        try:
+            return self._ledger.reserve(
+                request_id=padding_request_id(run_id),
+                requester=requester,
+                template=TEMPLATE,
+                template_version=TEMPLATE_VERSION,
+                query_hash=query_hash,
+                data_version=version,
+                mechanism=Mechanism.DISCRETE_GAUSSIAN,
+                charge=Charge(rho=rho, delta=self._policy.ring.padding_delta),
+                now=self._clock(),
+            )
+        except Exception:
+            self._ledger.cancel(entry_id)
+            raise
+
+    def _cancel(self, entry_id: int, padding_id: int | None) -> None:
+        self._ledger.cancel(entry_id)
+        if padding_id is not None:
+            self._ledger.cancel(padding_id)
+
+    def _padding(self, run: _Run, nodes: int) -> tuple[PaddingPlan, list[Cell]] | None:
+        """The padding plan and grid of this run (None: padding off), from the policy, the
+        roster size and the catalogue (reference data) only. Refused before the registry is
+        read when it would add more than MAX_DUMMY_ROWS rows (the policy's padding_rho is
+        too small for this roster), so the charge is still refunded."""
+        if run.padding_entry_id is None:
+            return None
+        rho, delta = self._padding_rho(), self._policy.ring.padding_delta
+        params = run.params
+        grid = cells(
+            self._catalogue(), len(params.keys), shopping=params.shopping, revoked=params.revoked
+        )
+        try:
+            plan = plan_padding(rho, delta, nodes=nodes, bound=params.bound, revoked=params.revoked)
+        except ValueError as exc:
+            raise InvalidParametersError(
+                f"this node's padding (ring.padding_rho={rho:g}) cannot serve this run: {exc}; "
+                "raise ring.padding_rho",
+                {"field": "ring.padding_rho"},
+            ) from exc
+        if plan.upper * len(grid) > MAX_DUMMY_ROWS:
+            raise InvalidParametersError(
+                f"this node's padding (ring.padding_rho={rho:g}, padding_delta={delta:g}) would "
+                f"add up to {plan.upper * len(grid)} dummy rows for {nodes} nodes and "
+                f"{len(grid)} cells, more than {MAX_DUMMY_ROWS}; raise ring.padding_rho or "
+                "lower the run's bound",
+                {"field": "ring.padding_rho"},
+            )
+        return plan, grid
+
+    def _catalogue(self) -> list[str]:
+        """The ISCO codes of the node's qualifications: reference data, not personal."""
+        try:
+            with self._engine.connect() as conn:
+                return sorted(set(conn.execute(select(Qualification.isco_code)).scalars()))
+        except Exception as exc:
+            raise DataUnavailableError("the node's database is not reachable") from exc
 
     def _expire(self) -> None:
         now = time.monotonic()

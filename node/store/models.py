@@ -172,6 +172,41 @@ class DataVersion(Base):
     row_counts: Mapped[str] = mapped_column(Text)  # JSON object: file -> rows
 
 
+# --- cohorts (fixed at a person's first import; see docs/cohorts.md) --------------------------
+
+
+class PersonCohort(Base):
+    """The cohort of a person at this node: written at their first import, never changed.
+
+    Not a foreign key to `candidates`: an import replaces the registry, and a person
+    who leaves it and comes back keeps the cohort they had (and the budget it spent).
+    """
+
+    __tablename__ = "person_cohorts"
+    __table_args__ = (Index("ix_person_cohorts_cohort", "cohort"),)
+
+    candidate_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(7))  # "YYYY-MM"
+    data_version: Mapped[str] = mapped_column(String(64))  # the import that assigned it
+
+
+class CohortDigest(Base):
+    """Per data version, a digest of each cohort's personal rows, and whether the import
+    reopened the cohort (a declared correction, see docs/cohorts.md).
+
+    The digests tell the data officer which cohorts an import changed; they never enter
+    a replay key (whether a cohort's data changed is not public). `reopened` does: it is
+    the officer's explicit, public statement. Cohort `*` is the reference tables.
+    """
+
+    __tablename__ = "cohort_digests"
+
+    data_version: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cohort: Mapped[str] = mapped_column(String(7), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64))
+    reopened: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 # --- privacy ledger ---------------------------------------------------------------------------
 
 
@@ -220,6 +255,26 @@ class LedgerEntry(Base):
     state: Mapped[str] = mapped_column(String(16))
     answer: Mapped[str | None] = mapped_column(Text)  # JSON of the released answer
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+    # What "the same data" means for replay: the public state of the cohorts the query
+    # read (None on entries written before cohort accounting: their data_version).
+    data_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class LedgerCohortRange(Base):
+    """A contiguous range of cohorts [first, last] an entry is charged to (see docs/cohorts.md).
+
+    An entry has one or more disjoint ranges; what a cohort has spent is the sum of
+    the entries with a range containing it. "0000-00".."9999-99" is every cohort.
+    """
+
+    __tablename__ = "ledger_cohort_ranges"
+    __table_args__ = (Index("ix_ledger_cohort_ranges_first_last", "first", "last"),)
+
+    entry_id: Mapped[int] = mapped_column(
+        ForeignKey("ledger_entries.id", ondelete="CASCADE"), primary_key=True
+    )
+    first: Mapped[str] = mapped_column(String(7), primary_key=True)
+    last: Mapped[str] = mapped_column(String(7))
 
 
 # --- query log (tamper-evident) ------------------------------------------------------------

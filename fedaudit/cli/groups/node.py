@@ -56,6 +56,17 @@ def register(parsers: Parsers) -> None:
         action="store_true",
         help="replace data of another municipality (normally refused as a likely mistake)",
     )
+    imp.add_argument(
+        "--reopen",
+        action="append",
+        default=[],
+        metavar="YYYY-MM",
+        help=(
+            "this import corrects the data of that cohort (repeatable): questions about it "
+            "become new and are charged to it again, even when the cohort is no longer open "
+            "(docs/cohorts.md)"
+        ),
+    )
     imp.set_defaults(handler=node_import)
 
     val = parsers.node.add_parser(
@@ -166,7 +177,10 @@ def node_import(args: argparse.Namespace) -> int:
     try:
         ensure_schema(engine)
         result = import_bundle(
-            engine, args.bundle, allow_municipality_change=args.allow_municipality_change
+            engine,
+            args.bundle,
+            allow_municipality_change=args.allow_municipality_change,
+            reopen=args.reopen,
         )
         imported = True
     except BundleError as exc:
@@ -189,6 +203,17 @@ def node_import(args: argparse.Namespace) -> int:
             _remove_sqlite(new_file)
     rows = ", ".join(f"{name} {count}" for name, count in result.row_counts.items())
     console.print(f"imported data version {result.data_version} ({rows})")
+    if result.reopened_cohorts:
+        console.print(f"reopened cohorts: {', '.join(result.reopened_cohorts)}")
+    quiet = [c for c in result.changed_cohorts if c not in result.reopened_cohorts]
+    if quiet:
+        shown = ", ".join(quiet[:12]) + (f" and {len(quiet) - 12} more" if len(quiet) > 12 else "")
+        console.print(
+            f"data changed in cohort(s) {shown}. Questions about the open cohorts among them "
+            "are new anyway; for a closed cohort whose data you corrected, import again with "
+            "--reopen YYYY-MM so that questions about it are answered on the corrected data "
+            "(this local note is not shown to requesters)"
+        )
     return EXIT_OK
 
 
@@ -434,11 +459,41 @@ def node_budget(args: argparse.Namespace) -> int:
         )
     console.print(table)
     console.print(
-        f"node total {policy.node_rho_total:.4g} rho (never renewed), "
-        f"reserved {policy.node_reserved_rho:.4g}; each requester may spend only its share"
+        f"node total {policy.node_rho_total:.4g} rho per cohort (never renewed), "
+        f"reserved {policy.node_reserved_rho:.4g}; each requester may spend only its share, "
+        "and its cap per period, on each cohort"
     )
+    _print_cohort_spending(engine, policy)
     engine.dispose()
     return EXIT_OK
+
+
+def _print_cohort_spending(engine: Any, policy: Any) -> None:
+    """The node's spending per cohort: what bounds the loss of each cohort's persons."""
+    from rich.table import Table
+
+    from fedaudit.common.budget_units import cap_to_units, units_to_rho
+    from fedaudit.node.ops.budget_history import cohort_spending
+
+    runs = cohort_spending(engine, policy)
+    if not runs:
+        return
+    cap = cap_to_units(policy.node_rho_total)
+    table = Table(title="Node budget per cohort (month of a person's first record here)")
+    for col in ("cohorts", "persons", "spent (rho)", "left of node total"):
+        table.add_column(col, justify="left" if col == "cohorts" else "right", no_wrap=True)
+    for index, run in enumerate(runs):
+        # The first key also holds every earlier month.
+        label = f"{run.first} .. {run.last}" if run.first != run.last else run.first
+        if index == 0:
+            label = f"up to {run.last}"
+        table.add_row(
+            label,
+            str(run.persons),
+            rho_text(units_to_rho(run.spent_units)),
+            rho_text(units_to_rho(max(cap - run.spent_units, 0))),
+        )
+    console.print(table)
 
 
 def _node_identity(args: argparse.Namespace) -> Any:

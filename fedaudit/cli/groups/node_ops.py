@@ -258,9 +258,12 @@ def node_budget_history(args: argparse.Namespace) -> int:
         )
     console.print(table)
     node_left = max(history.node_cap_units - history.node_spent_units, 0)
+    from fedaudit.node.privacy.ledger import cohort_label
+
+    most = f" (most charged: {cohort_label(history.node_cohort)})" if history.node_cohort else ""
     console.print(
-        f"node total: spent {rho_text(units_to_rho(history.node_spent_units))} of "
-        f"{rho_text(units_to_rho(history.node_cap_units))} rho (never renewed), "
+        f"node total, per cohort: spent {rho_text(units_to_rho(history.node_spent_units))} of "
+        f"{rho_text(units_to_rho(history.node_cap_units))} rho (never renewed){most}, "
         f"{rho_text(units_to_rho(node_left))} left"
     )
     return EXIT_OK

@@ -1,6 +1,7 @@
 """`fedaudit schedule`: scheduled compliance checks (plans with a cron `schedule`).
 
     fedaudit schedule check PLAN... [--node NAME=HOST:PORT] TLS
+    fedaudit schedule forecast PLAN --policy [NODE=]POLICY... --years N [--start YYYY-MM-DD]
     fedaudit schedule run PLAN... --archive DIR [--fail-on SEV] [--webhook URL] [--once] TLS
 
 `check` only pre-flights the schedule against every node's remaining budget and exits 0
@@ -60,6 +61,10 @@ def register(parsers: Parsers) -> None:
     _common(check)
     check.set_defaults(handler=_check)
 
+    from fedaudit.cli import schedule_forecast
+
+    schedule_forecast.add_parser(sub)
+
     run = sub.add_parser(
         "run",
         help="run due plans now (--once) or keep running them at their slots",
@@ -98,6 +103,24 @@ def register(parsers: Parsers) -> None:
 
     add_metrics_arguments(run)
     run.set_defaults(handler=_run)
+
+    reask = sub.add_parser(
+        "reask",
+        help="ask a cohort plan's questions about one cohort again (its data were corrected)",
+        description=(
+            "After a municipality re-imported corrected data for an old cohort: ask again, "
+            "now, exactly the archived queries that read that cohort. A node whose data officer "
+            "reopened the cohort (node import --reopen) charges them again, to those cohorts "
+            "only; other nodes replay their stored answers for free. The report goes to the "
+            "archive and replaces the cohort's numbers in "
+            "trend.json; the schedule's progress does not move. Exit codes as `run --once`."
+        ),
+    )
+    _common(reask)
+    reask.add_argument("--archive", type=Path, required=True, help="archive directory")
+    reask.add_argument("--cohort", required=True, metavar="YYYY-MM", help="the corrected cohort")
+    reask.add_argument("--reason", required=True, help="why (recorded in the report)")
+    reask.set_defaults(handler=_reask)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +209,34 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _reask(args: argparse.Namespace) -> int:
+    from fedaudit.coordinator.planning.cohorts import parse_month
+    from fedaudit.coordinator.scheduling.schedule import Scheduler
+
+    if len(args.plans) != 1:
+        raise CliError("schedule reask: give exactly one plan")
+    try:
+        parse_month(args.cohort)
+    except ValueError as exc:
+        raise CliError(f"--cohort: {exc}") from None
+    if not args.reason.strip():
+        raise CliError("--reason: say why the cohort is asked again (it goes into the report)")
+    plans, factory, ring_factory, reconcile_factory = _setup(args)
+    scheduler = Scheduler(
+        plans,
+        factory,
+        args.archive,
+        dedup_transports=ring_factory,
+        reconcile_transports=reconcile_factory,
+    )
+    try:
+        record = scheduler.reask(plans[0], args.cohort, args.reason.strip())
+    except ValueError as exc:
+        raise CliError(f"schedule reask: {exc}") from None
+    _print_record(record)
+    return record.exit_code
+
+
 # --- helpers -----------------------------------------------------------------------------------
 
 
@@ -260,11 +311,25 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
 
 
 def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None) -> Any:
-    from fedaudit.coordinator.scheduling.forecast import forecast_plans
+    """Plans that ask every year are forecast together (they share the requester's budget);
+    cohort plans per cohort (`coordinator/scheduling/cohort_check.py`)."""
+    from fedaudit.coordinator.scheduling.cohort_check import forecast_live
+    from fedaudit.coordinator.scheduling.forecast import Forecast, forecast_plans
 
     transports = {p.name: factory(p) for p in plans}
+    now = dt.datetime.now(dt.UTC)
+    yearly = [p for p in plans if p.cohorts is None]
+    cohort = [p for p in plans if p.cohorts is not None]
     try:
-        return forecast_plans(plans, transports, dt.datetime.now(dt.UTC), due_now=due_now)
+        parts = []
+        if yearly:
+            parts.append(forecast_plans(yearly, transports, now, due_now=due_now))
+        if cohort:
+            parts.append(forecast_live(cohort, transports, now, due_now=due_now))
+        return Forecast(
+            tuple(n for part in parts for n in part.nodes),
+            tuple(u for part in parts for u in part.unreachable),
+        )
     finally:
         for per_plan in transports.values():
             for t in per_plan.values():
@@ -274,7 +339,10 @@ def _forecast(plans: list[Any], factory: Any, *, due_now: dict[str, bool] | None
 def _print_forecast(result: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="Budget forecast (rho; every run assumed charged in full)")
+    table = Table(
+        title="Budget forecast (rho; every run assumed charged in full; for a cohort plan "
+        "'needs' is what the most charged cohort would be charged)"
+    )
     for col in (
         "node",
         "period",

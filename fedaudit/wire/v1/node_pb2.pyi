@@ -216,6 +216,7 @@ class Budget(_message.Message):
     NODE_RHO_CAP_FIELD_NUMBER: _builtins.int
     NODE_RHO_REMAINING_FIELD_NUMBER: _builtins.int
     MAX_RHO_PER_REQUEST_FIELD_NUMBER: _builtins.int
+    COHORT_FIELD_NUMBER: _builtins.int
     period: _builtins.str
     """Budget period of the per-requester cap, e.g. "2026-Q4"."""
     requester_rho_cap: _builtins.float
@@ -231,6 +232,12 @@ class Budget(_message.Message):
     node, when the node's smaller remainder is given because that is what a query meets).
     """
     max_rho_per_request: _builtins.float
+    cohort: _builtins.str
+    """Cohort accounting (docs/cohorts.md): the node's caps hold per cohort, and the figures
+    above are those of the cohort that binds among the cohorts asked about (in a
+    preflight, the cohorts the query would be charged; elsewhere all). "YYYY-MM";
+    "0000-00" for the earliest cohorts; empty from nodes without cohort accounting.
+    """
     def __init__(
         self,
         *,
@@ -241,10 +248,11 @@ class Budget(_message.Message):
         node_rho_cap: _builtins.float = ...,
         node_rho_remaining: _builtins.float = ...,
         max_rho_per_request: _builtins.float = ...,
+        cohort: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_rho_per_request", b"max_rho_per_request", "node_rho_cap", b"node_rho_cap", "node_rho_remaining", b"node_rho_remaining", "period", b"period", "requester_rho_cap", b"requester_rho_cap", "requester_rho_remaining", b"requester_rho_remaining", "requester_rho_spent", b"requester_rho_spent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort", b"cohort", "max_rho_per_request", b"max_rho_per_request", "node_rho_cap", b"node_rho_cap", "node_rho_remaining", b"node_rho_remaining", "period", b"period", "requester_rho_cap", b"requester_rho_cap", "requester_rho_remaining", b"requester_rho_remaining", "requester_rho_spent", b"requester_rho_spent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
