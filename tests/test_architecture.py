@@ -31,6 +31,8 @@ ALLOWED: list[tuple[str, tuple[str, ...]]] = [
     ("fedaudit.logs", ()),
     ("fedaudit.audit_reports", ()),
     ("fedaudit.node", ("fedaudit.common", "fedaudit.wire", "fedaudit.pki")),
+    # The hub relays envelopes; it holds no node or coordinator object.
+    ("fedaudit.hub", ("fedaudit.common", "fedaudit.wire", "fedaudit.pki")),
     (
         "fedaudit.coordinator",
         (
@@ -56,6 +58,7 @@ ALLOWED: list[tuple[str, tuple[str, ...]]] = [
             "fedaudit.logs",
             "fedaudit.audit_reports",
             "fedaudit.inprocess",
+            "fedaudit.hub",
         ),
     ),
 ]

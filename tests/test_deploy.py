@@ -87,7 +87,8 @@ def test_kubernetes_manifests_match_the_schemas_strictly(version: str) -> None:
 def test_kubernetes_validation_catches_a_misspelt_field() -> None:
     """The validator in use does reject a typo (so the test above can fail)."""
     kv = _require_module("kubernetes_validate", "kubernetes-validate")
-    deployment = json.loads(json.dumps(_by_kind("Deployment")[0]))
+    (node,) = [d for d in _by_kind("Deployment") if d["metadata"]["name"] == "fedaudit-node"]
+    deployment = json.loads(json.dumps(node))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     container["readinessProbe"]["grcp"] = container["readinessProbe"].pop("grpc")
     with pytest.raises(kv.ValidationError):
@@ -106,7 +107,7 @@ def test_kustomizations_list_every_manifest() -> None:
 
 def test_node_deployment_probes_mounts_and_secrets() -> None:
     """gRPC probes hit the declared health port; certificates come from a Secret; the pod runs unprivileged."""
-    (deployment,) = _by_kind("Deployment")
+    (deployment,) = [d for d in _by_kind("Deployment") if d["metadata"]["name"] == "fedaudit-node"]
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -134,10 +135,12 @@ def test_node_policy_configmap_is_a_valid_policy(tmp_path: Path) -> None:
     """The policy in the ConfigMap loads with the node's own policy loader."""
     from fedaudit.node.privacy.policy import load_policy
 
-    (configmap,) = [c for c in _by_kind("ConfigMap") if "policy.yaml" in c["data"]]
-    path = tmp_path / "policy.yaml"
-    path.write_text(configmap["data"]["policy.yaml"])
-    assert "oversight-board" in load_policy(path).requesters
+    configmaps = [c for c in _by_kind("ConfigMap") if "policy.yaml" in c["data"]]
+    assert len(configmaps) == 2  # the listening node's and the dial-out node's
+    for configmap in configmaps:
+        path = tmp_path / "policy.yaml"
+        path.write_text(configmap["data"]["policy.yaml"])
+        assert "oversight-board" in load_policy(path).requesters
 
 
 def test_cronjob_runs_the_plan_once_into_the_archive_volume(tmp_path: Path) -> None:
@@ -165,23 +168,51 @@ def test_cronjob_runs_the_plan_once_into_the_archive_volume(tmp_path: Path) -> N
 
 def test_network_policies_select_their_pods() -> None:
     """Each NetworkPolicy selects the pods of its namespace's workload."""
-    policies = {p["metadata"]["namespace"]: p for p in _by_kind("NetworkPolicy")}
+    policies = _by_kind("NetworkPolicy")
     workloads = [
-        *_by_kind("Deployment"),
-        *(c["spec"]["jobTemplate"] for c in _by_kind("CronJob")),
+        *((d["metadata"]["namespace"], d) for d in _by_kind("Deployment")),
+        *((c["metadata"]["namespace"], c["spec"]["jobTemplate"]) for c in _by_kind("CronJob")),
     ]
-    namespaces = {d["metadata"]["namespace"] for d in _by_kind("Deployment")} | {
-        c["metadata"]["namespace"] for c in _by_kind("CronJob")
-    }
-    assert set(policies) == namespaces
-    for workload in workloads:
+    assert {p["metadata"]["namespace"] for p in policies} == {ns for ns, _ in workloads}
+    for namespace, workload in workloads:
         labels = workload["spec"]["template"]["metadata"]["labels"]
         selected = [
             p
-            for p in policies.values()
-            if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+            for p in policies
+            if p["metadata"]["namespace"] == namespace
+            and p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
         ]
         assert len(selected) == 1, labels
+
+
+def test_dial_out_node_is_outbound_only() -> None:
+    """The dial-out node has no port, no Service, no ingress, and egress to the hub's port only
+    (besides its database and DNS); it runs `node connect` with loopback-only health."""
+    (deployment,) = [
+        d for d in _by_kind("Deployment") if d["metadata"]["name"] == "fedaudit-node-dialout"
+    ]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[:2] == ["node", "connect"]
+    assert "ports" not in container
+    assert "--health-host" not in args
+    assert "--metrics-host" not in args  # both default to loopback, and connect refuses others
+    assert deployment["spec"]["replicas"] == 1
+    for service in _by_kind("Service"):
+        assert not service["spec"]["selector"].items() <= labels.items(), service["metadata"]
+    (policy,) = [
+        p for p in _by_kind("NetworkPolicy") if p["metadata"]["name"] == "fedaudit-node-dialout"
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["ingress"] == []
+    hub_port = int(args[args.index("--hub") + 1].rpartition(":")[2])
+    (to_hub,) = [rule for rule in policy["spec"]["egress"] if "ipBlock" in str(rule.get("to"))]
+    assert to_hub["ports"] == [{"port": hub_port, "protocol": "TCP"}]
+    others = {
+        p["port"] for rule in policy["spec"]["egress"] if rule is not to_hub for p in rule["ports"]
+    }
+    assert others == {5432, 53}
 
 
 # --- Docker Compose ------------------------------------------------------------------------
@@ -243,7 +274,8 @@ def test_compose_keeps_each_database_on_its_own_network() -> None:
         (network,) = services[f"db-{m}"]["networks"]
         assert compose["networks"][network].get("internal") is True
         on_network = {n for n, s in services.items() if network in s.get("networks", [])}
-        assert on_network == {f"db-{m}", f"node-{m}", f"import-{m}"}
+        dial_out = {f"node-{m}-dialout"} & set(services)  # the same node, dialling out instead
+        assert on_network == {f"db-{m}", f"node-{m}", f"import-{m}", *dial_out}
 
 
 def test_compose_plan_names_the_compose_nodes() -> None:
@@ -267,7 +299,7 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
         text = unit.read_text().replace("/opt/fedaudit/bin/fedaudit", fedaudit)
         (tmp_path / unit.name).write_text(text)
         units.append(str(tmp_path / unit.name))
-    assert len(units) == 3
+    assert len(units) == 5
     done = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", *units],
         capture_output=True,
@@ -281,7 +313,12 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
 
 def test_systemd_units_are_hardened() -> None:
     """Both services run without a fixed user, with a read-only system and no capabilities."""
-    for name in ("fedaudit-node.service", "fedaudit-schedule.service"):
+    for name in (
+        "fedaudit-node.service",
+        "fedaudit-node-connect.service",
+        "fedaudit-hub.service",
+        "fedaudit-schedule.service",
+    ):
         text = (SYSTEMD / name).read_text()
         for option in (
             "DynamicUser=yes",
@@ -396,8 +433,11 @@ def test_deployment_files_run_every_kind_of_command() -> None:
     commands = _commands()
     assert {_subcommand(argv) for _, argv in commands} == {
         ("node", "serve"),
+        ("node", "connect"),
         ("node", "health"),
         ("node", "import"),
+        ("hub", "serve"),
+        ("hub", "nodes"),
         ("schedule", "run"),
     }
     where = {w.split()[0] for w, _ in commands}

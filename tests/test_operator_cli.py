@@ -538,7 +538,9 @@ def _documented_commands(path: Path) -> list[str]:
     return commands
 
 
-@pytest.mark.parametrize("document", ["README.md", "docs/operations.md", "docs/security.md"])
+@pytest.mark.parametrize(
+    "document", ["README.md", "docs/operations.md", "docs/security.md", "docs/hub.md"]
+)
 def test_documented_commands_parse(document: str) -> None:
     """Each command the runbooks tell an operator to type is accepted by the real parser."""
     import contextlib

@@ -76,7 +76,8 @@ _YEAR_RE = re.compile(r"[0-9]{4}")
 
 @dataclass(frozen=True)
 class NodeRef:
-    """A node the audit asks: its name (the municipality code) and `host:port`."""
+    """A node the audit asks: its name (the municipality code) and `host:port`
+    (empty when the node is reached by name through a hub)."""
 
     name: str
     address: str
@@ -444,6 +445,8 @@ def _check_nodes(nodes: Iterable[NodeRef], path: str, source: str, problems: lis
             problems.append(f"{source}: {where}.name: duplicate node name {node.name!r}")
         else:
             seen.add(node.name)
+        if node.address == "":
+            continue  # named, not addressed: reached through a hub (`audit run --hub`)
         match = _ADDRESS_RE.fullmatch(node.address) if isinstance(node.address, str) else None
         if match is None or not 1 <= int(match.group("port")) <= 65535:
             problems.append(
@@ -674,10 +677,11 @@ class _Reader:
             if not isinstance(item, Mapping):
                 self.problem(where, f"must be a mapping {{name, address}} (got {_kind(item)})")
                 continue
-            entry = self.mapping_keys(item, where, required=("name", "address"))
-            name, address = entry.get("name"), entry.get("address")
-            if "name" in entry and "address" in entry:
-                refs.append(NodeRef(name, address))
+            # Without an address the node is named only: it is reached through a hub.
+            entry = self.mapping_keys(item, where, required=("name",), optional=("address",))
+            name, address = entry.get("name"), entry.get("address", "")
+            if "name" in entry:
+                refs.append(NodeRef(name, "" if address is None else address))
         _check_nodes(refs, "nodes", self.source, self.problems)
         return tuple(refs)
 

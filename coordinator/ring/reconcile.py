@@ -53,10 +53,13 @@ class GrpcReconcileTransport:
         requester: str,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: list[tuple[str, object]] | None = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
         self.name = name
         self.address = address
-        self._channel = open_channel(address, credentials, channel_options)
+        self._channel = (
+            channel if channel is not None else open_channel(address, credentials, channel_options)
+        )
         self._stub = pb_grpc.ReconcileNodeStub(self._channel)
         self._metadata = call_metadata(requester)
 

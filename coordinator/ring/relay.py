@@ -86,10 +86,13 @@ class GrpcDedupTransport:
         requester: str,
         credentials: grpc.ChannelCredentials | None = None,
         channel_options: list[tuple[str, object]] | None = None,
+        channel: grpc.Channel | None = None,
     ) -> None:
         self.name = name
         self.address = address
-        self._channel = open_channel(address, credentials, channel_options)
+        self._channel = (
+            channel if channel is not None else open_channel(address, credentials, channel_options)
+        )
         self._stub = pb_grpc.DedupNodeStub(self._channel)
         self._metadata = call_metadata(requester)
 

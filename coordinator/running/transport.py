@@ -105,12 +105,15 @@ class GrpcNodeTransport:
         retries: int = 2,
         retry_backoff: float = 0.2,
         channel_options: list[tuple[str, object]] | None = None,
+        channel: grpc.Channel | None = None,
         peer_names: PeerNames | None = None,
     ) -> None:
         self.name = name
         self.address = address
         self._peer_names = peer_names
-        self._channel = open_channel(address, credentials, channel_options)
+        self._channel = (
+            channel if channel is not None else open_channel(address, credentials, channel_options)
+        )
         self._stub = pb_grpc.AuditNodeStub(self._channel)
         self._metadata = call_metadata(requester)
         self._retries = retries

@@ -226,3 +226,109 @@ def peer_probe(args: argparse.Namespace) -> Any:
 
     files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
     return lambda address: peer_certificate_names(address, files)
+
+
+def add_hub_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--hub` and `--hub-name`: reach the plan's nodes by name through a hub."""
+    parser.add_argument(
+        "--hub",
+        metavar="HOST:PORT",
+        help="reach the plan's nodes by name through this hub (nodes that dial out); "
+        "needs the auditor's --tls-cert/--tls-key/--tls-ca, which sign every call",
+    )
+    parser.add_argument(
+        "--hub-name",
+        help="the name the hub's certificate must carry (default: the host of --hub)",
+    )
+
+
+def node_reach(args: argparse.Namespace, nodes: Iterable[Any], requester: str) -> Any:
+    """reach(name, address) -> the keyword arguments that connect a transport to one node.
+
+    Directly: mTLS credentials and the pinned node name (or --insecure on loopback).
+    With --hub: a `HubChannel` to the node by name, every call signed with the
+    auditor's key; plan nodes then need no address.
+    """
+    nodes = list(nodes)
+    hub = getattr(args, "hub", None)
+    if hub is None:
+        missing = [n.name for n in nodes if not n.address]
+        if missing:
+            raise CliError(
+                f"node(s) {', '.join(missing)} have no address in the plan: give one with "
+                "--node NAME=HOST:PORT, or reach them through a hub with --hub HOST:PORT"
+            )
+        from fedaudit.pki.tls import pinned_channel_options
+
+        credentials = channel_credentials(args, [n.address for n in nodes], requester)
+
+        def direct(name: str, address: str) -> dict[str, Any]:
+            # mTLS: each node must present a certificate for the name the plan gives it.
+            options = pinned_channel_options(name) if credentials is not None else None
+            return {"credentials": credentials, "channel_options": options}
+
+        return direct
+    access = hub_access(args, requester)
+    from fedaudit.coordinator.running.hub_channel import HubChannel
+
+    def through_hub(name: str, address: str) -> dict[str, Any]:
+        return {"channel": HubChannel(access, name)}
+
+    return through_hub
+
+
+def hub_access(args: argparse.Namespace, requester: str) -> Any:
+    """The auditor's way into the hub (`--hub`, `--hub-name`, the auditor's `--tls-*`)."""
+    from fedaudit.coordinator.running.hub_channel import HubAccess
+    from fedaudit.pki import tls
+    from fedaudit.pki.authority import describe_certificate, load_certificate
+    from fedaudit.pki.identity import IdentityError
+
+    host, sep, port = args.hub.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise CliError(f"--hub: expected HOST:PORT, got {args.hub!r}")
+    if getattr(args, "insecure", False):
+        raise CliError("--hub needs the auditor's certificate (--tls-*), not --insecure")
+    files = (args.tls_cert, args.tls_key, args.tls_ca)
+    if not all(files):
+        raise CliError(
+            "--hub needs --tls-cert, --tls-key and --tls-ca: the auditor signs every call "
+            "with its certificate's key, and nodes check it"
+        )
+    try:
+        tls.check_tls_files(tls.TlsFiles(*files), "auditor")
+        access = HubAccess.load(
+            args.hub,
+            args.hub_name or host.strip("[]"),
+            args.tls_cert,
+            args.tls_key,
+            args.tls_ca,
+            revoked=_crl_check(args),
+        )
+    except (tls.TlsError, IdentityError, OSError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    name = describe_certificate(load_certificate(args.tls_cert)).common_name
+    if name != requester:
+        raise CliError(
+            f"{args.tls_cert}: the auditor certificate is '{name}' but the plan asks as "
+            f"'{requester}'; nodes take the requester from the signature"
+        )
+    warn_expiry([args.tls_cert, args.tls_ca])
+    return access
+
+
+def _crl_check(args: argparse.Namespace) -> Any:
+    """With --tls-crl: a test for revoked certificates (nodes' answers through the hub)."""
+    crl_path = getattr(args, "tls_crl", None)
+    if crl_path is None:
+        return None
+    from cryptography import x509
+
+    from fedaudit.pki.authority import PkiError
+    from fedaudit.pki.enrolment import load_crl
+
+    try:
+        crl = load_crl(crl_path, x509.load_pem_x509_certificate(args.tls_ca.read_bytes()))
+    except (OSError, ValueError, PkiError) as exc:
+        raise CliError(f"--tls-crl: {exc}") from exc
+    return crl.is_revoked

@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -20,6 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+Role = Literal["node", "auditor"]
 
 
 class IdentityError(Exception):
@@ -84,6 +87,52 @@ def verify_node_statement(
     now: dt.datetime | None = None,
 ) -> None:
     """The checks every receiver makes, in the order that gives the clearest refusal."""
+    verify_statement(
+        ca, certificate_pem, statement, signature, claimed_name=claimed_name, role="node", now=now
+    )
+
+
+def verify_statement(
+    ca: x509.Certificate | tuple[x509.Certificate, ...],
+    certificate_pem: bytes,
+    statement: bytes,
+    signature: bytes,
+    *,
+    claimed_name: str,
+    role: Role,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Raise `IdentityError` unless a federation `role` certificate named `claimed_name`
+    signed `statement`; return that certificate (for a revocation check).
+
+    A node certificate carries serverAuth, an auditor's clientAuth (fedaudit.pki.authority),
+    so an auditor's key cannot speak for a node and a node's cannot ask as an auditor.
+    """
+    certificate = check_certificate(
+        ca, certificate_pem, claimed_name=claimed_name, role=role, now=now
+    )
+    public = certificate.public_key()
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise IdentityError("the peer's certificate does not hold an EC key")
+    try:
+        public.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature as exc:
+        raise IdentityError(f"the signature of {claimed_name} does not verify") from exc
+    return certificate
+
+
+def check_certificate(
+    ca: x509.Certificate | tuple[x509.Certificate, ...],
+    certificate_pem: bytes,
+    *,
+    claimed_name: str,
+    role: Role,
+    now: dt.datetime | None = None,
+) -> x509.Certificate:
+    """Every check of `verify_statement` but the signature: CA, not a CA, validity, role, name.
+
+    Used alone before encrypting to a peer's certificate key (nothing is signed then).
+    """
     try:
         certificate = x509.load_pem_x509_certificate(certificate_pem)
     except ValueError as exc:
@@ -93,7 +142,7 @@ def verify_node_statement(
         raise IdentityError("the peer's certificate was not issued by this federation's CA")
     try:
         if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            raise IdentityError("the peer's certificate is a CA certificate, not a node's")
+            raise IdentityError("the peer's certificate is a CA certificate, not a party's")
     except x509.ExtensionNotFound:
         pass
     moment = now or dt.datetime.now(dt.UTC)
@@ -103,20 +152,18 @@ def verify_node_statement(
         usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound as exc:
         raise IdentityError("the peer's certificate states no role") from exc
-    if ExtendedKeyUsageOID.SERVER_AUTH not in usage:
-        raise IdentityError("the peer's certificate is not a node certificate")
+    if _ROLE_USAGE[role] not in usage:
+        raise IdentityError(f"the peer's certificate is not {_ROLE_ARTICLE[role]} certificate")
     name = common_name(certificate)
     if name != claimed_name:
         raise IdentityError(
             f"the statement claims to come from {claimed_name}, its certificate names {name}"
         )
-    public = certificate.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise IdentityError("the peer's certificate does not hold an EC key")
-    try:
-        public.verify(signature, statement, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature as exc:
-        raise IdentityError(f"the signature of {claimed_name} does not verify") from exc
+    return certificate
+
+
+_ROLE_USAGE = {"node": ExtendedKeyUsageOID.SERVER_AUTH, "auditor": ExtendedKeyUsageOID.CLIENT_AUTH}
+_ROLE_ARTICLE = {"node": "a node", "auditor": "an auditor"}
 
 
 def _issued_by(certificate: x509.Certificate, authority: x509.Certificate) -> bool:

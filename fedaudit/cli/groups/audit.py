@@ -22,8 +22,9 @@ from fedaudit.cli.errors import EXIT_INTERRUPTED, SEVERITIES, CliError
 from fedaudit.cli.interrupt import AnswerCounter, interruptible
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
-    channel_credentials,
+    add_hub_arguments,
     load_plan,
+    node_reach,
     parse_node_args,
     peer_probe,
     with_node_overrides,
@@ -79,6 +80,7 @@ def register(parsers: Parsers) -> None:
         "contacted and show as unavailable (default: no revocation check)",
     )
     run.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
+    add_hub_arguments(run)
     run.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     from fedaudit.coordinator.running.audit_metrics import add_metrics_arguments
 
@@ -120,6 +122,7 @@ def register(parsers: Parsers) -> None:
     preview.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
     preview.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     preview.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
+    add_hub_arguments(preview)
     preview.set_defaults(handler=audit_preview)
 
 
@@ -133,7 +136,6 @@ def audit_run(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.running.audit_metrics import export_audit_metrics
     from fedaudit.coordinator.running.record import AnswerRecord, RecordError
     from fedaudit.coordinator.running.transport import GrpcNodeTransport, UnavailableTransport
-    from fedaudit.pki.tls import pinned_channel_options
 
     plan = load_plan(args.plan)
     plan = with_node_overrides(plan, parse_node_args(args.node))
@@ -141,17 +143,16 @@ def audit_run(args: argparse.Namespace) -> int:
         raise CliError(
             f"{args.plan}: the plan names no nodes; add them in the plan or with --node NAME=HOST:PORT"
         )
-    credentials = channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
-    probe = peer_probe(args)
+    # Directly (mTLS, by address) or through a hub (by name, every call signed).
+    reach = node_reach(args, plan.nodes, plan.requester)
+    probe = peer_probe(args) if args.hub is None else None
     transports = {
         n.name: GrpcNodeTransport(
             n.name,
             n.address,
             requester=plan.requester,
-            credentials=credentials,
-            # mTLS: the node must present a certificate for the name the plan gives it.
-            channel_options=pinned_channel_options(n.name) if credentials is not None else None,
             peer_names=probe,
+            **reach(n.name, n.address),
         )
         for n in plan.nodes
     }
@@ -161,13 +162,7 @@ def audit_run(args: argparse.Namespace) -> int:
         if wanted is None:
             return {}
         return {
-            n.name: kind(
-                n.name,
-                n.address,
-                requester=plan.requester,
-                credentials=credentials,
-                channel_options=pinned_channel_options(n.name) if credentials is not None else None,
-            )
+            n.name: kind(n.name, n.address, requester=plan.requester, **reach(n.name, n.address))
             for n in plan.nodes
         }
 
@@ -256,6 +251,10 @@ def _revoked_nodes(args: argparse.Namespace, plan: Any) -> dict[str, str]:
     """Plan nodes whose certificate is on the CA's CRL (--tls-crl), with the reason."""
     if args.tls_crl is None:
         return {}
+    if args.hub is not None:
+        # Through the hub, the hub refuses revoked nodes and every answer's signing
+        # certificate is checked against the CRL (`node_reach`); nothing to probe here.
+        return {}
     if args.insecure:
         raise CliError("--tls-crl needs mTLS (--tls-cert/--tls-key/--tls-ca), not --insecure")
     from cryptography import x509
@@ -290,7 +289,6 @@ def audit_preview(args: argparse.Namespace) -> int:
     from fedaudit.coordinator.planning.checks import planned_queries
     from fedaudit.coordinator.planning.preview import QueryNoise, detectable_gaps
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
-    from fedaudit.pki.tls import pinned_channel_options
 
     plan = load_plan(args.plan)
     plan = with_node_overrides(plan, parse_node_args(args.node))
@@ -306,8 +304,8 @@ def audit_preview(args: argparse.Namespace) -> int:
         ) from exc
     if not sizes or min(sizes) < 1:
         raise CliError(f"--sizes: expected positive whole numbers, got {args.sizes!r}")
-    credentials = channel_credentials(args, [n.address for n in plan.nodes], plan.requester)
-    probe = peer_probe(args)
+    reach = node_reach(args, plan.nodes, plan.requester)
+    probe = peer_probe(args) if args.hub is None else None
     queries = planned_queries(plan)
     noise: dict[str, QueryNoise] = {}
     answered = 0
@@ -316,10 +314,9 @@ def audit_preview(args: argparse.Namespace) -> int:
             n.name,
             n.address,
             requester=plan.requester,
-            credentials=credentials,
-            channel_options=pinned_channel_options(n.name) if credentials is not None else None,
             peer_names=probe,
             retries=0,
+            **reach(n.name, n.address),
         )
         try:
             for pq in queries:

@@ -84,6 +84,12 @@ def register(parsers: Parsers) -> None:
         default=3000,
         help="synthetic candidates per municipality (default: 3000)",
     )
+    demo.add_argument(
+        "--dial-out",
+        action="store_true",
+        help="run the nodes as dial-out nodes connected to a local hub, and audit through it "
+        "(default: nodes listen, the coordinator dials them)",
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bar (default: show it)")
     demo.set_defaults(handler=run_demo)
 
@@ -172,6 +178,9 @@ def run_demo(args: argparse.Namespace) -> int:
         except PkiError as exc:
             raise CliError(f"cannot issue demo certificates: {exc}") from exc
         nodes = {}
+        hub = _start_demo_hub(pki) if args.dial_out else None
+        if hub is not None:
+            running.append(hub)
         for code, service in services.items():
             files = TlsFiles(pki.nodes[code].cert, pki.nodes[code].key, pki.ca.cert)
             identity = NodeIdentity.load(files.cert, files.key, files.ca)
@@ -188,6 +197,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 identity=identity,
                 ledger=service.ledger,
             )
+            if hub is not None:
+                running.append(
+                    _dial_out(service, hub, identity, pki, dedup=dedup, reconcile=reconcile)
+                )
+                nodes[code] = ""  # named, not addressed: reached through the hub
+                continue
             node = start_node_server(
                 service,
                 host="127.0.0.1",
@@ -199,6 +214,8 @@ def run_demo(args: argparse.Namespace) -> int:
             running.append(node)
             nodes[code] = f"127.0.0.1:{node.port}"
         console.print(f"demo PKI (mTLS, throw-away CA): {pki.directory}")
+        if hub is not None:
+            console.print(f"hub on 127.0.0.1:{hub.port}: {len(nodes)} nodes dialled out to it")
 
         try:
             plan = load_plan(args.plan or default_plan_path()).with_nodes(nodes)
@@ -210,34 +227,27 @@ def run_demo(args: argparse.Namespace) -> int:
             )
         auditor = pki.auditors[DEMO_REQUESTER]
         client = channel_credentials(TlsFiles(auditor.cert, auditor.key, pki.ca.cert))
+
+        def reach(name: str) -> dict[str, Any]:
+            if hub is not None:
+                from fedaudit.coordinator.running.hub_channel import HubAccess, HubChannel
+
+                access = HubAccess.load(
+                    f"127.0.0.1:{hub.port}", DEMO_HUB, auditor.cert, auditor.key, pki.ca.cert
+                )
+                return {"channel": HubChannel(access, name)}
+            return {"credentials": client, "channel_options": pinned_channel_options(name)}
+
         transports = {
-            name: GrpcNodeTransport(
-                name,
-                address,
-                requester=plan.requester,
-                credentials=client,
-                channel_options=pinned_channel_options(name),
-            )
+            name: GrpcNodeTransport(name, address, requester=plan.requester, **reach(name))
             for name, address in nodes.items()
         }
         dedup_transports = {
-            name: GrpcDedupTransport(
-                name,
-                address,
-                requester=plan.requester,
-                credentials=client,
-                channel_options=pinned_channel_options(name),
-            )
+            name: GrpcDedupTransport(name, address, requester=plan.requester, **reach(name))
             for name, address in nodes.items()
         }
         reconcile_transports = {
-            name: GrpcReconcileTransport(
-                name,
-                address,
-                requester=plan.requester,
-                credentials=client,
-                channel_options=pinned_channel_options(name),
-            )
+            name: GrpcReconcileTransport(name, address, requester=plan.requester, **reach(name))
             for name, address in nodes.items()
         }
         total = len(nodes) * len(planned_queries(plan))
@@ -287,6 +297,48 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(f"\nreport: {json_path}\n        {html_path}")
     # No --fail-on here: findings are what the demo is for. An incomplete audit exits 3.
     return exit_code(report, None)
+
+
+DEMO_HUB = "hub"
+"""The demo hub's certificate name (a serverAuth certificate for 127.0.0.1)."""
+
+
+def _start_demo_hub(pki: Any) -> Any:
+    """A hub on loopback with its own certificate from the demo CA."""
+    from fedaudit.hub.server import start_hub_server
+    from fedaudit.pki.authority import issue_node_certificate
+    from fedaudit.pki.identity import NodeIdentity
+
+    files = issue_node_certificate(
+        pki.directory, DEMO_HUB, hosts=["127.0.0.1", "localhost"], days=2, overwrite=True
+    )
+    ca = NodeIdentity.load(files.cert, files.key, pki.ca.cert).ca
+    return start_hub_server(
+        cert_pem=files.cert.read_bytes(), key_pem=files.key.read_bytes(), ca=ca, port=0
+    )
+
+
+def _dial_out(
+    service: Any, hub: Any, identity: Any, pki: Any, *, dedup: Any, reconcile: Any
+) -> Any:
+    """Start one dial-out node and wait until the hub has it."""
+    import grpc
+
+    from fedaudit.node.dialout import DialoutNode
+
+    node = DialoutNode(
+        service,
+        hub=f"127.0.0.1:{hub.port}",
+        hub_name=DEMO_HUB,
+        identity=identity,
+        credentials=grpc.ssl_channel_credentials(pki.ca.cert.read_bytes()),
+        dedup=dedup,
+        reconcile=reconcile,
+    ).start()
+    if not node.wait_connected(30):
+        node.stop(grace=None)
+        raise CliError(f"node {identity.name} did not connect to the demo hub: {node.last_error}")
+    return node
 
 
 def _check_bundles(bundles: list[Path]) -> None:

@@ -243,65 +243,17 @@ def node_validate(args: argparse.Namespace) -> int:
 
 def node_serve(args: argparse.Namespace) -> int:
     """Serve queries and the ring until SIGINT/SIGTERM, then drain and stop cleanly."""
-    from fedaudit.node.ops.observability import NodeObservability
-    from fedaudit.node.query.service import NodeService
-    from fedaudit.node.ring.reconcile import ReconcileService
-    from fedaudit.node.ring.service import DedupService
-    from fedaudit.node.rpc.guard import MalformedRequestGuard
-    from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
     from fedaudit.node.rpc.ports import PortError
     from fedaudit.node.server import is_loopback, start_node_server
-    from fedaudit.node.store.db import make_engine
 
-    policy = load_policy(args.policy)
     credentials = server_credentials(args)
     if credentials is None and not is_loopback(args.host):
         raise CliError(
             f"--insecure serves on loopback addresses only, not {args.host!r}; "
             "use mTLS (--tls-cert, --tls-key, --tls-ca) to listen on a network"
         )
-    # A mistyped SQLite path would otherwise become a new, empty node serving nothing.
-    require_database(args.db)
-    if args.query_db:
-        require_database(args.query_db)
-    try:
-        limits = LimitSettings(
-            max_concurrent=args.max_concurrent_per_requester,
-            rate_per_second=args.rate_per_requester,
-            burst=args.burst_per_requester,
-        )
-    except ValueError as exc:
-        raise CliError(f"limits: {exc}") from exc
-    engine = make_engine(args.db)
-    ensure_schema(engine)
-    # Aggregations through a read-only role when one is given (docs/operations.md).
-    query_engine = make_engine(args.query_db) if args.query_db else None
-    # The node's federation identity (none in --insecure mode): the ring proves membership
-    # with it, revocation reconciliation and the query log's heads are signed with it.
-    identity = _node_identity(args) if credentials else None
-    service = NodeService(engine, policy, query_engine=query_engine, identity=identity)
-    # The CRL guard refuses revoked callers; the ring also refuses revoked roster members.
-    revocation = _revocation_guard(args)
-    # The blinding ring for duplicate detection, on the same port, ledger and query log.
-    # Ring membership is proven with the node certificate; an --insecure node has none
-    # and refuses every ring (RING_UNAVAILABLE).
-    dedup = DedupService(
-        engine,
-        policy,
-        ledger=service.ledger,
-        identity=identity,
-        query_log=service.query_log,
-        revocations=revocation[0].current if revocation else None,
-    )
-    # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
-    reconcile = ReconcileService(
-        engine,
-        policy,
-        identity=identity,
-        ledger=service.ledger,
-        revocations=revocation[0].current if revocation else None,
-    )
-    obs = NodeObservability.from_args(args)
+    parts = node_parts(args, with_identity=credentials is not None)
+    service, engine, query_engine, obs = parts.service, parts.engine, parts.query_engine, parts.obs
     try:
         node = start_node_server(
             service,
@@ -309,16 +261,9 @@ def node_serve(args: argparse.Namespace) -> int:
             port=args.port,
             max_workers=args.max_workers,
             server_credentials=credentials,
-            # Metrics first, so they also count what later interceptors refuse.
-            # The limiter before the guard: malformed requests still count against the sender.
-            interceptors=[
-                *obs.interceptors,
-                *revocation,
-                RequestLimiter(limits),
-                MalformedRequestGuard(),
-            ],
-            dedup=dedup,
-            reconcile=reconcile,
+            interceptors=parts.interceptors,
+            dedup=parts.dedup,
+            reconcile=parts.reconcile,
         )
     except (ValueError, RuntimeError) as exc:
         raise CliError(str(exc)) from exc
@@ -366,6 +311,83 @@ def node_serve(args: argparse.Namespace) -> int:
 
 SHUTDOWN_GRACE_SECONDS = 5.0
 """How long `node serve` lets calls in flight finish after SIGINT or SIGTERM."""
+
+
+@dataclass
+class NodeParts:
+    """Everything a node process runs, whichever edge carries its calls (serve or connect)."""
+
+    service: Any
+    engine: Any
+    query_engine: Any
+    dedup: Any
+    reconcile: Any
+    obs: Any
+    interceptors: list[Any]
+    identity: Any
+
+
+def node_parts(args: argparse.Namespace, *, with_identity: bool) -> NodeParts:
+    """The node's service, ring, reconciliation and interceptors from its flags.
+
+    `node serve` and `node connect` build the same node here: only the edge differs
+    (a listening server, or a connection out to the hub).
+    """
+    from fedaudit.node.ops.observability import NodeObservability
+    from fedaudit.node.query.service import NodeService
+    from fedaudit.node.ring.reconcile import ReconcileService
+    from fedaudit.node.ring.service import DedupService
+    from fedaudit.node.rpc.guard import MalformedRequestGuard
+    from fedaudit.node.rpc.limits import LimitSettings, RequestLimiter
+    from fedaudit.node.store.db import make_engine
+
+    policy = load_policy(args.policy)
+    # A mistyped SQLite path would otherwise become a new, empty node serving nothing.
+    require_database(args.db)
+    if args.query_db:
+        require_database(args.query_db)
+    try:
+        limits = LimitSettings(
+            max_concurrent=args.max_concurrent_per_requester,
+            rate_per_second=args.rate_per_requester,
+            burst=args.burst_per_requester,
+        )
+    except ValueError as exc:
+        raise CliError(f"limits: {exc}") from exc
+    # The node's federation identity (none in --insecure mode): the ring proves membership
+    # with it, revocation reconciliation and the query log's heads are signed with it.
+    identity = _node_identity(args) if with_identity else None
+    # The CRL guard refuses revoked callers; the ring also refuses revoked roster members.
+    revocation = _revocation_guard(args)
+    engine = make_engine(args.db)
+    ensure_schema(engine)
+    # Aggregations through a read-only role when one is given (docs/operations.md).
+    query_engine = make_engine(args.query_db) if args.query_db else None
+    service = NodeService(engine, policy, query_engine=query_engine, identity=identity)
+    # The blinding ring for duplicate detection, on the same ledger and query log.
+    # Ring membership is proven with the node certificate; an --insecure node has none
+    # and refuses every ring (RING_UNAVAILABLE).
+    dedup = DedupService(
+        engine,
+        policy,
+        ledger=service.ledger,
+        identity=identity,
+        query_log=service.query_log,
+        revocations=revocation[0].current if revocation else None,
+    )
+    # Revocation reconciliation signs with the node's federation key: none in --insecure mode.
+    reconcile = ReconcileService(
+        engine,
+        policy,
+        identity=identity,
+        ledger=service.ledger,
+        revocations=revocation[0].current if revocation else None,
+    )
+    obs = NodeObservability.from_args(args)
+    # Metrics first, so they also count what later interceptors refuse.
+    # The limiter before the guard: malformed requests still count against the sender.
+    interceptors = [*obs.interceptors, *revocation, RequestLimiter(limits), MalformedRequestGuard()]
+    return NodeParts(service, engine, query_engine, dedup, reconcile, obs, interceptors, identity)
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from fedaudit.cli.console import console, err_console
 from fedaudit.cli.errors import EXIT_INPUT, EXIT_OK, SEVERITIES, CliError
 from fedaudit.cli.parsers import Parsers
 from fedaudit.cli.shared import (
-    channel_credentials,
+    add_hub_arguments,
     load_plan,
+    node_reach,
     parse_node_args,
     with_node_overrides,
 )
@@ -137,6 +138,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-key", type=Path, help="auditor private key (PEM)")
     parser.add_argument("--tls-ca", type=Path, help="federation CA certificate (PEM)")
     parser.add_argument("--insecure", action="store_true", help="no TLS (loopback nodes only)")
+    add_hub_arguments(parser)
 
 
 # --- handlers -----------------------------------------------------------------------------------
@@ -264,7 +266,6 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
     from fedaudit.coordinator.ring.reconcile import GrpcReconcileTransport
     from fedaudit.coordinator.ring.relay import GrpcDedupTransport
     from fedaudit.coordinator.running.transport import GrpcNodeTransport
-    from fedaudit.pki.tls import pinned_channel_options
 
     overrides = parse_node_args(args.node)
     plans = []
@@ -287,12 +288,8 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
             f"the plans ask as different requesters ({', '.join(requesters)}); one auditor "
             "certificate is one requester, so run one scheduler per requester"
         )
-    addresses = [n.address for p in plans for n in p.nodes]
-    credentials = channel_credentials(args, addresses, requesters[0])
-
-    def pinned(name: str) -> Any:
-        # mTLS: each node must present a certificate for the name the plan gives it.
-        return pinned_channel_options(name) if credentials is not None else None
+    # Directly (mTLS, by address) or through a hub (by name, every call signed).
+    reach = node_reach(args, [n for p in plans for n in p.nodes], requesters[0])
 
     def transports_of(kind: Any) -> Any:
         """Per plan, one `kind` transport (query, ring or reconciliation) per plan node."""
@@ -300,11 +297,7 @@ def _setup(args: argparse.Namespace) -> tuple[list[Any], Any, Any, Any]:
         def make(plan: Any) -> dict[str, Any]:
             return {
                 n.name: kind(
-                    n.name,
-                    n.address,
-                    requester=plan.requester,
-                    credentials=credentials,
-                    channel_options=pinned(n.name),
+                    n.name, n.address, requester=plan.requester, **reach(n.name, n.address)
                 )
                 for n in plan.nodes
             }
