@@ -309,15 +309,20 @@ def main() -> None:
         if child.is_alive():
             child.terminate()
     raw, workers = raw_rate(20_000)
+
+    def _released(out) -> int:
+        assert out.releases is not None
+        return out.releases.values["dup_overall"].values[0]
+
     for label, runs in results.items():
         for out, end_to_end in runs:
             ring = out.ring
             rate = ring.scalar_mults / ring.seconds
             print(
-                f"{label:9s} rows {len(ring.rows)}, scalar mults {ring.scalar_mults}, "
+                f"{label:9s} rows {sum(ring.rows.values())}, scalar mults {ring.scalar_mults}, "
                 f"ring phase {ring.seconds:.1f} s, {rate:,.0f} mults/s (ratio to raw "
                 f"{rate / raw:.2f}), end-to-end run_dedup {end_to_end:.1f} s, duplicated "
-                f"persons (pre-noise, internal) {out.counts.duplicated}"
+                f"persons (noisy, from the tally node) {_released(out)}"
             )
     print(f"raw:      {raw:,.0f} libsodium scalar mults/s on the same {workers} cores")
     padded = statistics.median(t for _, t in results["padded"])

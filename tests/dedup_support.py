@@ -13,6 +13,8 @@ from types import MappingProxyType
 
 import grpc
 
+from fedaudit.common.ring_counting import DedupCounts
+from fedaudit.common.ring_protocol import LabelledRow
 from fedaudit.node.privacy.policy import Policy, example_policy
 from fedaudit.node.ring.keys import PersonInput, key_value, merge_local
 from fedaudit.node.ring.rows import load_persons
@@ -254,3 +256,52 @@ def febrl_recall(a, b, links, keys: Sequence[str]) -> float:
 
 def persons_of(engine) -> list[PersonInput]:
     return load_persons(engine)[2]
+
+
+@dataclass
+class TallySpy:
+    """What the in-process tally nodes counted: the exact counts never leave a node, so the
+    tests that compare them with a clear-text oracle read them where they are made."""
+
+    tallies: list[tuple[list[LabelledRow], DedupCounts]]
+
+    @property
+    def counts(self) -> DedupCounts:
+        assert self.tallies, "no tally node counted anything"
+        return self.tallies[-1][1]
+
+    @property
+    def rows(self) -> list[LabelledRow]:
+        return self.tallies[-1][0]
+
+
+def spy_on_tally(monkeypatch) -> TallySpy:
+    """Record the rows and exact counts of every tally made by nodes in this process."""
+    from fedaudit.node.ring import service
+
+    spy = TallySpy([])
+    real = service.count_rows
+
+    def recording(rows, municipalities, keys):
+        counts = real(rows, municipalities, keys)
+        spy.tallies.append((list(rows), counts))
+        return counts
+
+    monkeypatch.setattr(service, "count_rows", recording)
+    return spy
+
+
+def release_as_tallied(plan, config, municipalities, counts, per_test_confidence=None):
+    """Exact counts released as a tally node releases them, then taken up by the coordinator
+    (for the tests of the releases and findings, which need no ring)."""
+    from fedaudit.common.ring_protocol import TallyResult
+    from fedaudit.common.ring_releases import noisy_releases
+    from fedaudit.coordinator.ring.release import releases_from_tally
+
+    params = config.params(plan.mechanism)
+    tally = TallyResult(
+        municipalities[0], counts.occupations, noisy_releases(counts, params, municipalities)
+    )
+    return releases_from_tally(
+        plan, config, params, municipalities, tally, per_test_confidence=per_test_confidence
+    )

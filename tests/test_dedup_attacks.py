@@ -20,6 +20,7 @@ from dedup_support import (
     oracle_duplicates,
     persons_of,
     ring_policy,
+    spy_on_tally,
     write_febrl_bundle,
 )
 from nacl.public import PrivateKey
@@ -147,7 +148,7 @@ def _fake_member(run_id: str, code: str, *, certificate: bytes = b"", signer=Non
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        statement = rc.membership_statement(run_id, code, sk, bk)
+        statement = rc.membership_statement(run_id, code, sk, bk, PARAMS.digest())
         membership = signer.sign(statement, ec.ECDSA(hashes.SHA256()))
     return RosterEntry(
         municipality_code=code,
@@ -381,10 +382,10 @@ def test_padding_too_large_for_the_roster_is_refused_before_the_registry_is_read
             engine.dispose()
 
 
-def _view(ring) -> Counter:
-    """What the coordinator sees of the batches without their tokens: rows per cell."""
+def _view(rows) -> Counter:
+    """What the tally node sees of the batches besides their tokens: rows per cell."""
     return Counter(
-        (r.origin, r.row.kind, r.row.isco_code, r.row.flags, len(r.row.tokens)) for r in ring.rows
+        (r.origin, r.row.kind, r.row.isco_code, r.row.flags, len(r.row.tokens)) for r in rows
     )
 
 
@@ -410,10 +411,12 @@ def _clear(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def test_coordinator_sees_padded_row_counts_that_vary_run_to_run(fed):
+def test_batches_carry_padded_row_counts_that_vary_run_to_run(fed, monkeypatch):
     """Over mTLS, twice: every batch has every (occupation, row shape) cell of the node's
     catalogue, each count is the exact one plus 0..2 mu dummies, the counts differ between
-    runs and from the exact ones, and the duplicate counts are still exactly the oracle's."""
+    runs and from the exact ones, and the duplicate counts are still exactly the oracle's.
+    The tally node sees these cells; the coordinator only each batch's padded total."""
+    spy = spy_on_tally(monkeypatch)
     plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
     config = DedupConfig(rho=0.5)
     exact = _exact_view(fed, config)
@@ -436,10 +439,11 @@ def test_coordinator_sees_padded_row_counts_that_vary_run_to_run(fed):
     for run in ("r-pad-1", "r-pad-2"):
         out = run_dedup(plan, {c: fed.transport(c) for c in CODES}, run, config=config)
         assert out.ring is not None
-        assert out.counts is not None
-        assert out.counts.duplicated == oracle  # dummies never match anything
-        view = _view(out.ring)
+        assert spy.counts.duplicated == oracle  # dummies never match anything
+        view = _view(spy.rows)
         assert set(view) == grid  # every cell, whatever the registry holds
+        for code in CODES:  # the coordinator's whole view of the row counts
+            assert out.ring.rows[code] == sum(n for k, n in view.items() if k[0] == code)
         for cell in grid:
             assert 0 <= view[cell] - exact[cell] <= pad.upper, cell
         views.append(view)
@@ -449,16 +453,17 @@ def test_coordinator_sees_padded_row_counts_that_vary_run_to_run(fed):
         assert all(totals[c] > sum(n for k, n in exact.items() if k[0] == c) for c in CODES)
 
 
-def test_without_padding_the_coordinator_reads_exact_row_counts(tmp_path):
+def test_without_padding_the_batches_carry_exact_row_counts(tmp_path, monkeypatch):
     """The same measurement with the policy's padding off: the view is the exact one, so the
     padded test above can fail."""
     fed = _serve(tmp_path, RingPolicy(padding_rho=None))
+    spy = spy_on_tally(monkeypatch)
     try:
         plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
         config = DedupConfig(rho=0.5)
         out = run_dedup(plan, {c: fed.transport(c) for c in CODES}, "r-bare", config=config)
         assert out.ring is not None
-        assert _view(out.ring) == _exact_view(fed, config)
+        assert _view(spy.rows) == _exact_view(fed, config)
         ledger = Ledger(fed.engines["M01"], fed.policy)
         assert ledger.find_by_request_id(padding_request_id("r-bare")) is None
     finally:
@@ -474,6 +479,7 @@ def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
     transports = {c: fed.transport(c) for c in CODES}
     out = run_dedup(plan, transports, "r-full", config=DedupConfig(rho=0.5))
     assert out.duplicates_section["status"] == "complete"
+    tallies: list[int] = []
     for code in CODES:
         log = QueryLog(fed.engines[code])
         rows = log.rows(request_id=request_id_for_run("r-full"))
@@ -482,6 +488,7 @@ def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
         assert methods.count("ring_start") == 1
         assert methods.count("ring_hop") == len(CODES) - 1
         assert methods.count("ring_finish") == 1
+        tallies.append(methods.count("ring_tally"))
         assert all(r.status == "answered" for r in rows)
         charged = {r.method: r.rho_units for r in rows}
         # the run's rho (0.5) and its DP dummy padding (the policy's padding_rho, 0.25)
@@ -493,6 +500,7 @@ def test_every_ring_call_is_in_the_query_log_with_its_charge(fed):
         assert pad is not None
         assert (run.rho, pad.rho) == (0.5, 0.25)
         assert log.verify().ok
+    assert sorted(tallies) == [0, 0, 1]  # one member, the tally node, counted the run
 
 
 def test_insecure_node_refuses_the_ring(tmp_path):
@@ -528,3 +536,142 @@ def test_another_requester_cannot_squat_a_ring_run_id(tmp_path):
             node.stop(grace=None)
         for engine in fed.engines.values():
             engine.dispose()
+
+
+# --- the tally: the coordinator never sees a final token -------------------------------------
+
+
+class _Recording(GrpcDedupTransport):
+    """The coordinator's transport, keeping every byte it receives and what it tallies."""
+
+    def __init__(self, *args, received: list[bytes], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.received = received
+        self.tallied: list[list] = []
+
+    def _parts(self, stream):
+        for part in super()._parts(stream):
+            self.received.append(part if isinstance(part, bytes) else repr(part).encode())
+            yield part
+
+    def tally(self, parts, *, timeout):
+        parts = list(parts)
+        self.tallied.append(parts)
+        result = super().tally(iter(parts), timeout=timeout)
+        self.received.append(repr(result).encode())
+        return result
+
+
+def _recording(fed: Federation, received: list[bytes]) -> dict[str, _Recording]:
+    out = {}
+    for code in CODES:
+        t = fed.transport(code)
+        r = _Recording(code, t.address, requester=REQUESTER, channel=t._channel, received=received)
+        out[code] = r
+    return out
+
+
+def test_the_coordinator_never_holds_a_final_token_or_an_exact_count(fed, monkeypatch):
+    """Over mTLS: the last hop seals each batch to the run's tally node, which answers noisy
+    counts only. No fully blinded token (what the equality pattern is made of) is in any
+    byte the coordinator received, the tally's answer carries no exact count, and its
+    signature binds it to the run."""
+    spy = spy_on_tally(monkeypatch)
+    received: list[bytes] = []
+    transports = _recording(fed, received)
+    plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
+    out = run_dedup(plan, transports, "r-tally", config=DedupConfig(rho=0.5))
+    assert out.duplicates_section["status"] == "complete", out.duplicates_section
+    assert out.releases is not None
+    tallied = [t for t in transports.values() if t.tallied]
+    assert len(tallied) == 1  # exactly one member counted, exactly once
+    final_tokens = {t for r in spy.rows for t in r.row.tokens}
+    assert len(final_tokens) > 100
+    blob = b"".join(received)
+    assert [t for t in final_tokens if t in blob] == []
+    # Sealed: the final batches do not parse as rows for anyone without the tally's key.
+    chunks = [p for p in tallied[0].tallied[0] if isinstance(p, bytes)]
+    with pytest.raises(rc.RingCryptoError):
+        rc.decode_rows(b"".join(chunks), sum(out.ring.rows.values()))
+    # What came back is noisy: over the releases some cell differs from the exact count
+    # with overwhelming probability (scale >= 1 at rho 0.5), and the tally is signed.
+    exact = spy.counts
+    noisy = out.releases.values
+    assert noisy["dup_overall"].scale > 1
+    assert [noisy["dup_overall"].values[0], *noisy["pairwise"].values] != [
+        exact.duplicated,
+        *(exact.pairwise.get(p, 0) for p in [("M01", "M02"), ("M01", "M03"), ("M02", "M03")]),
+    ]
+    rows = QueryLog(fed.engines[tallied[0].name]).rows(request_id=request_id_for_run("r-tally"))
+    assert [r.method for r in rows].count("ring_tally") == 1
+
+
+def test_a_run_is_tallied_once_and_only_by_its_tally_node(fed):
+    """A coordinator that asks for a second noisy draw of the same counts (to average the
+    noise away), or asks another member to count, is refused; so is a tally with a batch
+    missing or repeated."""
+    received: list[bytes] = []
+    transports = _recording(fed, received)
+    outcomes: dict[str, object] = {}
+
+    class Greedy(_Recording):
+        def tally(self, parts, *, timeout):
+            parts = list(parts)
+            result = super().tally(iter(parts), timeout=timeout)
+            for code, other in transports.items():  # another member
+                if code != self.name:
+                    try:
+                        GrpcDedupTransport.tally(other, iter(parts), timeout=timeout)
+                    except NodeRefusedError as exc:
+                        outcomes["other"] = exc
+                    break
+            try:  # the same node again
+                GrpcDedupTransport.tally(self, iter(parts), timeout=timeout)
+            except NodeRefusedError as exc:
+                outcomes["again"] = exc
+            return result
+
+    for code in CODES:
+        t = transports[code]
+        transports[code] = Greedy(
+            code, t.address, requester=REQUESTER, channel=t._channel, received=received
+        )
+    plan = AuditPlan(name="t", requester=REQUESTER, confidence=0.95, checks=Checks())
+    out = run_dedup(plan, transports, "r-greedy", config=DedupConfig(rho=0.5))
+    assert out.duplicates_section["status"] == "complete"
+    assert "not the tally node" in outcomes["other"].message
+    assert "already tallied" in outcomes["again"].message
+
+    class Dropping(_Recording):
+        def tally(self, parts, *, timeout):
+            parts = list(parts)
+            headers = [i for i, p in enumerate(parts) if isinstance(p, rc_header)]
+            kept = parts[: headers[-1]]  # the last origin's batch left out
+            return GrpcDedupTransport.tally(self, iter(kept), timeout=timeout)
+
+    from fedaudit.common.ring_protocol import BatchHeader as rc_header
+
+    dropping = {
+        c: Dropping(c, t.address, requester=REQUESTER, channel=t._channel, received=received)
+        for c, t in transports.items()
+    }
+    out = run_dedup(plan, dropping, "r-drop", config=DedupConfig(rho=0.5))
+    assert out.duplicates_section["status"] == "failed"
+    assert "lacks the batches" in out.duplicates_section["reason"]
+
+
+def test_members_joined_with_different_parameters_cannot_form_a_ring(fed):
+    """The tally node noises the releases for the rho it joined with. A coordinator that
+    told M01 rho 0.5 and M02 rho 2 (so that M01's persons are released at M02's weaker
+    noise) gets the roster refused before anything is read or blinded."""
+    run_id = "r-params"
+    richer = replace(PARAMS, rho=2.0)
+    infos = {
+        "M01": fed.transport("M01").join(run_id, PARAMS, timeout=30),
+        "M02": fed.transport("M02").join(run_id, richer, timeout=30),
+    }
+    roster = [infos["M01"].roster_entry(), infos["M02"].roster_entry()]
+    message = _refused_before_blinding(fed, run_id, roster)
+    assert "M02" in message
+    assert "parameters" in message
+    fed.transport("M02").finish(run_id, False, timeout=10)

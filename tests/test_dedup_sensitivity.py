@@ -20,10 +20,9 @@ from collections import defaultdict
 
 import pytest
 
-from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS, NAME_KEYS, NATIONAL_ID
-from fedaudit.coordinator.ring.counting import count_rows
-from fedaudit.coordinator.ring.relay import LabelledRow
-from fedaudit.coordinator.ring.release import count_vectors, sensitivities
+from fedaudit.common.ring_counting import count_rows
+from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS, NAME_KEYS, NATIONAL_ID, LabelledRow
+from fedaudit.common.ring_releases import count_vectors, sensitivities
 from fedaudit.node.ring.keys import Identity, PersonInput, merge_local
 from fedaudit.node.ring.rows import hashed_rows
 

@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from dedup_support import REQUESTER, ring_credentials, ring_policy, start_ring_node
+from dedup_support import (
+    REQUESTER,
+    ring_credentials,
+    ring_policy,
+    spy_on_tally,
+    start_ring_node,
+)
 
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
@@ -19,7 +25,7 @@ PLAN = AuditPlan(name="ring-demo", requester=REQUESTER, confidence=0.95, checks=
 
 
 @pytest.mark.slow
-def test_planted_duplicates_shopping_and_revocations_are_all_counted(tmp_path):
+def test_planted_duplicates_shopping_and_revocations_are_all_counted(tmp_path, monkeypatch):
     """Pre-noise counts cover every planted duplicate, shopping case and revoked-but-recognised
     certificate (background persons may add more, never fewer)."""
     fed = generate_federation(
@@ -38,6 +44,7 @@ def test_planted_duplicates_shopping_and_revocations_are_all_counted(tmp_path):
     transports = {
         c: GrpcDedupTransport(c, n.address, requester=REQUESTER) for c, n in nodes.items()
     }
+    spy = spy_on_tally(monkeypatch)
     try:
         out = run_dedup(PLAN, transports, "synthetic", config=DedupConfig(rho=1.0))
     finally:
@@ -48,7 +55,8 @@ def test_planted_duplicates_shopping_and_revocations_are_all_counted(tmp_path):
     planted = {}
     for p in fed.planted:
         planted[p.kind] = planted.get(p.kind, 0) + 1
-    counts = out.counts
+    assert out.duplicates_section["status"] == "complete"
+    counts = spy.counts  # exact, inside the tally node
     print(
         f"planted {planted}; counted dup={counts.duplicated} shop={counts.shopping} "
         f"revoked={counts.revoked}"

@@ -10,12 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
+from dedup_support import release_as_tallied
 
+from fedaudit.common.ring_counting import DedupCounts
+from fedaudit.common.ring_releases import unordered_pairs
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
-from fedaudit.coordinator.ring.counting import DedupCounts
 from fedaudit.coordinator.ring.findings import report_parts
-from fedaudit.coordinator.ring.release import release_counts, unordered_pairs
 from fedaudit.coordinator.ring.significance import Branch, CountTest, decide
 from fedaudit.node.domain import Mechanism
 
@@ -39,7 +40,7 @@ def _counts(pair: int, occupation: int = 0) -> DedupCounts:
 
 
 def _parts(counts: DedupCounts) -> tuple[dict, list[dict], list[dict]]:
-    releases = release_counts(PLAN, CONFIG, MUNIS, counts, None)
+    releases = release_as_tallied(PLAN, CONFIG, MUNIS, counts)
     return report_parts(CONFIG, MUNIS, counts.occupations, releases, {})
 
 
@@ -134,7 +135,7 @@ def test_each_region_wide_count_is_tested_at_its_share_of_the_error_budget(
     revoked), so together they keep the family-wise guarantee; a test at the full alpha
     each would overstate it by the number of branches."""
     config = DedupConfig(rho=10.0, bound=1, shopping=shopping, revoked=revoked)
-    releases = release_counts(PLAN, config, MUNIS, _counts(0), None)
+    releases = release_as_tallied(PLAN, config, MUNIS, _counts(0))
     alpha = 1.0 - PLAN.confidence
     assert releases.confidence == pytest.approx(1.0 - alpha / branches)
     assert releases.alpha == pytest.approx(alpha)

@@ -34,18 +34,20 @@ import numpy as np
 import pytest
 from dedup_support import (
     REQUESTER,
+    release_as_tallied,
     ring_credentials,
     ring_policy,
+    spy_on_tally,
     start_ring_node,
     write_febrl_bundle,
 )
 
 from fedaudit.common import mechanisms
+from fedaudit.common.ring_counting import DedupCounts
 from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
 from fedaudit.coordinator.ring.relay import GrpcDedupTransport
-from fedaudit.coordinator.ring.release import release_counts
 from fedaudit.coordinator.ring.run import DedupOutcome, run_dedup
 from fedaudit.node.domain import Mechanism
 from fedaudit.node.ingest.bundle import import_bundle
@@ -158,10 +160,8 @@ def _oracle(people: Mapping[Person, tuple[str, ...]]) -> dict[str, list[int]]:
     }
 
 
-def _ring_vectors(out: DedupOutcome) -> dict[str, list[int]]:
-    """The ring's pre-noise counts in the oracle's order."""
-    counts = out.counts
-    assert counts is not None
+def _ring_vectors(counts: DedupCounts) -> dict[str, list[int]]:
+    """The tally node's pre-noise counts in the oracle's order."""
     pairs = itertools.combinations(MUNICIPALITIES, 2)
     return {
         "dup_overall": [counts.duplicated],
@@ -207,15 +207,18 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]
         c: GrpcDedupTransport(c, n.address, requester=REQUESTER) for c, n in nodes.items()
     }
     try:
-        before = _spent(engines)
-        gaussian = run_dedup(PLAN_G, transports, "privacy-g", config=CONFIG_G)
-        after_g = _spent(engines)
-        laplace = run_dedup(PLAN_L, transports, "privacy-l", config=CONFIG_L)
-        after_l = _spent(engines)
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            spy = spy_on_tally(monkeypatch)
+            before = _spent(engines)
+            gaussian = run_dedup(PLAN_G, transports, "privacy-g", config=CONFIG_G)
+            after_g = _spent(engines)
+            laplace = run_dedup(PLAN_L, transports, "privacy-l", config=CONFIG_L)
+            after_l = _spent(engines)
         yield {
             "gaussian": gaussian,
             "laplace": laplace,
             "ledger": (before, after_g, after_l),
+            "counts": {"gaussian": spy.tallies[0][1], "laplace": spy.tallies[1][1]},
         }
     finally:
         for n in nodes.values():
@@ -235,11 +238,11 @@ def test_ring_counts_equal_an_independent_clear_text_oracle(runs: dict) -> None:
     for name in ("gaussian", "laplace"):
         out = runs[name]
         assert out.duplicates_section["status"] == "complete"
-        assert _ring_vectors(out) == expected
+        assert _ring_vectors(runs["counts"][name]) == expected
 
 
 def test_removing_a_person_bridge_included_moves_the_counts_by_its_actual_amount(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A real ring run without X gives the oracle's counts: X's removal splits its component."""
     people = {p: m for p, m in federation().items() if p != X}
@@ -247,6 +250,7 @@ def test_removing_a_person_bridge_included_moves_the_counts_by_its_actual_amount
     transports = {
         c: GrpcDedupTransport(c, n.address, requester=REQUESTER) for c, n in nodes.items()
     }
+    spy = spy_on_tally(monkeypatch)
     try:
         out = run_dedup(PLAN_G, transports, "privacy-no-x", config=CONFIG_G)
     finally:
@@ -254,7 +258,8 @@ def test_removing_a_person_bridge_included_moves_the_counts_by_its_actual_amount
             n.server.stop(None)
         for e in engines.values():
             e.dispose()
-    assert _ring_vectors(out) == _oracle(people)
+    assert out.duplicates_section["status"] == "complete"
+    assert _ring_vectors(spy.counts) == _oracle(people)
     assert _oracle(people)["dup_overall"][0] - _oracle(federation())["dup_overall"][0] == 2
 
 
@@ -297,13 +302,13 @@ def test_release_noise_is_what_the_sensitivity_and_charge_require(runs: dict, ru
     out = runs[run]
     gaussian = run == "gaussian"
     plan, config = (PLAN_G, CONFIG_G) if gaussian else (PLAN_L, CONFIG_L)
-    counts = out.counts
-    assert counts is not None
+    counts = runs["counts"][run]
     assert out.ring is not None
     draws: dict[str, list[list[int]]] = defaultdict(list)
     charged: dict[str, tuple[float, float | None]] = {}
     for _ in range(RELEASES):
-        releases = release_counts(plan, config, out.ring.municipalities, counts, None)
+        # As the tally node draws them, then checked and charged as the coordinator does.
+        releases = release_as_tallied(plan, config, out.ring.municipalities, counts)
         for name, r in releases.values.items():
             draws[name].append(r.values)
             charged[name] = (r.rho, r.epsilon)

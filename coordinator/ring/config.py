@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedaudit.common.ring_protocol import NAME_KEYS
+from fedaudit.common.ring_protocol import NAME_KEYS, RingParams
 from fedaudit.coordinator.planning.plan import AuditPlan
+from fedaudit.node.domain import Mechanism
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,18 @@ class DedupConfig:
     shopping: bool = True
     revoked: bool = True
     min_nodes: int = 2
+
+    def params(self, mechanism: Mechanism) -> RingParams:
+        """What every node is asked to join: the releases' rho (epsilon^2/2 for Laplace)."""
+        gaussian = mechanism is Mechanism.DISCRETE_GAUSSIAN
+        return RingParams(
+            keys=self.keys,
+            bound=self.bound,
+            shopping=self.shopping,
+            revoked=self.revoked,
+            rho=(self.rho or 0.0) if gaussian else (self.epsilon or 0.0) ** 2 / 2,
+            epsilon=None if gaussian else self.epsilon,
+        )
 
 
 def config_from_plan(plan: AuditPlan) -> DedupConfig | None:

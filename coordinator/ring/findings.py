@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedaudit.common.mechanisms import noise_accuracy
+from fedaudit.common.ring_releases import ordered_pairs, unordered_pairs
 from fedaudit.coordinator.ring.config import DedupConfig
-from fedaudit.coordinator.ring.release import Release, Releases, ordered_pairs, unordered_pairs
+from fedaudit.coordinator.ring.release import Release, Releases
 from fedaudit.coordinator.ring.significance import Decision
 
 

@@ -1,15 +1,16 @@
-"""The coordinator's relay of the blinding ring: join, roster, batches around the ring.
+"""The coordinator's relay of the blinding ring: join, roster, batches, tally.
 
-The coordinator holds no secret of the matching. It asks every node to join a run,
-hands out the roster (the ring order with every node's signed per-run box key), and
-relays each origin's batch around the ring: origin b's batch is blinded first by b,
-then by the next node, and so on, each hop sealed to the next node; after N hops the
-coordinator receives fully blinded tokens `H(k)^(a1...aN)`, labelled by origin only,
-and checks the last hop's signature before it accepts them.
+The coordinator holds no secret of the matching and sees no token. It asks every
+node to join a run, hands out the roster (the ring order with every node's signed
+per-run box key), and relays each origin's batch around the ring: origin b's batch
+is blinded first by b, then by the next node, and so on, each hop sealed to the next
+node. After N hops the batch is fully blinded and sealed to the run's tally node
+(`ring_protocol.tally_position`, fixed by the roster digest); the coordinator hands
+the tally node every final batch and gets back only noisy counts, signed with the
+tally node's run key, which it checks.
 
-This module moves and verifies batches and nothing else: it sees no count and draws
-no noise (`counting` and `release` do), so the transport to the nodes is the one
-thing to read here.
+This module moves batches and checks signatures and nothing else: it sees no count
+and draws no noise (the tally node does, `fedaudit.common.ring_releases`).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from fedaudit.common.ring_protocol import (
     JoinInfo,
     RingParams,
     RosterEntry,
+    TallyResult,
     roster_digest,
+    tally_position,
 )
 from fedaudit.common.ring_serde import (
     join_from_pb,
@@ -40,6 +43,7 @@ from fedaudit.common.ring_serde import (
     part_from_pb,
     part_to_pb,
     roster_to_pb,
+    tally_from_pb,
 )
 from fedaudit.coordinator.errors import CoordinatorError, NodeCallError, NodeRefusedError
 from fedaudit.coordinator.running.transport import (
@@ -71,6 +75,8 @@ class DedupTransport(Protocol):
     ) -> Iterator[BatchPart]: ...
 
     def hop(self, parts: Iterator[BatchPart], *, timeout: float) -> Iterator[BatchPart]: ...
+
+    def tally(self, parts: Iterator[BatchPart], *, timeout: float) -> TallyResult: ...
 
     def finish(self, run_id: str, completed: bool, *, timeout: float) -> bool: ...
 
@@ -120,6 +126,13 @@ class GrpcDedupTransport:
             )
         return self._parts(stream)
 
+    def tally(self, parts: Iterator[BatchPart], *, timeout: float) -> TallyResult:
+        with translate_rpc_errors(self.name):
+            r = self._stub.Tally(
+                (part_to_pb(p) for p in parts), timeout=timeout, metadata=self._metadata
+            )
+        return tally_from_pb(r)
+
     def finish(self, run_id: str, completed: bool, *, timeout: float) -> bool:
         with translate_rpc_errors(self.name):
             r = self._stub.Finish(
@@ -150,18 +163,17 @@ class RingFailedError(CoordinatorError):
 
 
 @dataclass
-class LabelledRow:
-    origin: str
-    row: rc.Row
-
-
-@dataclass
 class RingResult:
-    """What the relay ends with: every origin's fully blinded rows, and who took part."""
+    """What the relay ends with: the tally node's noisy counts, and who took part.
+
+    `rows` are the padded row counts per origin that the batch headers carry (DP, the
+    nodes' dummy padding); `scalar_mults` is derived from the sealed batches' sizes.
+    """
 
     municipalities: tuple[str, ...]
-    rows: list[LabelledRow]
+    tally: TallyResult
     refused: dict[str, str]
+    rows: dict[str, int]
     scalar_mults: int
     seconds: float
 
@@ -220,7 +232,7 @@ def run_ring(
                 if progress is not None:
                     progress(done[0], total_hops)
 
-        def relay(b: int) -> list[LabelledRow]:
+        def relay(b: int) -> list[BatchPart]:
             origin_name = order[b]
             # An error inside an upstream stream surfaces at the downstream call as
             # "exception iterating requests"; the first one recorded names the culprit.
@@ -231,7 +243,7 @@ def run_ring(
                 for h in range(1, n):
                     name = order[(b + h) % n]
                     stream = _counted(transports[name].hop(stream, timeout=left()), tick, upstream)
-                return _receive(stream, run_id, digest, roster, b)
+                return _receive(stream, roster, b)
             except NodeCallError as exc:
                 culprit = upstream[0] if upstream else exc
                 raise RingFailedError(
@@ -239,26 +251,30 @@ def run_ring(
                     f"{origin_name}: {_why(culprit)}"
                 ) from exc
 
-        rows: list[LabelledRow] = []
+        batches: list[list[BatchPart]] = []
         with ThreadPoolExecutor(max_workers=n, thread_name_prefix="ring") as pool:
             results = [pool.submit(relay, b) for b in range(n)]
             errors = []
             for fut in results:
                 try:
-                    rows.extend(fut.result())
+                    batches.append(fut.result())
                 except RingFailedError as exc:
                     errors.append(exc)
             if errors:
                 raise errors[0]
         seconds = time.monotonic() - started
+        teller = tally_position(digest, n)
+        tally = _tally(transports[order[teller]], batches, run_id, digest, roster[teller], left())
         completed = True
-        mults = sum(len(r.row.tokens) for r in rows) * n
-        log.info("dedup.ring_done", run_id=run_id, nodes=n, rows=len(rows), seconds=seconds)
+        rows = {b[0].origin: b[0].rows for b in batches if isinstance(b[0], BatchHeader)}
+        tokens = sum(_tokens(b) for b in batches)
+        log.info("dedup.ring_done", run_id=run_id, nodes=n, seconds=seconds)
         return RingResult(
             municipalities=tuple(joined[name].municipality_code for name in order),
-            rows=rows,
+            tally=tally,
             refused=refused,
-            scalar_mults=mults,
+            rows=rows,
+            scalar_mults=tokens * n,
             seconds=seconds,
         )
     finally:
@@ -282,14 +298,12 @@ def _counted(
         raise
 
 
-def _receive(
-    stream: Iterator[BatchPart],
-    run_id: str,
-    digest: bytes,
-    roster: Sequence[RosterEntry],
-    b: int,
-) -> list[LabelledRow]:
-    """Check the last hop's header and signature and parse the fully blinded rows."""
+def _receive(stream: Iterator[BatchPart], roster: Sequence[RosterEntry], b: int) -> list[BatchPart]:
+    """Check that the last hop of origin b's batch kept to the schedule; keep it sealed.
+
+    The chunks are sealed to the tally node: the coordinator cannot read them, and the
+    tally node checks the digest and the last sender's signature.
+    """
     n = len(roster)
     parts = list(stream)
     header, trailer = parts[0] if parts else None, parts[-1] if parts else None
@@ -301,24 +315,45 @@ def _receive(
         or header.origin != origin
         or header.hop != n
         or header.sender != last.municipality_code
+        or not all(isinstance(p, bytes) for p in parts[1:-1])
     ):
         raise RingFailedError(f"the batch of {origin} came back off schedule")
-    chunks = [p for p in parts[1:-1] if isinstance(p, bytes)]
-    content = rc.digest_of(chunks)
+    return parts
+
+
+def _tally(  # noqa: PLR0917 (one call's pieces)
+    transport: DedupTransport,
+    batches: Sequence[Sequence[BatchPart]],
+    run_id: str,
+    digest: bytes,
+    teller: RosterEntry,
+    timeout: float,
+) -> TallyResult:
+    """Hand the tally node every final batch; accept only its signed noisy counts."""
+    parts = (p for batch in batches for p in batch)
     try:
-        if content != trailer.digest:
-            raise rc.RingCryptoError("digest mismatch")
-        rc.verify(
-            last.signing_key,
-            rc.hop_statement(
-                run_id, digest, origin=origin, hop=n, rows=header.rows, digest=content
-            ),
-            trailer.signature,
-        )
-        rows = rc.decode_rows(b"".join(chunks), header.rows)
+        result = transport.tally(parts, timeout=timeout)
+    except NodeCallError as exc:
+        raise RingFailedError(
+            f"the tally node {exc.node} could not count the run: {_why(exc)}"
+        ) from exc
+    try:
+        if result.municipality_code != teller.municipality_code:
+            raise rc.RingCryptoError("the answer names another municipality")
+        rc.verify(teller.signing_key, result.statement(run_id, digest), result.signature)
     except rc.RingCryptoError as exc:
-        raise RingFailedError(f"the batch of {origin} failed verification: {exc}") from exc
-    return [LabelledRow(origin, r) for r in rows]
+        raise RingFailedError(
+            f"the tally of {teller.municipality_code} failed verification: {exc}"
+        ) from exc
+    return result
+
+
+def _tokens(batch: Sequence[BatchPart]) -> int:
+    """Tokens in a sealed batch, from its size (each row: a header and 32-byte tokens)."""
+    header = batch[0]
+    rows = header.rows if isinstance(header, BatchHeader) else 0
+    plain = sum(len(p) - rc.SEAL_OVERHEAD for p in batch if isinstance(p, bytes))
+    return max(0, plain - rows * rc.ROW_HEADER_BYTES) // rc.POINT_BYTES
 
 
 def _why(exc: NodeCallError) -> str:

@@ -1,8 +1,8 @@
-"""One duplicates check end to end: relay the ring, count, release, report.
+"""One duplicates check end to end: relay the ring, take the tally's noisy counts, report.
 
 `run_dedup` is the entry point the audit runner calls. It only orchestrates: the
-relay (`relay`), the exact counts (`counting`), the DP releases and their budget
-(`release`) and the report parts (`findings`) each live in a module of their own.
+relay and the tally node's signed noisy counts (`relay`), their checks, intervals and
+budget (`release`) and the report parts (`findings`) each live in a module of their own.
 It never raises for node failures: a ring that cannot complete becomes a `failed`
 duplicates section with its reason.
 """
@@ -15,10 +15,9 @@ from typing import Any
 
 import structlog
 
-from fedaudit.common.ring_protocol import RingParams
+from fedaudit.coordinator.errors import CoordinatorError
 from fedaudit.coordinator.planning.plan import AuditPlan
 from fedaudit.coordinator.ring.config import DedupConfig, config_from_plan
-from fedaudit.coordinator.ring.counting import DedupCounts, count_rows
 from fedaudit.coordinator.ring.findings import report_parts
 from fedaudit.coordinator.ring.relay import (
     DedupTransport,
@@ -27,8 +26,7 @@ from fedaudit.coordinator.ring.relay import (
     RingResult,
     run_ring,
 )
-from fedaudit.coordinator.ring.release import privacy_summary, release_counts
-from fedaudit.node.domain import Mechanism
+from fedaudit.coordinator.ring.release import Releases, privacy_summary, releases_from_tally
 
 log = structlog.get_logger(__name__)
 
@@ -42,7 +40,8 @@ class DedupOutcome:
     metrics: list[dict[str, Any]]
     privacy: dict[str, Any]
     tests: int = 0
-    counts: DedupCounts | None = field(default=None, repr=False)
+    releases: Releases | None = field(default=None, repr=False)
+    """The noisy counts (the coordinator never holds exact ones: the tally node does)."""
     ring: RingResult | None = field(default=None, repr=False)
 
 
@@ -68,15 +67,7 @@ def run_dedup(
             metrics=[],
             privacy={"rho": 0.0, "epsilon": None, "releases": []},
         )
-    gaussian = plan.mechanism is Mechanism.DISCRETE_GAUSSIAN
-    params = RingParams(
-        keys=config.keys,
-        bound=config.bound,
-        shopping=config.shopping,
-        revoked=config.revoked,
-        rho=config.rho if gaussian else (config.epsilon or 0.0) ** 2 / 2,
-        epsilon=None if gaussian else config.epsilon,
-    )
+    params = config.params(plan.mechanism)
     try:
         ring = run_ring(
             transports,
@@ -94,8 +85,24 @@ def run_dedup(
             metrics=[],
             privacy={"rho": 0.0, "epsilon": None, "releases": []},
         )
-    counts = count_rows(ring.rows, ring.municipalities, len(config.keys))
-    return _release_all(plan, config, ring, counts, per_test_confidence)
+    try:
+        releases = releases_from_tally(
+            plan,
+            config,
+            params,
+            ring.municipalities,
+            ring.tally,
+            per_test_confidence=per_test_confidence,
+        )
+    except CoordinatorError as exc:
+        log.warning("dedup.tally_refused", run_id=run_id, reason=str(exc))
+        return DedupOutcome(
+            duplicates_section=_empty("failed", str(exc)),
+            findings=[],
+            metrics=[],
+            privacy={"rho": 0.0, "epsilon": None, "releases": []},
+        )
+    return _release_all(plan, config, ring, releases)
 
 
 def _empty(status: str, reason: str) -> dict[str, Any]:
@@ -110,15 +117,10 @@ def _empty(status: str, reason: str) -> dict[str, Any]:
 
 
 def _release_all(
-    plan: AuditPlan,
-    config: DedupConfig,
-    ring: RingResult,
-    counts: DedupCounts,
-    per_test_confidence: float | None,
+    plan: AuditPlan, config: DedupConfig, ring: RingResult, releases: Releases
 ) -> DedupOutcome:
-    releases = release_counts(plan, config, ring.municipalities, counts, per_test_confidence)
     section, findings, metrics = report_parts(
-        config, ring.municipalities, counts.occupations, releases, ring.refused
+        config, ring.municipalities, ring.tally.occupations, releases, ring.refused
     )
     return DedupOutcome(
         duplicates_section=section,
@@ -126,6 +128,6 @@ def _release_all(
         metrics=metrics,
         privacy=privacy_summary(releases, plan.mechanism),
         tests=releases.tests,
-        counts=counts,
+        releases=releases,
         ring=ring,
     )

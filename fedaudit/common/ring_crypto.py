@@ -50,6 +50,9 @@ FLAG_PASSED = 4
 FLAG_REVOKED = 1  # on certificate rows: the origin side
 
 _ROW_HEADER = struct.Struct(">B4sBH")  # kind, isco code, flags, token count
+ROW_HEADER_BYTES = _ROW_HEADER.size
+SEAL_OVERHEAD = 48
+"""Bytes a SealedBox adds to its plaintext (ephemeral public key and MAC)."""
 
 
 class RingCryptoError(Exception):
@@ -274,16 +277,18 @@ def box_key_statement(run_id: str, municipality: str, box_public: bytes) -> byte
 
 
 def membership_statement(
-    run_id: str, municipality: str, signing_key: bytes, box_key: bytes
+    run_id: str, municipality: str, signing_key: bytes, box_key: bytes, params_digest: bytes
 ) -> bytes:
-    """What a node signs with its X.509 node key: these per-run ring keys are this member's."""
+    """What a node signs with its X.509 node key: these per-run ring keys are this member's,
+    for a run with these parameters (`RingParams.digest`)."""
     return b"\x00".join(
         [
-            b"fedaudit-dedup-member/v1",
+            b"fedaudit-dedup-member/v2",
             run_id.encode(),
             municipality.encode(),
             signing_key,
             box_key,
+            params_digest,
         ]
     )
 

@@ -11,8 +11,11 @@ stays in `fedaudit.node.ring.keys`.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from fedaudit.common import ring_crypto as rc
 
 PREFIX3_SORTED_DOB = "prefix3_sorted_dob"
 SOUNDEX_SORTED_DOB = "soundex_sorted_dob"
@@ -47,6 +50,19 @@ class RingParams:
     revoked: bool
     rho: float
     epsilon: float | None = None
+
+    def digest(self) -> bytes:
+        """What every member signs with its membership proof (`ring_crypto.membership_statement`).
+
+        A roster only holds together when every member joined with the same parameters:
+        the tally node adds the releases' noise for the run's rho, so a coordinator that
+        told one node a larger rho than another could otherwise have the releases noised
+        for a charge the other nodes never made.
+        """
+        text = json.dumps(
+            [list(self.keys), self.bound, self.shopping, self.revoked, self.rho, self.epsilon]
+        )
+        return hashlib.sha256(b"fedaudit-dedup-params/v1\x00" + text.encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -119,3 +135,60 @@ def roster_digest(run_id: str, roster: Sequence[RosterEntry]) -> bytes:
         ):
             h.update(len(part).to_bytes(4, "big") + part)
     return h.digest()
+
+
+def tally_position(digest: bytes, members: int) -> int:
+    """The roster position of the run's tally node, fixed by the roster digest.
+
+    The tally node receives every fully blinded batch, counts and releases only noisy
+    counts; nobody else, the coordinator included, ever sees the final tokens. Drawn
+    from the digest, which covers every member's fresh per-run keys, so it moves from
+    run to run and every member computes the same one.
+    """
+    return int.from_bytes(hashlib.sha256(b"fedaudit-dedup-tally/v1\x00" + digest).digest()[:8]) % (
+        members
+    )
+
+
+@dataclass
+class LabelledRow:
+    """A fully blinded row with the municipality whose batch it came in (at the tally node)."""
+
+    origin: str
+    row: rc.Row
+
+
+@dataclass(frozen=True)
+class TallyRelease:
+    """One noisy count vector as the tally node released it."""
+
+    name: str
+    values: tuple[int, ...]
+    scale: float
+
+
+@dataclass(frozen=True)
+class TallyResult:
+    """The tally node's answer: noisy counts only, signed with its per-run key.
+
+    `occupations` orders the per-occupation cells; they are the occupations of every
+    member's qualification catalogue (each node pads every one, so they are in the rows
+    whatever the registries hold).
+    """
+
+    municipality_code: str
+    occupations: tuple[str, ...]
+    releases: tuple[TallyRelease, ...]
+    signature: bytes = b""
+
+    def statement(self, run_id: str, roster_digest: bytes) -> bytes:
+        body = json.dumps(
+            [
+                self.municipality_code,
+                list(self.occupations),
+                [[r.name, list(r.values), repr(r.scale)] for r in self.releases],
+            ]
+        )
+        return b"\x00".join(
+            [b"fedaudit-dedup-tally/v1", run_id.encode(), roster_digest, body.encode()]
+        )

@@ -14,6 +14,8 @@ from fedaudit.common.ring_protocol import (
     JoinInfo,
     RingParams,
     RosterEntry,
+    TallyRelease,
+    TallyResult,
 )
 from fedaudit.wire.v1 import dedup_pb2 as pb
 
@@ -117,4 +119,27 @@ def params_to_pb(p: RingParams) -> pb.DedupParams:
         revoked=p.revoked,
         rho=p.rho,
         epsilon=p.epsilon or 0.0,
+    )
+
+
+def tally_to_pb(result: TallyResult) -> pb.DedupTallyResponse:
+    return pb.DedupTallyResponse(
+        municipality_code=result.municipality_code,
+        occupations=list(result.occupations),
+        releases=[
+            pb.DedupRelease(name=r.name, values=list(r.values), scale=r.scale)
+            for r in result.releases
+        ],
+        signature=result.signature,
+    )
+
+
+def tally_from_pb(r: pb.DedupTallyResponse) -> TallyResult:
+    return TallyResult(
+        municipality_code=r.municipality_code,
+        occupations=tuple(r.occupations),
+        releases=tuple(
+            TallyRelease(name=x.name, values=tuple(x.values), scale=x.scale) for x in r.releases
+        ),
+        signature=r.signature,
     )

@@ -52,6 +52,7 @@ METHODS = (
     "ring_join",
     "ring_start",
     "ring_hop",
+    "ring_tally",
     "ring_finish",
 )
 ANSWERED, REPLAYED, REFUSED, FAILED = "answered", "replayed", "refused", "failed"

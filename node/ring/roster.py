@@ -5,8 +5,10 @@ Before reading its registry a node checks, for the roster it was handed:
 
 - every entry proves with its federation node certificate that it is the node it
   names (`fedaudit.pki.identity`: chain to the CA this node trusts, valid now, node
-  role, certificate name = municipality code, ECDSA signature over the run and the
-  entry's per-run keys), and its box key is signed by its per-run signing key;
+  role, certificate name = municipality code, ECDSA signature over the run, the
+  entry's per-run keys and the run's parameters as this node joined it: members that
+  were handed different parameters cannot form a ring), and its box key is signed by
+  its per-run signing key;
 - no municipality, certificate key, signing key or box key appears twice (a
   coordinator cannot list one node twice, or this node twice under two names);
 - this node appears exactly once, with the keys it drew for this run;
@@ -43,6 +45,7 @@ def check_roster(
     *,
     own_signing_key: bytes,
     own_box_key: bytes,
+    params_digest: bytes,
     now: dt.datetime,
     revocations: Callable[[], RevocationList | None] | None = None,
 ) -> int:
@@ -94,7 +97,7 @@ def check_roster(
         try:
             identity.verify_peer(
                 e.certificate,
-                rc.membership_statement(run_id, code, e.signing_key, e.box_key),
+                rc.membership_statement(run_id, code, e.signing_key, e.box_key, params_digest),
                 e.membership_signature,
                 claimed_name=code,
                 now=now,
@@ -106,7 +109,8 @@ def check_roster(
             )
         except IdentityError as exc:
             raise RosterRefusedError(
-                f"roster member {code} is not a proven node of this federation: {exc}",
+                f"roster member {code} is not a proven node of this federation for this run "
+                f"and its parameters: {exc}",
                 {"check": "membership", "member": code},
             ) from exc
         except rc.RingCryptoError as exc:

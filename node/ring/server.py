@@ -18,6 +18,7 @@ from fedaudit.common.ring_serde import (
     part_from_pb,
     part_to_pb,
     roster_from_pb,
+    tally_to_pb,
 )
 from fedaudit.node.ring.service import DedupService
 from fedaudit.node.rpc.status import abort_with, checked_requester
@@ -68,6 +69,16 @@ class DedupNodeServicer(pb_grpc.DedupNodeServicer):
             _abort(context, "Hop", exc)
         for part in parts:
             yield part_to_pb(part)
+
+    def Tally(
+        self, request_iterator: Iterator[pb.DedupBatchPart], context: grpc.ServicerContext
+    ) -> pb.DedupTallyResponse:
+        requester = _requester(context)
+        try:
+            result = self._service.tally(requester, (part_from_pb(m) for m in request_iterator))
+        except Exception as exc:
+            _abort(context, "Tally", exc)
+        return tally_to_pb(result)
 
     def Finish(
         self, request: pb.DedupFinishRequest, context: grpc.ServicerContext

@@ -1,6 +1,6 @@
 """The node's side of a blinding-ring run: consent, rows, and one blinding per batch.
 
-A run has four steps, each a method here and an RPC in `fedaudit.node.ring.server`:
+A run has five steps, each a method here and an RPC in `fedaudit.node.ring.server`:
 
 1. `join`: the node must hold its federation certificate (a node serving with
    --insecure has none and never joins), the policy must allow the requester the
@@ -18,8 +18,14 @@ A run has four steps, each a method here and an RPC in `fedaudit.node.ring.serve
 3. `hop`: a batch sealed to this node arrives; it must follow the signed schedule
    (this node is exactly `hop` places after the origin, the sender the one before),
    and each (run, origin) is processed at most once, so a coordinator cannot use a
-   node as an exponentiation oracle for guessed names.
-4. `finish`: the secrets are wiped; the ledger entry is settled: refunded only when
+   node as an exponentiation oracle for guessed names. The last hop seals the fully
+   blinded batch to the run's tally node (a member fixed by the roster digest).
+4. `tally` (the tally node only): every fully blinded batch, each checked against the
+   schedule and its last sender's signature; the node counts them (union-find,
+   `fedaudit.common.ring_counting`) and answers only the noisy releases, drawn for the
+   rho every member charged at Join, once per run. The coordinator never sees a
+   final token, so the equality pattern stays inside a node (docs/dedup.md).
+5. `finish`: the secrets are wiped; the ledger entry is settled: refunded only when
    the node never read its registry for the run (the roster never came or was
    refused), kept otherwise, whatever the coordinator says. Runs never finished expire.
 
@@ -41,23 +47,28 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from sqlalchemy import Engine, select
 
 from fedaudit.common import ring_crypto as rc
 from fedaudit.common.budget_units import rho_to_units
+from fedaudit.common.ring_counting import count_rows
 from fedaudit.common.ring_protocol import (
     ALL_KEYS,
     BatchHeader,
     BatchPart,
     BatchTrailer,
     JoinInfo,
+    LabelledRow,
     RingParams,
     RosterEntry,
+    TallyResult,
     roster_digest,
+    tally_position,
 )
+from fedaudit.common.ring_releases import noisy_releases
 from fedaudit.node.domain import Charge, Mechanism
 from fedaudit.node.errors import (
     DataUnavailableError,
@@ -122,6 +133,8 @@ class _Run:
     started: bool = False
     """Set just before the registry is read: from then on the charge stands."""
     processed: set[str] = field(default_factory=set)
+    tallied: bool = False
+    """Set when this node (the run's tally node) began counting: once per run."""
 
 
 def request_id_for_run(run_id: str) -> str:
@@ -246,7 +259,9 @@ class DedupService:
                 ),
                 certificate=credential.certificate_pem,
                 membership_signature=credential.sign(
-                    rc.membership_statement(run_id, municipality, signing_public, box_public)
+                    rc.membership_statement(
+                        run_id, municipality, signing_public, box_public, params.digest()
+                    )
                 ),
             )
         except Exception:
@@ -298,6 +313,7 @@ class DedupService:
             self._policy.ring,
             own_signing_key=bytes(run.keys.signing.verify_key),
             own_box_key=bytes(run.keys.box.public_key),
+            params_digest=run.params.digest(),
             now=self._clock(),
             revocations=self._revocations,
         )
@@ -361,6 +377,89 @@ class DedupService:
             if header.origin in run.processed:
                 raise RingProtocolError("this node has already blinded this origin's batch")
             run.processed.add(header.origin)  # before any work: exactly once, even on failure
+        rows = self._open_batch(run, header, stream, sender)
+        if next(stream, None) is not None:
+            raise RingProtocolError("a batch must end with exactly one trailer")
+        try:
+            rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)
+        except rc.RingCryptoError as exc:
+            raise RingProtocolError(str(exc)) from exc
+        self.blinded_points += sum(len(r.tokens) for r in rows)
+        log.info("dedup.hop", run_id=header.run_id, origin=header.origin, hop=header.hop)
+        return self._emit(header.run_id, run, header.origin, header.hop + 1, rows)
+
+    # --- 4. tally (the run's tally node only) ------------------------------------------------
+
+    def tally(self, requester: str, parts: Iterable[BatchPart]) -> TallyResult:
+        """Count every fully blinded batch of the run and release noisy counts, once per run."""
+        stream = iter(parts)
+        first = next(stream, None)
+        run_id = first.run_id if isinstance(first, BatchHeader) else ""
+        event = self._event(requester, "ring_tally", run_id, json.dumps({"run": run_id}))
+        with self._logged(event):
+            return self._tally(requester, first, stream, event)
+
+    def _tally(
+        self,
+        requester: str,
+        first: BatchPart | None,
+        stream: Iterator[BatchPart],
+        event: LogEvent,
+    ) -> TallyResult:
+        if not isinstance(first, BatchHeader):
+            raise RingProtocolError("a tally must begin with a batch header")
+        run_id = first.run_id
+        run = self._run(requester, run_id)
+        event.data_version = run.data_version
+        if not run.started:
+            raise RingProtocolError("the roster has not been given to this node yet")
+        roster = run.roster
+        n = len(roster)
+        codes = [e.municipality_code for e in roster]
+        if tally_position(run.roster_digest, n) != self._position(run):
+            raise RingProtocolError("this node is not the tally node of this run")
+        with self._lock:
+            if run.tallied:
+                raise RingProtocolError("this run was already tallied; a run is counted once")
+            run.tallied = True  # before any work: one noisy draw per run, even on failure
+        rows: list[LabelledRow] = []
+        header: BatchPart | None = first
+        seen: list[str] = []
+        while header is not None:
+            if (
+                not isinstance(header, BatchHeader)
+                or header.run_id != run_id
+                or header.origin not in codes
+                or header.hop != n
+            ):
+                raise RingProtocolError("a tallied batch must be fully blinded, of this run")
+            if header.origin in seen:
+                raise RingProtocolError(f"the batch of {header.origin} came twice")
+            sender = roster[(codes.index(header.origin) + n - 1) % n]
+            if header.sender != sender.municipality_code:
+                raise RingProtocolError("the batch does not come from the scheduled sender")
+            seen.append(header.origin)
+            batch = self._open_batch(run, header, stream, sender)
+            rows.extend(LabelledRow(header.origin, r) for r in batch)
+            header = next(stream, None)
+        missing = sorted(set(codes) - set(seen))
+        if missing:
+            raise RingProtocolError(f"the tally lacks the batches of {', '.join(missing)}")
+        counts = count_rows(rows, codes, len(run.params.keys))
+        result = TallyResult(
+            municipality_code=run.municipality,
+            occupations=counts.occupations,
+            releases=noisy_releases(counts, run.params, codes),
+        )
+        signature = rc.sign(run.keys.signing, result.statement(run_id, run.roster_digest))
+        event.message = f"tallied the batches of {n} municipalities; noisy counts only"
+        log.info("dedup.tallied", run_id=run_id, nodes=n)
+        return replace(result, signature=signature)
+
+    def _open_batch(
+        self, run: _Run, header: BatchHeader, stream: Iterator[BatchPart], sender: RosterEntry
+    ) -> list[rc.Row]:
+        """Read one batch sealed to this node up to its trailer; check digest and signature."""
         limit = header.rows * MAX_ROW_BYTES
         pieces: list[bytes] = []
         size = 0
@@ -379,7 +478,7 @@ class DedupService:
             if size > limit:
                 raise RingProtocolError("the batch is larger than its row count allows")
             pieces.append(piece)
-        if trailer is None or next(stream, None) is not None:
+        if trailer is None:
             raise RingProtocolError("a batch must end with exactly one trailer")
         digest = rc.digest_of(pieces)
         if digest != trailer.digest:
@@ -394,15 +493,11 @@ class DedupService:
         )
         try:
             rc.verify(sender.signing_key, statement, trailer.signature)
-            rows = rc.decode_rows(b"".join(pieces), header.rows)
-            rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)
+            return rc.decode_rows(b"".join(pieces), header.rows)
         except rc.RingCryptoError as exc:
             raise RingProtocolError(str(exc)) from exc
-        self.blinded_points += sum(len(r.tokens) for r in rows)
-        log.info("dedup.hop", run_id=header.run_id, origin=header.origin, hop=header.hop)
-        return self._emit(header.run_id, run, header.origin, header.hop + 1, rows)
 
-    # --- 4. finish --------------------------------------------------------------------------
+    # --- 5. finish --------------------------------------------------------------------------
 
     def finish(self, requester: str, run_id: str, completed: bool) -> bool:
         """Wipe the run's secrets and settle the charge. False when no such run is held."""
@@ -551,11 +646,10 @@ class DedupService:
         me = self._position(run)
         plain = rc.split_payload(rc.encode_rows(rows))
         digest = rc.digest_of(plain)
-        if hop < n:
-            recipient = roster[(me + 1) % n].box_key
-            chunks: list[BatchPart] = [rc.seal(recipient, p) for p in plain]
-        else:
-            chunks = list(plain)  # the last hop: fully blinded tokens for the coordinator
+        # The last hop: fully blinded tokens, for the tally node's eyes only.
+        to = (me + 1) % n if hop < n else tally_position(run.roster_digest, n)
+        recipient = roster[to].box_key
+        chunks: list[BatchPart] = [rc.seal(recipient, p) for p in plain]
         signature = rc.sign(
             run.keys.signing,
             rc.hop_statement(

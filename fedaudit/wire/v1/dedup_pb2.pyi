@@ -8,10 +8,13 @@ checked, per-run keys drawn and certified by the node's federation certificate),
 hands every node the roster (every member's certified keys; a node refuses a roster
 that is not a set of distinct federation nodes before it reads or blinds anything), then moves batches around the ring: Start returns a node's own batch blinded
 once and sealed to the next node; Hop takes a batch sealed to this node, blinds and
-shuffles it and returns it sealed to the next node (or, on the last hop, the fully
-blinded tokens for the coordinator). Every batch travels as header, chunks, trailer;
-the trailer carries the sender's signature over (run, roster, origin, hop, rows,
-SHA-256 of the plaintext). Finish drops the node's secrets for the run.
+shuffles it and returns it sealed to the next node (on the last hop: sealed to the
+run's tally node, a roster member fixed by the roster digest). Every batch travels
+as header, chunks, trailer; the trailer carries the sender's signature over (run,
+roster, origin, hop, rows, SHA-256 of the plaintext). Tally hands the tally node
+every fully blinded batch; it counts them and answers only noisy counts, once per
+run: nobody else, the coordinator included, ever sees a final token. Finish drops
+the node's secrets for the run.
 """
 
 from collections import abc as _abc
@@ -285,6 +288,72 @@ class DedupBatchPart(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___DedupBatchPart: _TypeAlias = DedupBatchPart  # noqa: Y015
+
+@_typing.final
+class DedupRelease(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    SCALE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """dup_overall, pairwise, ... (fedaudit.common.ring_releases)"""
+    scale: _builtins.float
+    """the noise scale the tally node drew them with"""
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """noisy counts, cell order fixed by the release"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.int] | None = ...,
+        scale: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "scale", b"scale", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupRelease: _TypeAlias = DedupRelease  # noqa: Y015
+
+@_typing.final
+class DedupTallyResponse(_message.Message):
+    """Noisy counts only. Signed by the tally node's per-run key over (run, roster,
+    municipality, occupations, releases).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MUNICIPALITY_CODE_FIELD_NUMBER: _builtins.int
+    OCCUPATIONS_FIELD_NUMBER: _builtins.int
+    RELEASES_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    municipality_code: _builtins.str
+    signature: _builtins.bytes
+    @_builtins.property
+    def occupations(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """cell order of dup_per_occupation"""
+
+    @_builtins.property
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___DedupRelease]: ...
+    def __init__(
+        self,
+        *,
+        municipality_code: _builtins.str = ...,
+        occupations: _abc.Iterable[_builtins.str] | None = ...,
+        releases: _abc.Iterable[Global___DedupRelease] | None = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["municipality_code", b"municipality_code", "occupations", b"occupations", "releases", b"releases", "signature", b"signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DedupTallyResponse: _TypeAlias = DedupTallyResponse  # noqa: Y015
 
 @_typing.final
 class DedupFinishRequest(_message.Message):

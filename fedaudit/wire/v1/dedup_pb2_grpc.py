@@ -49,6 +49,11 @@ class DedupNodeStub:
                 request_serializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.SerializeToString,
                 response_deserializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.FromString,
                 _registered_method=True)
+        self.Tally = channel.stream_unary(
+                '/fedaudit.wire.v1.DedupNode/Tally',
+                request_serializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.SerializeToString,
+                response_deserializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupTallyResponse.FromString,
+                _registered_method=True)
         self.Finish = channel.unary_unary(
                 '/fedaudit.wire.v1.DedupNode/Finish',
                 request_serializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupFinishRequest.SerializeToString,
@@ -77,6 +82,12 @@ class DedupNodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Tally(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Finish(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -100,6 +111,11 @@ def add_DedupNodeServicer_to_server(servicer, server):
                     servicer.Hop,
                     request_deserializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.FromString,
                     response_serializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.SerializeToString,
+            ),
+            'Tally': grpc.stream_unary_rpc_method_handler(
+                    servicer.Tally,
+                    request_deserializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.FromString,
+                    response_serializer=fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupTallyResponse.SerializeToString,
             ),
             'Finish': grpc.unary_unary_rpc_method_handler(
                     servicer.Finish,
@@ -188,6 +204,33 @@ class DedupNode:
             '/fedaudit.wire.v1.DedupNode/Hop',
             fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.SerializeToString,
             fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Tally(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedaudit.wire.v1.DedupNode/Tally',
+            fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupBatchPart.SerializeToString,
+            fedaudit_dot_wire_dot_v1_dot_dedup__pb2.DedupTallyResponse.FromString,
             options,
             channel_credentials,
             insecure,

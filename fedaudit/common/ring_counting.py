@@ -6,8 +6,9 @@ certified; the shopping check compares, inside a component, a pass month token o
 municipality with the fail window tokens of another; certificate rows match a
 recognised certificate with a revoked origin certificate.
 
-The counts here are exact and never leave the coordinator: only their DP releases
-(`fedaudit.coordinator.ring.release`) do. Kept apart so the seam tests compare them with a
+The counts here are exact and never leave the tally node, the roster member that opens
+the fully blinded batches (`fedaudit.node.ring.service`): only their DP releases
+(`fedaudit.common.ring_releases`) do. Kept apart so the seam tests compare them with a
 clear-text oracle without any noise or network in the way.
 """
 
@@ -18,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fedaudit.common import ring_crypto as rc
-from fedaudit.common.ring_protocol import SHOPPING_WINDOW_MONTHS
-from fedaudit.coordinator.ring.relay import LabelledRow
+from fedaudit.common.ring_protocol import SHOPPING_WINDOW_MONTHS, LabelledRow
 
 FAIL_WINDOW = SHOPPING_WINDOW_MONTHS + 1
 
