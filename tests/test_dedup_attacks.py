@@ -675,3 +675,22 @@ def test_members_joined_with_different_parameters_cannot_form_a_ring(fed):
     assert "M02" in message
     assert "parameters" in message
     fed.transport("M02").finish(run_id, False, timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("rho", "epsilon"), [(0.5, 10.0), (float("nan"), None), (-1.0, None), (0.5, float("inf"))]
+)
+def test_a_charge_that_is_not_what_the_tally_would_release_is_refused(fed, rho, epsilon):
+    """The tally node noises the releases from the run's parameters, so a Laplace run must be
+    charged what its epsilon costs (rho = eps^2/2): an auditor asking epsilon 10 for a charge
+    of rho 0.5 is refused at Join, with nothing charged or logged as charged."""
+    t = fed.transport("M01")
+    run_id = f"r-mismatch-{rho}-{epsilon}"
+    with pytest.raises(NodeRefusedError) as info:
+        t.join(run_id, replace(PARAMS, rho=rho, epsilon=epsilon), timeout=30)
+    assert info.value.reason == "INVALID_PARAMETERS"
+    ledger = Ledger(fed.engines["M01"], fed.policy)
+    assert ledger.find_by_request_id(request_id_for_run(run_id)) is None
+    rows = QueryLog(fed.engines["M01"]).rows(request_id=request_id_for_run(run_id))
+    assert [(r.method, r.status, r.rho_units) for r in rows] == [("ring_join", "refused", 0)]
+    t.close()

@@ -171,8 +171,8 @@ def releases_from_tally(
     )
 
 
-def privacy_summary(releases: Releases, mechanism: Mechanism) -> dict[str, Any]:
-    """The coordinator's charges for the report's privacy section."""
+def privacy_summary(releases: Releases, mechanism: Mechanism, tally: str = "") -> dict[str, Any]:
+    """The coordinator's charges for the report's privacy section (`tally`: who drew the noise)."""
     budget = releases.budget
     gaussian = mechanism is Mechanism.DISCRETE_GAUSSIAN
     return {
@@ -192,8 +192,10 @@ def privacy_summary(releases: Releases, mechanism: Mechanism) -> dict[str, Any]:
             for r in releases.values.values()
         ],
         "note": (
-            "Charged by the coordinator for its own releases of the ring's counts; every "
-            "node that joined charged the same amount to its ledger for its registry's persons, "
+            "Charged by the coordinator for its own releases of the ring's counts, which "
+            + (f"the run's tally node {tally}" if tally else "the run's tally node")
+            + " counted and noised (the coordinator never held an exact count); every node "
+            "that joined charged the same amount to its ledger for its registry's persons, "
             "plus the DP dummy padding of its batch (its policy's ring.padding_rho)."
         ),
     }

@@ -126,7 +126,7 @@ def _release_all(
         duplicates_section=section,
         findings=findings,
         metrics=metrics,
-        privacy=privacy_summary(releases, plan.mechanism),
+        privacy=privacy_summary(releases, plan.mechanism, ring.tally.municipality_code),
         tests=releases.tests,
         releases=releases,
         ring=ring,

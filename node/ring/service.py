@@ -43,6 +43,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -698,6 +699,23 @@ class DedupService:
             )
         if not 1 <= params.bound <= 100:
             raise InvalidParametersError("bound must be from 1 to 100", {"field": "bound"})
+        # The tally node draws the releases' noise from these: what is charged must be what
+        # is released (a Laplace run releases epsilon, which costs epsilon^2/2 in rho).
+        if not math.isfinite(params.rho) or params.rho <= 0:
+            raise InvalidParametersError(
+                f"rho must be a finite number > 0, got {params.rho!r}", {"field": "rho"}
+            )
+        epsilon = params.epsilon
+        if epsilon is not None and (
+            not math.isfinite(epsilon)
+            or epsilon <= 0
+            or not math.isclose(params.rho, epsilon * epsilon / 2, rel_tol=1e-9)
+        ):
+            raise InvalidParametersError(
+                f"epsilon {epsilon!r} must be a finite number > 0 with rho = epsilon^2/2 "
+                f"(the charge of the pure-DP releases); rho is {params.rho!r}",
+                {"field": "epsilon"},
+            )
 
     def _event(self, requester: str, method: str, run_id: str, parameters: str) -> LogEvent:
         return LogEvent(
