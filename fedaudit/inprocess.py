@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from fedaudit.common.ring_protocol import BatchPart, JoinInfo, RingParams, RosterEntry
+from fedaudit.common.ring_protocol import (
+    BatchPart,
+    JoinInfo,
+    RingParams,
+    RosterEntry,
+    TallyResult,
+)
 from fedaudit.coordinator.running.transport import NodeInfo, translate_refusals
 from fedaudit.node.domain import Answer, BudgetStatus, Preflight, QuerySpec
 from fedaudit.node.query.service import NodeService
@@ -75,6 +81,10 @@ class InProcessDedupTransport:
     def hop(self, parts: Iterator[BatchPart], *, timeout: float) -> Iterator[BatchPart]:
         with translate_refusals(self.name):
             return iter(self._service.hop(self._requester, parts))
+
+    def tally(self, parts: Iterator[BatchPart], *, timeout: float) -> TallyResult:
+        with translate_refusals(self.name):
+            return self._service.tally(self._requester, parts)
 
     def finish(self, run_id: str, completed: bool, *, timeout: float) -> bool:
         with translate_refusals(self.name):
