@@ -34,7 +34,10 @@ import pytest
 from dp_audit import AUDIT_ALPHA, cp_lower, eps_lower_bound, rho_lower_bound
 from scipy.stats import chisquare
 
-from fedaudit.common.ring_protocol import NAME_KEYS
+from fedaudit.common.mechanisms import add_noise
+from fedaudit.common.ring_counting import count_rows
+from fedaudit.common.ring_protocol import NAME_KEYS, LabelledRow, RingParams
+from fedaudit.common.ring_releases import release_plan
 from fedaudit.node.ring.keys import Identity, PersonInput, merge_local
 from fedaudit.node.ring.padding import (
     PaddingPlan,
@@ -271,3 +274,45 @@ def test_membership_guess_from_the_counts_is_no_better_than_the_exact_optimum():
     )
     assert optimum < 0.7
     assert lower <= optimum
+
+
+# --- black-box audit of the coordinator's whole view (padded totals and releases) -------------
+
+
+def _duplicates(at: tuple[str, ...]) -> int:
+    """The tally node's exact duplicate count for the audit's federation (production counting)."""
+    rows = []
+    for i, code in enumerate(CODES):
+        persons = _neighbours(i) + ([PERSON] if code in at else [])
+        people, certs = merge_local(persons, NAME_KEYS, code, bound=1)
+        built = hashed_rows("r", people, certs, token=_clear, blank=lambda: os.urandom(32))
+        rows += [LabelledRow(code, r) for r in built]
+    return count_rows(rows, CODES, len(NAME_KEYS)).duplicated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at", [("M1",), ("M1", "M2"), CODES], ids=["1-node", "2-nodes", "3-nodes"])
+def test_coordinator_whole_view_does_not_exceed_claimed_privacy(at):
+    """What the coordinator receives of a run at the default plan's rho (1.0): the padded row
+    totals of the batches and the tally node's noisy duplicate count, reduced to one statistic
+    (their sum over the cells the person moves). eps_lb <= the eps claimed for rho + rho_pad."""
+    plan = plan_padding(RHO, DELTA, nodes=len(CODES), bound=1, revoked=True)
+    padded, _ = _sampler(at, plan)
+    params = RingParams(keys=NAME_KEYS, bound=1, shopping=True, revoked=True, rho=1.0)
+    noise = release_plan(params, len(CODES))["dup_overall"].noise
+    dup = {"D": _duplicates(()), "D'": _duplicates(at)}
+
+    def sample(which: str, n: int) -> list[int]:
+        released = add_noise(noise, [dup[which]] * n)  # as the tally node draws it
+        return [p + r for p, r in zip(padded(which, n), released, strict=True)]
+
+    rho = params.rho + RHO
+    claimed = rho + 2.0 * math.sqrt(rho * math.log(1.0 / DELTA))
+    _, delta = plan.epsilon(DELTA)
+    lb, t = eps_lower_bound(sample, delta=delta)
+    without, with_person = dup["D"], dup["D'"]
+    print(
+        f"person at {len(at)} node(s): duplicates {without} -> {with_person}, "
+        f"claimed eps={claimed:.3f} (rho {rho}), eps_lb={lb:.4f} (X >= {t})"
+    )
+    assert lb <= claimed
