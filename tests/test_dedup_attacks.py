@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -694,3 +695,36 @@ def test_a_charge_that_is_not_what_the_tally_would_release_is_refused(fed, rho, 
     rows = QueryLog(fed.engines["M01"]).rows(request_id=request_id_for_run(run_id))
     assert [(r.method, r.status, r.rho_units) for r in rows] == [("ring_join", "refused", 0)]
     t.close()
+
+
+@pytest.mark.parametrize("pace", [20.0, 0.0], ids=["paced", "unpaced"])
+def test_start_holds_its_batch_until_a_floor_set_by_the_padded_batch(tmp_path, pace):
+    """Reading a registry takes time in proportion to its size, which the padding does not
+    hide. A node holds its first batch until a floor computed from the padded rows and
+    tokens alone (times the policy's pace_factor, 20 here so the floor dwarfs the work);
+    with the floor off the same batch comes back well before it."""
+    from fedaudit.coordinator.ring.relay import _tokens
+    from fedaudit.node.ring.service import PACE_MS_PER_ROW, PACE_MS_PER_TOKEN
+
+    fed = _serve(tmp_path, RingPolicy(pace_factor=pace))
+    try:
+        run_id = f"r-pace-{pace}"
+        infos = _join_all(fed, run_id)
+        roster = [infos[c].roster_entry() for c in CODES]
+        began = time.monotonic()
+        parts = list(fed.transport("M01").start(run_id, roster, timeout=60))
+        elapsed = time.monotonic() - began
+        header = parts[0]
+        floor = 20.0 * (PACE_MS_PER_ROW * header.rows + PACE_MS_PER_TOKEN * _tokens(parts)) / 1e3
+        assert floor > 1.0
+        if pace:
+            assert elapsed >= floor
+        else:
+            assert elapsed < floor
+        for c in CODES:
+            fed.transport(c).finish(run_id, False, timeout=10)
+    finally:
+        for node in fed.nodes.values():
+            node.stop(grace=None)
+        for engine in fed.engines.values():
+            engine.dispose()

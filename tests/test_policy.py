@@ -108,11 +108,17 @@ def test_ring_padding_defaults_off_switch_and_bad_values() -> None:
     off = copy.deepcopy(VALID)
     off["ring"] = {"padding_rho": "off"}
     assert parse_policy(off).ring.padding_rho is None
+    assert policy.ring.pace_factor == 1.0
+    unpaced = copy.deepcopy(VALID)
+    unpaced["ring"] = {"pace_factor": 0}
+    assert parse_policy(unpaced).ring.pace_factor == 0.0
     for field, value, message in (
         ("padding_rho", 0, r"ring\.padding_rho: must be a finite number > 0"),
         ("padding_rho", "no", r"ring\.padding_rho: must be a finite number > 0"),
         ("padding_delta", 0.5, r"ring\.padding_delta: must be a number > 0 and at most 0\.0001"),
         ("padding_delta", True, r"ring\.padding_delta: must be a number > 0"),
+        ("pace_factor", -1, r"ring\.pace_factor: must be a number from 0 \(no floor\) to 100"),
+        ("pace_factor", "fast", r"ring\.pace_factor: must be a number from 0"),
     ):
         bad = copy.deepcopy(VALID)
         bad["ring"] = {field: value}

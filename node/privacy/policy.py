@@ -102,7 +102,14 @@ _BUDGET_KEYS = (
 _REQUIRED_BUDGET_KEYS = ("period", "node_rho_total", "max_rho_per_request")
 _RELIABILITY_KEYS = ("suppress_below",)
 _PERIODS_KEYS = ("first", "last")
-_RING_KEYS = ("min_municipalities", "allowed_peers", "min_rho", "padding_rho", "padding_delta")
+_RING_KEYS = (
+    "min_municipalities",
+    "allowed_peers",
+    "min_rho",
+    "padding_rho",
+    "padding_delta",
+    "pace_factor",
+)
 
 DEFAULT_RING_MIN_MUNICIPALITIES = 2
 DEFAULT_RING_MIN_RHO = 0.05
@@ -115,6 +122,10 @@ every batch cost the persons of a registry, charged at Join as a separate ledger
 DEFAULT_RING_PADDING_DELTA = 1e-7
 """The padding's truncation delta (the chance that a cell's count gives a person away)."""
 MAX_RING_PADDING_DELTA = 1e-4
+DEFAULT_RING_PACE_FACTOR = 1.0
+"""Scales the floor on the time from roster to first blinding (node/ring/service.py), so that
+its length follows the padded batch, not the registry's size; 0 turns the floor off."""
+MAX_RING_PACE_FACTOR = 100.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +137,8 @@ class RingPolicy:
     names (None: any node of the federation). `min_rho`: the least a run may charge.
     `padding_rho`, `padding_delta`: the DP dummy padding of this node's batches
     (`fedaudit.node.ring.padding`), charged at Join on top of the run's rho.
+    `pace_factor`: scales the floor on the time from the roster to the node's first
+    blinding, a function of the padded batch only (`fedaudit.node.ring.service`).
     """
 
     min_municipalities: int = DEFAULT_RING_MIN_MUNICIPALITIES
@@ -134,6 +147,8 @@ class RingPolicy:
     padding_rho: float | None = DEFAULT_RING_PADDING_RHO
     """None (`padding_rho: off`): no dummy rows, the coordinator sees exact row counts."""
     padding_delta: float = DEFAULT_RING_PADDING_DELTA
+    pace_factor: float = DEFAULT_RING_PACE_FACTOR
+    """Scales the floor on Start's registry read (`pace_factor: 0` turns it off)."""
 
 
 @dataclass(frozen=True)
@@ -514,12 +529,23 @@ def _ring(value: object) -> RingPolicy:
             "ring.padding_delta",
             f"must be a number > 0 and at most {MAX_RING_PADDING_DELTA:g}, got {_show(delta)}",
         )
+    pace = fields.get("pace_factor", DEFAULT_RING_PACE_FACTOR)
+    if (
+        isinstance(pace, bool)
+        or not isinstance(pace, int | float)
+        or not 0 <= pace <= MAX_RING_PACE_FACTOR
+    ):
+        raise _Problem(
+            "ring.pace_factor",
+            f"must be a number from 0 (no floor) to {MAX_RING_PACE_FACTOR:g}, got {_show(pace)}",
+        )
     return RingPolicy(
         min_municipalities=minimum,
         allowed_peers=peers,
         min_rho=min_rho,
         padding_rho=padding,
         padding_delta=float(delta),
+        pace_factor=float(pace),
     )
 
 

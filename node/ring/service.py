@@ -109,6 +109,11 @@ MAX_KEYS = len(ALL_KEYS)
 RUN_TTL_SECONDS = 3600.0
 """A run not finished within this time is dropped with its secrets."""
 MAX_ROW_BYTES = 8 + 32 * (MAX_KEYS + 14)
+PACE_MS_PER_ROW = 0.25
+PACE_MS_PER_TOKEN = 0.05
+"""Start's floor per padded row and token: about 3.5x and 1.7x the registry read and merge
+(0.07 ms per row) and the hashing or dummy drawing (0.03 ms per token) measured on a
+loaded 2-core machine with SQLite (docs/dedup.md)."""
 MAX_DUMMY_ROWS = 2_000_000
 """A run whose DP padding could add more dummy rows than this is refused before any read."""
 
@@ -324,14 +329,43 @@ class DedupService:
                 raise RingProtocolError("this node's batch was already sent in this run")
             run.started = True  # the registry is read next: the charge stands from here
             run.roster, run.roster_digest = roster, roster_digest(run_id, roster)
+        began = time.monotonic()
         rows = self._own_rows(run_id, run)
         if padding is not None:
             rows += dummy_rows(*padding)
+        self._pace(run_id, began, rows)
         rows = rc.blind_rows(bytes(run.keys.scalar), rows, self._pool)  # shuffles
         self.blinded_points += sum(len(r.tokens) for r in rows)
         origin = roster[me].municipality_code
         log.info("dedup.started", run_id=run_id, nodes=len(roster))
         return self._emit(run_id, run, origin, 1, rows)
+
+    def _pace(self, run_id: str, began: float, rows: Sequence[rc.Row]) -> None:
+        """Hold the batch until a floor that depends on the padded batch alone.
+
+        Reading and merging the registry takes time in proportion to the registry's
+        size, which the padding does not hide; hashing real tokens and drawing dummy
+        ones together follow the padded token count. Waiting until a floor computed
+        from the padded rows and tokens (`PACE_MS_PER_ROW`, `PACE_MS_PER_TOKEN`, times
+        the policy's `ring.pace_factor`) makes the time from roster to batch a function
+        of the padded batch whenever the work fits under the floor; when it does not,
+        the node logs it so the operator can raise the factor.
+        """
+        factor = self._policy.ring.pace_factor
+        if factor <= 0:
+            return
+        tokens = sum(len(r.tokens) for r in rows)
+        floor = factor * (PACE_MS_PER_ROW * len(rows) + PACE_MS_PER_TOKEN * tokens) / 1000.0
+        spent = time.monotonic() - began
+        if spent > floor:
+            log.warning(
+                "dedup.pace_overrun",
+                run_id=run_id,
+                spent_seconds=round(spent, 3),
+                floor_seconds=round(floor, 3),
+            )
+            return
+        time.sleep(floor - spent)
 
     # --- 3. hop -----------------------------------------------------------------------------
 
