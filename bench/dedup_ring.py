@@ -254,6 +254,12 @@ def main() -> None:
     parser.add_argument("--psi", action="store_true", help="also time pairwise openmined-psi")
     parser.add_argument("--full", action="store_true", help="shopping and revocations too")
     parser.add_argument(
+        "--bound",
+        type=int,
+        default=1,
+        help="rows per person and kind (default 1, as the default plan; the padding grows with it)",
+    )
+    parser.add_argument(
         "--repeat", type=int, default=1, help="runs of each ring, alternated (median reported)"
     )
     args = parser.parse_args()
@@ -278,7 +284,7 @@ def main() -> None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         plan = AuditPlan(name="bench", requester=REQUESTER, confidence=0.95, checks=Checks())
         config = DedupConfig(
-            rho=1.0, keys=NAME_KEYS, shopping=args.full, revoked=args.full, bound=2
+            rho=1.0, keys=NAME_KEYS, shopping=args.full, revoked=args.full, bound=args.bound
         )
         rounds = [
             (label, which, k)

@@ -48,6 +48,7 @@ SENSITIVITY = "tests/test_dedup_sensitivity.py"  # remove-one-person over genera
 NODE = [BLACKBOX, LIFECYCLE, "tests/test_ledger.py", "tests/test_node_grpc.py"]
 COHORTS = "tests/test_cohorts.py"
 COHORT_AUDIT = "tests/test_cohort_blackbox.py"
+ATTACKS = "tests/test_dedup_attacks.py"  # the malicious-auditor regressions, over mTLS
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "M5",
-        "coordinator/ring/release.py",
+        "fedaudit/common/ring_releases.py",
         "c = max(rows, rows * m - 1)",
         "c = rows",
         "duplicate releases ignore bridges (c = the person's rows, not max(RN, RNm - 1))",
@@ -225,7 +226,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- sensitivity of each ring release ----------------------------------------------------
     Mutant(
         "S1",
-        "coordinator/ring/release.py",
+        "fedaudit/common/ring_releases.py",
         '"pairwise": Sensitivity(c * pairs, math.ceil(c * math.sqrt(pairs))),',
         '"pairwise": Sensitivity(c, math.ceil(c * math.sqrt(pairs))),',
         "pairwise L1 sensitivity forgets that a component touches every pair",
@@ -233,7 +234,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S2",
-        "coordinator/ring/release.py",
+        "fedaudit/common/ring_releases.py",
         '"dup_per_occupation": Sensitivity(c, c),',
         '"dup_per_occupation": Sensitivity(c, math.ceil(math.sqrt(c))),',
         "per-occupation L2 sensitivity understated",
@@ -241,11 +242,36 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "S3",
-        "coordinator/ring/release.py",
-        "        sensitivity=sens.l2 if gaussian else sens.l1,\n        confidence=confidence,",
-        "        sensitivity=sens.l2,\n        confidence=confidence,",
+        "fedaudit/common/ring_releases.py",
+        "sensitivity = sens[name].l2 if gaussian else sens[name].l1",
+        "sensitivity = sens[name].l2",
         "pure-DP ring releases planned with the L2 sensitivity",
         (RING,),
+    ),
+    # --- the tally node (docs/dedup.md) ---------------------------------------------------------
+    Mutant(
+        "T1",
+        "node/ring/service.py",
+        "            run.tallied = True  # before any work",
+        "            pass  # before any work",
+        "a run can be tallied twice (a second noisy draw of the same exact counts)",
+        (ATTACKS,),
+    ),
+    Mutant(
+        "T2",
+        "fedaudit/common/ring_crypto.py",
+        "            box_key,\n            params_digest,\n        ]",
+        "            box_key,\n        ]",
+        "membership proofs do not cover the run's parameters (the tally's rho can differ)",
+        (ATTACKS,),
+    ),
+    Mutant(
+        "T3",
+        "node/ring/service.py",
+        "            or not math.isclose(params.rho, epsilon * epsilon / 2, rel_tol=1e-9)\n",
+        "",
+        "a Laplace run is charged less rho than the epsilon the tally releases costs",
+        (ATTACKS,),
     ),
     # --- cohort accounting (docs/cohorts.md) ---------------------------------------------------
     Mutant(
