@@ -45,6 +45,7 @@ from dedup_support import (
 from fedaudit.common import mechanisms
 from fedaudit.common.ring_counting import DedupCounts
 from fedaudit.common.ring_protocol import LEGACY_NAME_KEYS
+from fedaudit.common.ring_releases import sensitivities
 from fedaudit.coordinator.planning.plan import AuditPlan, Checks
 from fedaudit.coordinator.ring.config import DedupConfig
 from fedaudit.coordinator.ring.relay import GrpcDedupTransport
@@ -313,6 +314,10 @@ def test_release_noise_is_what_the_sensitivity_and_charge_require(runs: dict, ru
             draws[name].append(r.values)
             charged[name] = (r.rho, r.epsilon)
     declared = _declared(out)
+    # The mechanism's own norm: L2 for the Gaussian, L1 for the (pure-DP) Laplace; the run
+    # must declare, and so calibrate to, exactly these.
+    norms = sensitivities(len(KEYS), BOUND, len(MUNICIPALITIES))
+    assert declared == {n: (norms[n].l2 if gaussian else norms[n].l1) for n in declared}
     z = NormalDist().inv_cdf(1 - NOISE_ALPHA / len(draws))
     lines = []
     for name, rows in draws.items():
