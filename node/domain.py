@@ -101,6 +101,9 @@ class BudgetStatus:
     cohort: str = ""
     """The cohort the figures are for: of the cohorts asked about, the one that binds
     (has spent most); "0000-00" stands for the earliest cohorts. Empty from old nodes."""
+    ring_padding_rho: float | None = None
+    """What the node charges per ring run for its DP dummy padding (0: off); None from
+    nodes that do not report it."""
 
 
 @dataclass(frozen=True)

@@ -54,9 +54,26 @@ def test_the_monthly_plan_fits_a_fresh_node(node: NodeService) -> None:
     assert forecast.period == "2026-Q4"
     assert forecast.runs_current == 0  # the next slot is 2027-01-02
     assert forecast.runs_next == 3
-    # Per cohort in 2027-Q1: the January ring (0.35, every cohort), the nodes' padding of it
-    # (0.25, assumed at its default) and one check's question (0.5).
+    # Per cohort in 2027-Q1: the January ring (0.35, every cohort), the node's padding of it
+    # (0.25, as the node reports it) and one check's question (0.5).
     assert forecast.rho_next == pytest.approx(1.1)
+
+
+@pytest.mark.parametrize(("padding", "expected"), [(0.5, 1.35), (None, 0.85)])
+def test_the_check_counts_the_padding_the_node_reports(
+    tmp_path: Path, padding: float | None, expected: float
+) -> None:
+    """A node reports its ring padding (policy ring.padding_rho; 0 when off), and the live
+    walk charges each ring run that, not the default it used to assume."""
+    policy = load_policy(POLICY)
+    policy = dataclasses.replace(policy, ring=dataclasses.replace(policy.ring, padding_rho=padding))
+    engine = make_engine(f"sqlite:///{tmp_path / 'node.db'}")
+    import_bundle(engine, BUNDLE, now=NOW - dt.timedelta(days=1))
+    try:
+        (forecast,) = _check(NodeService(engine, policy, clock=lambda: NOW)).nodes
+    finally:
+        engine.dispose()
+    assert forecast.rho_next == pytest.approx(expected)
 
 
 def test_a_cohort_with_little_left_in_the_period_makes_the_check_refuse(

@@ -42,9 +42,8 @@ from fedaudit.coordinator.scheduling.schedule import slots_between
 from fedaudit.node.domain import BudgetStatus
 
 ASSUMED_RING_PADDING_RHO = 0.25
-"""A node's DP dummy padding per ring run, as the live check assumes it: the nodes' default
-`ring.padding_rho`. A node does not report its padding, so a node whose policy pads with more
-may refuse a ring this check let through (the offline forecast reads the policy itself)."""
+"""A node's DP dummy padding per ring run when the node does not report it (nodes older than
+`Budget.ring_padding_rho`): the nodes' default `ring.padding_rho`."""
 
 
 def live_rules(
@@ -67,7 +66,9 @@ def live_rules(
         min_rho_per_query=0.0,  # the node's preflight enforces its floors
         ring_min_rho=0.0,
         first_cohort=add_months(month_of(now), -12),
-        ring_padding_rho=ASSUMED_RING_PADDING_RHO,
+        ring_padding_rho=(
+            ASSUMED_RING_PADDING_RHO if budget.ring_padding_rho is None else budget.ring_padding_rho
+        ),
     )
     spent = max(0.0, budget.node_rho_cap - budget.node_rho_remaining)
     in_period = max(0.0, budget.requester_rho_cap - budget.requester_rho_remaining)

@@ -118,12 +118,17 @@ def charge_from_pb(msg: pb.PrivacyCharge) -> Charge:
 
 
 def budget_to_pb(budget: BudgetStatus) -> pb.Budget:
-    # The wire message and the domain value have the same fields by design.
-    return pb.Budget(**dataclasses.asdict(budget))
+    # The wire message and the domain value have the same fields by design (an optional
+    # field is left unset for None).
+    fields = {k: v for k, v in dataclasses.asdict(budget).items() if v is not None}
+    return pb.Budget(**fields)
 
 
 def budget_from_pb(msg: pb.Budget) -> BudgetStatus:
-    return BudgetStatus(**{f.name: getattr(msg, f.name) for f in dataclasses.fields(BudgetStatus)})
+    fields = {f.name: getattr(msg, f.name) for f in dataclasses.fields(BudgetStatus)}
+    if not msg.HasField("ring_padding_rho"):
+        fields["ring_padding_rho"] = None
+    return BudgetStatus(**fields)
 
 
 def answer_to_pb(answer: Answer, budget: BudgetStatus | None) -> pb.QueryResponse:

@@ -425,6 +425,7 @@ class Ledger:
             node_rho_remaining=units_to_rho(max(0, min(share_left, node_left))),
             max_rho_per_request=self._policy.max_rho_per_request,
             cohort=binding,
+            ring_padding_rho=self._policy.ring.padding_rho or 0.0,
         )
 
     def spent_by_cohort(self, keys: Sequence[str]) -> dict[str, float]:

@@ -217,6 +217,7 @@ class Budget(_message.Message):
     NODE_RHO_REMAINING_FIELD_NUMBER: _builtins.int
     MAX_RHO_PER_REQUEST_FIELD_NUMBER: _builtins.int
     COHORT_FIELD_NUMBER: _builtins.int
+    RING_PADDING_RHO_FIELD_NUMBER: _builtins.int
     period: _builtins.str
     """Budget period of the per-requester cap, e.g. "2026-Q4"."""
     requester_rho_cap: _builtins.float
@@ -238,6 +239,11 @@ class Budget(_message.Message):
     preflight, the cohorts the query would be charged; elsewhere all). "YYYY-MM";
     "0000-00" for the earliest cohorts; empty from nodes without cohort accounting.
     """
+    ring_padding_rho: _builtins.float
+    """The node's DP dummy padding per blinding-ring run (policy ring.padding_rho), charged
+    with every ring run on top of its rho; 0 when the policy turns padding off. Absent from
+    nodes older than this field.
+    """
     def __init__(
         self,
         *,
@@ -249,12 +255,15 @@ class Budget(_message.Message):
         node_rho_remaining: _builtins.float = ...,
         max_rho_per_request: _builtins.float = ...,
         cohort: _builtins.str = ...,
+        ring_padding_rho: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_ring_padding_rho", b"_ring_padding_rho", "ring_padding_rho", b"ring_padding_rho"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cohort", b"cohort", "max_rho_per_request", b"max_rho_per_request", "node_rho_cap", b"node_rho_cap", "node_rho_remaining", b"node_rho_remaining", "period", b"period", "requester_rho_cap", b"requester_rho_cap", "requester_rho_remaining", b"requester_rho_remaining", "requester_rho_spent", b"requester_rho_spent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_ring_padding_rho", b"_ring_padding_rho", "cohort", b"cohort", "max_rho_per_request", b"max_rho_per_request", "node_rho_cap", b"node_rho_cap", "node_rho_remaining", b"node_rho_remaining", "period", b"period", "requester_rho_cap", b"requester_rho_cap", "requester_rho_remaining", b"requester_rho_remaining", "requester_rho_spent", b"requester_rho_spent", "ring_padding_rho", b"ring_padding_rho"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__ring_padding_rho: _TypeAlias = _typing.Literal["ring_padding_rho"]  # noqa: Y015
+    _WhichOneofArgType__ring_padding_rho: _TypeAlias = _typing.Literal["_ring_padding_rho", b"_ring_padding_rho"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__ring_padding_rho) -> _WhichOneofReturnType__ring_padding_rho | None: ...
 
 Global___Budget: _TypeAlias = Budget  # noqa: Y015
 
