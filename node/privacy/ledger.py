@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -200,7 +200,9 @@ class Ledger:
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
                 if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
-                node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+                node_rows, share_rows, period_rows = self._scope_ranges(
+                    conn, requester, period, ranges
+                )
                 node_spent, node_at = co.peak(node_rows, ranges)
                 share_spent, share_at = co.peak(share_rows, ranges)
                 requester_spent, requester_at = co.peak(period_rows, ranges)
@@ -359,13 +361,32 @@ class Ledger:
         replayable); entries written before cohort accounting have none and match on
         their `data_version`.
         """
+        found = self.find_released_many(
+            (query_hash,), data_version, requester=requester, data_key=data_key
+        )
+        return found.get(query_hash)
+
+    def find_released_many(
+        self,
+        query_hashes: Sequence[str],
+        data_version: str,
+        *,
+        requester: str,
+        data_key: str | None = None,
+    ) -> dict[str, StoredEntry]:
+        """`find_released` for several query hashes at once (one read, not one per hash).
+
+        Maps each hash that has a released answer to its newest one; hashes without
+        one are missing from the result.
+        """
         key = data_key if data_key is not None else data_version
+        found: dict[str, StoredEntry] = {}
         with self._connect() as conn, conn.begin():
-            row = conn.execute(
+            rows = conn.execute(
                 select(_ENTRIES)
                 .where(
                     LedgerEntry.requester == requester,
-                    LedgerEntry.query_hash == query_hash,
+                    LedgerEntry.query_hash.in_(list(query_hashes)),
                     or_(
                         LedgerEntry.data_key == key,
                         and_(
@@ -376,9 +397,11 @@ class Ledger:
                     LedgerEntry.state == RELEASED,
                 )
                 .order_by(LedgerEntry.id.desc())
-                .limit(1)
-            ).one_or_none()
-        return None if row is None else _stored(row._mapping)
+            ).all()
+        for row in rows:  # newest first: keep each hash's first row
+            if row.query_hash not in found:
+                found[row.query_hash] = _stored(row._mapping)
+        return found
 
     def status(
         self,
@@ -405,7 +428,7 @@ class Ledger:
         period = self._policy.period_of(now)
         ranges = co.check_ranges(cohorts)
         with self._connect() as conn, conn.begin():
-            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period, ranges)
             spent, _ = co.peak(period_rows, ranges)
             lifetime, lifetime_at = co.peak(share_rows, ranges)
             node_spent, node_at = co.peak(node_rows, ranges)
@@ -511,19 +534,24 @@ class Ledger:
         return conn
 
     def _lock_scopes(self, conn: Connection, scopes: list[str]) -> None:
-        """Create missing lock rows and lock them, one scope at a time in sorted order.
+        """Lock the lock rows of `scopes` one at a time in sorted order, creating missing ones.
 
-        Insert-if-missing uses ON CONFLICT DO NOTHING, which is race-free on both back
-        ends (on PostgreSQL a concurrent insert of the same scope waits for the other
-        transaction instead of failing). The fixed order prevents deadlocks.
+        A scope's row exists from its first charge on, so it is locked first and inserted
+        only when missing (one statement per scope, not two). Insert-if-missing uses ON
+        CONFLICT DO NOTHING, which is race-free on both back ends (on PostgreSQL a
+        concurrent insert of the same scope waits for the other transaction instead of
+        failing), and the row is then locked. The fixed order prevents deadlocks.
         """
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         for scope in sorted(set(scopes)):
-            conn.execute(dialect.insert(BudgetLock).values(scope=scope).on_conflict_do_nothing())
             query = select(BudgetLock.scope).where(BudgetLock.scope == scope)
             if not is_sqlite(self._engine):
                 query = query.with_for_update()
-            conn.execute(query).one()
+            if conn.execute(query).one_or_none() is None:
+                conn.execute(
+                    dialect.insert(BudgetLock).values(scope=scope).on_conflict_do_nothing()
+                )
+                conn.execute(query).one()
 
     @staticmethod
     def _entry_id(conn: Connection, requester: str, request_id: str) -> int | None:
@@ -535,38 +563,46 @@ class Ledger:
 
     @staticmethod
     def _scope_ranges(
-        conn: Connection, requester: str, period: str
+        conn: Connection,
+        requester: str,
+        period: str,
+        ranges: Sequence[co.CohortRange] = co.ALL,
     ) -> tuple[list[tuple[str, str, int]], ...]:
         """(first, last, units) rows of the node, of `requester`, and of it in `period`.
 
-        One grouped scan instead of three: the node's rows are the sums over all
-        (requester, period) groups of a range.
+        Only the charged ranges that overlap the span of `ranges` are read: the others
+        hold no cohort in `ranges`, so `cohorts.peak` over `ranges` is the same without
+        them (a question about recent cohorts no longer reads years of history). One
+        scan, grouped in SQL by range alone, with the requester's and the period's
+        sums beside the node's: as many rows as distinct ranges, not as entries.
         """
-        node: dict[tuple[str, str], int] = {}
-        mine: dict[tuple[str, str], int] = {}
+        mine = _ENTRIES.c.requester == requester
+        units = _ENTRIES.c.rho_units
+        lowest = min(a for a, _ in ranges)
+        highest = max(b for _, b in ranges)
+        node: list[tuple[str, str, int]] = []
+        own: list[tuple[str, str, int]] = []
         now: list[tuple[str, str, int]] = []
-        for who, when, first, last, units in conn.execute(
+        for first, last, total, by_me, by_me_now in conn.execute(
             select(
-                _ENTRIES.c.requester,
-                _ENTRIES.c.period,
                 _RANGES.c.first,
                 _RANGES.c.last,
-                func.sum(_ENTRIES.c.rho_units),
+                func.sum(units),
+                func.sum(case((mine, units), else_=0)),
+                func.sum(case((and_(mine, _ENTRIES.c.period == period), units), else_=0)),
             )
             .select_from(_RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id))
-            .group_by(_ENTRIES.c.requester, _ENTRIES.c.period, _RANGES.c.first, _RANGES.c.last)
+            .where(_RANGES.c.first <= highest, _RANGES.c.last >= lowest)
+            .group_by(_RANGES.c.first, _RANGES.c.last)
         ):
-            key, amount = (str(first), str(last)), int(units)
-            node[key] = node.get(key, 0) + amount
-            if who == requester:
-                mine[key] = mine.get(key, 0) + amount
-                if when == period:
-                    now.append((*key, amount))
-        return (
-            [(*k, v) for k, v in node.items()],
-            [(*k, v) for k, v in mine.items()],
-            now,
-        )
+            key = (str(first), str(last))
+            node.append((*key, int(total)))
+            # Charges are > 0, so a zero sum is a range the requester was never charged.
+            if int(by_me):
+                own.append((*key, int(by_me)))
+            if int(by_me_now):
+                now.append((*key, int(by_me_now)))
+        return node, own, now
 
     @staticmethod
     def _spent_ranges(

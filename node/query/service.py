@@ -271,9 +271,8 @@ class NodeService:
             if entry is not None:
                 return entry.query_hash in hashes and entry.state == "released"
         version, key = data
-        return any(
-            self._ledger.find_released(h, version, requester=requester, data_key=key) is not None
-            for h in hashes
+        return bool(
+            self._ledger.find_released_many(hashes, version, requester=requester, data_key=key)
         )
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
@@ -572,10 +571,9 @@ class NodeService:
                 f"request {request_id} failed after its charge; send a new request id"
             )
         version, key = data
+        found = self._ledger.find_released_many(hashes, version, requester=requester, data_key=key)
         for query_hash in hashes:
-            same = self._ledger.find_released(
-                query_hash, version, requester=requester, data_key=key
-            )
+            same = found.get(query_hash)
             if same is not None and same.answer_json:
                 return answer_from_json(same.answer_json, request_id=request_id)
         return None
