@@ -205,6 +205,26 @@ def _simulate(root: Path) -> dict[str, Any]:
             engine.dispose()
 
 
+def _forecast(simulation: dict[str, Any]) -> Any:
+    """The offline forecast of these ten years, from the plan and the nodes' policy alone."""
+    policy = simulation["policy"]
+    plan = simulation["plan"]
+    rules = BudgetRules(
+        node="any",
+        period_kind=policy.budget_period,
+        rho_per_period=policy.requesters[plan.requester].rho_per_period,
+        node_share=policy.node_share(plan.requester),
+        node_rho_total=policy.node_rho_total,
+        max_rho_per_request=policy.max_rho_per_request,
+        min_rho_per_query=policy.min_rho_per_query,
+        ring_min_rho=policy.ring.min_rho,
+        first_cohort=policy.cohort_start,
+        ring_padding_rho=policy.ring.padding_rho or 0.0,
+    )
+    (forecast,) = forecast_cohorts(plan, [rules], FIRST_RUN, YEARS)
+    return forecast
+
+
 def test_ten_years_of_monthly_runs_are_never_refused(simulation: dict[str, Any]) -> None:
     records = simulation["records"]
     runs = simulation["run_seconds"]
@@ -251,19 +271,7 @@ def test_brute_force_loss_of_sampled_persons_stays_within_the_cap(
     """Every sampled person's loss, recomputed from the ledger and the query log, is within the
     node's cap and within the per-person bound the offline forecast gives for these ten years."""
     policy = simulation["policy"]
-    rules = BudgetRules(
-        node="any",
-        period_kind=policy.budget_period,
-        rho_per_period=policy.requesters["oversight-board"].rho_per_period,
-        node_share=policy.node_share("oversight-board"),
-        node_rho_total=policy.node_rho_total,
-        max_rho_per_request=policy.max_rho_per_request,
-        min_rho_per_query=policy.min_rho_per_query,
-        ring_min_rho=policy.ring.min_rho,
-        first_cohort=policy.cohort_start,
-        ring_padding_rho=policy.ring.padding_rho or 0.0,
-    )
-    (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
+    forecast = _forecast(simulation)
     ring_rho = simulation["plan"].checks.duplicates.budget.rho
     worst = 0.0
     for code, persons in simulation["loss"].items():
@@ -287,20 +295,7 @@ def test_the_offline_forecast_matches_what_the_nodes_charged_each_cohort(
     cohort that has persons at a node, the node's ledger charged it exactly what the
     forecast says (each question once, and the ring of every January, which a node charges
     to every cohort with persons and the next month's)."""
-    policy = simulation["policy"]
-    rules = BudgetRules(
-        node="any",
-        period_kind=policy.budget_period,
-        rho_per_period=policy.requesters["oversight-board"].rho_per_period,
-        node_share=policy.node_share("oversight-board"),
-        node_rho_total=policy.node_rho_total,
-        max_rho_per_request=policy.max_rho_per_request,
-        min_rho_per_query=policy.min_rho_per_query,
-        ring_min_rho=policy.ring.min_rho,
-        first_cohort=policy.cohort_start,
-        ring_padding_rho=policy.ring.padding_rho or 0.0,
-    )
-    (forecast,) = forecast_cohorts(simulation["plan"], [rules], FIRST_RUN, YEARS)
+    forecast = _forecast(simulation)
     compared = 0
     for code, spent in simulation["node_spent"].items():
         for cohort, charged in spent.items():
