@@ -335,12 +335,8 @@ class Ledger:
         requester with this id (for node-internal ids such as a ring run's, which no
         requester chooses).
         """
-        query = select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
-        if requester is not None:
-            query = query.where(_ENTRIES.c.requester == requester)
         with self._connect() as conn, conn.begin():
-            row = conn.execute(query.order_by(_ENTRIES.c.id).limit(1)).one_or_none()
-        return None if row is None else _stored(row._mapping)
+            return self._by_request_id(conn, request_id, requester)
 
     def find_released(
         self,
@@ -379,25 +375,64 @@ class Ledger:
         Maps each hash that has a released answer to its newest one; hashes without
         one are missing from the result.
         """
-        key = data_key if data_key is not None else data_version
-        found: dict[str, StoredEntry] = {}
         with self._connect() as conn, conn.begin():
-            rows = conn.execute(
-                select(_ENTRIES)
-                .where(
-                    LedgerEntry.requester == requester,
-                    LedgerEntry.query_hash.in_(list(query_hashes)),
-                    or_(
-                        LedgerEntry.data_key == key,
-                        and_(
-                            LedgerEntry.data_key.is_(None),
-                            LedgerEntry.data_version == data_version,
-                        ),
+            return self._released(conn, query_hashes, data_version, requester, data_key)
+
+    def find_replay(
+        self,
+        request_id: str,
+        query_hashes: Sequence[str],
+        data_version: str,
+        *,
+        requester: str,
+        data_key: str | None = None,
+    ) -> tuple[StoredEntry | None, dict[str, StoredEntry]]:
+        """`find_by_request_id` and `find_released_many` for one request, in one read.
+
+        What a query or preflight consults before it charges anything: the caller's
+        entry for this request id (if any), and its released answers to the query.
+        """
+        with self._connect() as conn, conn.begin():
+            entry = self._by_request_id(conn, request_id, requester) if request_id else None
+            released = self._released(conn, query_hashes, data_version, requester, data_key)
+        return entry, released
+
+    @staticmethod
+    def _by_request_id(
+        conn: Connection, request_id: str, requester: str | None
+    ) -> StoredEntry | None:
+        query = select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
+        if requester is not None:
+            query = query.where(_ENTRIES.c.requester == requester)
+        row = conn.execute(query.order_by(_ENTRIES.c.id).limit(1)).one_or_none()
+        return None if row is None else _stored(row._mapping)
+
+    @staticmethod
+    def _released(
+        conn: Connection,
+        query_hashes: Sequence[str],
+        data_version: str,
+        requester: str,
+        data_key: str | None,
+    ) -> dict[str, StoredEntry]:
+        key = data_key if data_key is not None else data_version
+        rows = conn.execute(
+            select(_ENTRIES)
+            .where(
+                LedgerEntry.requester == requester,
+                LedgerEntry.query_hash.in_(list(query_hashes)),
+                or_(
+                    LedgerEntry.data_key == key,
+                    and_(
+                        LedgerEntry.data_key.is_(None),
+                        LedgerEntry.data_version == data_version,
                     ),
-                    LedgerEntry.state == RELEASED,
-                )
-                .order_by(LedgerEntry.id.desc())
-            ).all()
+                ),
+                LedgerEntry.state == RELEASED,
+            )
+            .order_by(LedgerEntry.id.desc())
+        ).all()
+        found: dict[str, StoredEntry] = {}
         for row in rows:  # newest first: keep each hash's first row
             if row.query_hash not in found:
                 found[row.query_hash] = _stored(row._mapping)

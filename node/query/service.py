@@ -266,14 +266,13 @@ class NodeService:
         Only the caller's history is consulted: another requester's request ids and
         answers are not its business (and are not replayed to it, see `_replay`).
         """
-        if request_id:
-            entry = self._ledger.find_by_request_id(request_id, requester=requester)
-            if entry is not None:
-                return entry.query_hash in hashes and entry.state == "released"
         version, key = data
-        return bool(
-            self._ledger.find_released_many(hashes, version, requester=requester, data_key=key)
+        entry, released = self._ledger.find_replay(
+            request_id, hashes, version, requester=requester, data_key=key
         )
+        if entry is not None:
+            return entry.query_hash in hashes and entry.state == "released"
+        return bool(released)
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
@@ -557,7 +556,10 @@ class NodeService:
         self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> Answer | None:
         """The caller's stored answer to this request id or query, as stored, or None."""
-        entry = self._ledger.find_by_request_id(request_id, requester=requester)
+        version, key = data
+        entry, found = self._ledger.find_replay(
+            request_id, hashes, version, requester=requester, data_key=key
+        )
         if entry is not None:
             if entry.query_hash not in hashes:
                 raise InvalidParametersError(
@@ -570,8 +572,6 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
-        version, key = data
-        found = self._ledger.find_released_many(hashes, version, requester=requester, data_key=key)
         for query_hash in hashes:
             same = found.get(query_hash)
             if same is not None and same.answer_json:
