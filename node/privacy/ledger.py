@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import structlog
-from sqlalchemy import Connection, Engine, and_, case, delete, func, or_, select, update
+from sqlalchemy import Connection, Engine, and_, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -605,39 +605,45 @@ class Ledger:
     ) -> tuple[list[tuple[str, str, int]], ...]:
         """(first, last, units) rows of the node, of `requester`, and of it in `period`.
 
-        Only the charged ranges that overlap the span of `ranges` are read: the others
-        hold no cohort in `ranges`, so `cohorts.peak` over `ranges` is the same without
-        them (a question about recent cohorts no longer reads years of history). One
-        scan, grouped in SQL by range alone, with the requester's and the period's
-        sums beside the node's: as many rows as distinct ranges, not as entries.
+        One grouped scan instead of three: the node's rows are the sums over all
+        (requester, period) groups of a range. Only the charged ranges that overlap the
+        span of `ranges` are read: the others hold no cohort in `ranges`, so
+        `cohorts.peak` over `ranges` is the same without them, and a question about
+        recent cohorts no longer reads years of history.
         """
-        mine = _ENTRIES.c.requester == requester
-        units = _ENTRIES.c.rho_units
+        span = []  # only the bounds that exclude something (not those of every cohort)
         lowest = min(a for a, _ in ranges)
+        if lowest > co.EARLIEST:
+            span.append(_RANGES.c.last >= lowest)
         highest = max(b for _, b in ranges)
-        node: list[tuple[str, str, int]] = []
-        own: list[tuple[str, str, int]] = []
+        if highest < co.LATEST:
+            span.append(_RANGES.c.first <= highest)
+        node: dict[tuple[str, str], int] = {}
+        mine: dict[tuple[str, str], int] = {}
         now: list[tuple[str, str, int]] = []
-        for first, last, total, by_me, by_me_now in conn.execute(
+        for who, when, first, last, units in conn.execute(
             select(
+                _ENTRIES.c.requester,
+                _ENTRIES.c.period,
                 _RANGES.c.first,
                 _RANGES.c.last,
-                func.sum(units),
-                func.sum(case((mine, units), else_=0)),
-                func.sum(case((and_(mine, _ENTRIES.c.period == period), units), else_=0)),
+                func.sum(_ENTRIES.c.rho_units),
             )
             .select_from(_RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id))
-            .where(_RANGES.c.first <= highest, _RANGES.c.last >= lowest)
-            .group_by(_RANGES.c.first, _RANGES.c.last)
+            .where(*span)
+            .group_by(_ENTRIES.c.requester, _ENTRIES.c.period, _RANGES.c.first, _RANGES.c.last)
         ):
-            key = (str(first), str(last))
-            node.append((*key, int(total)))
-            # Charges are > 0, so a zero sum is a range the requester was never charged.
-            if int(by_me):
-                own.append((*key, int(by_me)))
-            if int(by_me_now):
-                now.append((*key, int(by_me_now)))
-        return node, own, now
+            key, amount = (str(first), str(last)), int(units)
+            node[key] = node.get(key, 0) + amount
+            if who == requester:
+                mine[key] = mine.get(key, 0) + amount
+                if when == period:
+                    now.append((*key, amount))
+        return (
+            [(*k, v) for k, v in node.items()],
+            [(*k, v) for k, v in mine.items()],
+            now,
+        )
 
     @staticmethod
     def _spent_ranges(
