@@ -65,9 +65,10 @@ FIRST_RUN = dt.datetime(2027, 1, 1, tzinfo=UTC)
 YEARS = 10
 SAMPLED_PER_NODE = 40
 
-# Ten years of monthly runs at three nodes: 120 audits, 360 imports, 10 rings. Measured 96 s
-# (load average ~5 on 2 cores) to 169 s (load ~9); most of it is the nodes' per-request work,
-# which grows with their ledgers (first year's runs 6 s, last year's 11 s).
+# Ten years of monthly runs at three nodes: 120 audits, 360 imports, 10 rings. Measured 130 s
+# to 165 s on 2 cores (load ~2-4). About two thirds of it are the ten rings (~11 s each: some
+# 190,000 ristretto255 multiplications per ring, mostly for the DP padding rows); the rest is
+# the nodes' per-request work, whose ledger reads no longer grow with years of history.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
