@@ -25,7 +25,7 @@ from fedaudit.node.query import catalogue
 from fedaudit.node.query.service import NodeService
 from fedaudit.node.server import start_node_server
 from fedaudit.node.store.db import make_engine
-from fedaudit.node.store.models import DataVersion, PersonCohort
+from fedaudit.node.store.models import CohortDigest, DataVersion, PersonCohort
 
 FIXTURE_BUNDLE = Path(__file__).parent / "fixtures" / "bundle_small"
 SEPT = dt.datetime(2025, 9, 15, 10, 0, tzinfo=dt.UTC)
@@ -413,6 +413,37 @@ def test_import_command_reopens_and_tells_the_officer_what_changed(
     out = " ".join(capsys.readouterr().out.split())
     assert "reopened cohorts: 2023-03" in out
     assert "data changed" not in out
+
+
+def test_reopening_a_month_without_persons_is_accepted_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`node import --reopen 1990-01` (no person at the node has that cohort): still exit 0 and
+    the import and the reopen stand, but a warning names the empty month(s), and only those."""
+    from fedaudit.cli.main import main
+
+    db = tmp_path / "node.db"
+    assert main(["node", "import", str(FIXTURE_BUNDLE), "--db", str(db)]) == 0
+    capsys.readouterr()
+    argv = ["node", "import", str(FIXTURE_BUNDLE), "--db", str(db)]
+    assert main([*argv, "--reopen", "1990-01", "--reopen", "2023-03"]) == 0
+    captured = capsys.readouterr()
+    out, err = " ".join(captured.out.split()), " ".join(captured.err.split())
+    assert "reopened cohorts: 1990-01, 2023-03" in out
+    assert "warning: --reopen 1990-01: no person at this node is in this cohort" in err
+    assert "2023-03" not in err
+    engine = make_engine(f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            reopened = conn.execute(
+                select(CohortDigest.cohort).where(CohortDigest.reopened)
+            ).scalars()
+            assert sorted(reopened) == ["1990-01", "2023-03"]
+    finally:
+        engine.dispose()
+    # A month that holds persons draws no warning.
+    assert main([*argv, "--reopen", "2023-03"]) == 0
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_a_running_node_charges_the_cohorts_of_the_data_it_reads_after_an_import(

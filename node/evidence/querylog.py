@@ -318,17 +318,24 @@ class QueryLog:
         return conn
 
     def _lock_head(self, conn: Connection) -> tuple[int, str]:
-        """Create the head row if missing, lock it, and return the last link's seq and hash."""
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(
-            dialect.insert(QueryLogHead)
-            .values(id=HEAD_ID, seq=0, row_hash=GENESIS_HASH)
-            .on_conflict_do_nothing()
-        )
+        """Lock the head row (creating it first if missing); return the last link's seq and hash.
+
+        The head exists from the first append on, so it is read (and locked) first and
+        inserted only when missing: one statement per append instead of two.
+        """
         query = select(QueryLogHead.seq, QueryLogHead.row_hash).where(QueryLogHead.id == HEAD_ID)
         if not is_sqlite(self._engine):
             query = query.with_for_update()
-        seq, last = conn.execute(query).one()
+        row = conn.execute(query).one_or_none()
+        if row is None:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            conn.execute(
+                dialect.insert(QueryLogHead)
+                .values(id=HEAD_ID, seq=0, row_hash=GENESIS_HASH)
+                .on_conflict_do_nothing()
+            )
+            row = conn.execute(query).one()
+        seq, last = row
         return int(seq), str(last)
 
 

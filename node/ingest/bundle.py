@@ -76,6 +76,8 @@ class ImportResult:
     changed_cohorts: tuple[str, ...] = ()
     """Cohorts whose data this import changed (the officer's view; see `--reopen`)."""
     reopened_cohorts: tuple[str, ...] = ()
+    empty_reopened_cohorts: tuple[str, ...] = ()
+    """Reopened cohorts that hold no person at this node (most likely a mistyped month)."""
 
 
 # --- the bundle -----------------------------------------------------------------------------
@@ -283,6 +285,7 @@ def import_bundle(
         digest=parsed.digest,
         changed_cohorts=changes.changed,
         reopened_cohorts=changes.reopened,
+        empty_reopened_cohorts=changes.empty_reopened,
     )
 
 

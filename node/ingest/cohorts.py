@@ -120,6 +120,8 @@ class CohortChanges:
     changed: tuple[str, ...]
     """Cohorts that had data before and whose data this import changed (or removed)."""
     reopened: tuple[str, ...]
+    empty_reopened: tuple[str, ...] = ()
+    """Reopened cohorts in which no person at this node (now or before) has ever been."""
 
 
 def record(
@@ -159,4 +161,13 @@ def record(
         ],
     )
     changed = tuple(sorted(c for c, d in previous.items() if c != REFERENCE and found.get(c) != d))
-    return CohortChanges(found, changed, tuple(sorted(reopened)))
+    held = (
+        set(
+            conn.execute(
+                select(PersonCohort.cohort).where(PersonCohort.cohort.in_(sorted(reopened)))
+            ).scalars()
+        )
+        if reopened
+        else set()
+    )
+    return CohortChanges(found, changed, tuple(sorted(reopened)), tuple(sorted(reopened - held)))

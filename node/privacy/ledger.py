@@ -200,7 +200,9 @@ class Ledger:
                 self._lock_scopes(conn, [NODE_SCOPE, _requester_scope(requester, period)])
                 if self._entry_id(conn, requester, request_id) is not None:
                     raise DuplicateRequestError(request_id)
-                node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+                node_rows, share_rows, period_rows = self._scope_ranges(
+                    conn, requester, period, ranges
+                )
                 node_spent, node_at = co.peak(node_rows, ranges)
                 share_spent, share_at = co.peak(share_rows, ranges)
                 requester_spent, requester_at = co.peak(period_rows, ranges)
@@ -333,12 +335,8 @@ class Ledger:
         requester with this id (for node-internal ids such as a ring run's, which no
         requester chooses).
         """
-        query = select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
-        if requester is not None:
-            query = query.where(_ENTRIES.c.requester == requester)
         with self._connect() as conn, conn.begin():
-            row = conn.execute(query.order_by(_ENTRIES.c.id).limit(1)).one_or_none()
-        return None if row is None else _stored(row._mapping)
+            return self._by_request_id(conn, request_id, requester)
 
     def find_released(
         self,
@@ -359,26 +357,86 @@ class Ledger:
         replayable); entries written before cohort accounting have none and match on
         their `data_version`.
         """
-        key = data_key if data_key is not None else data_version
+        found = self.find_released_many(
+            (query_hash,), data_version, requester=requester, data_key=data_key
+        )
+        return found.get(query_hash)
+
+    def find_released_many(
+        self,
+        query_hashes: Sequence[str],
+        data_version: str,
+        *,
+        requester: str,
+        data_key: str | None = None,
+    ) -> dict[str, StoredEntry]:
+        """`find_released` for several query hashes at once (one read, not one per hash).
+
+        Maps each hash that has a released answer to its newest one; hashes without
+        one are missing from the result.
+        """
         with self._connect() as conn, conn.begin():
-            row = conn.execute(
-                select(_ENTRIES)
-                .where(
-                    LedgerEntry.requester == requester,
-                    LedgerEntry.query_hash == query_hash,
-                    or_(
-                        LedgerEntry.data_key == key,
-                        and_(
-                            LedgerEntry.data_key.is_(None),
-                            LedgerEntry.data_version == data_version,
-                        ),
-                    ),
-                    LedgerEntry.state == RELEASED,
-                )
-                .order_by(LedgerEntry.id.desc())
-                .limit(1)
-            ).one_or_none()
+            return self._released(conn, query_hashes, data_version, requester, data_key)
+
+    def find_replay(
+        self,
+        request_id: str,
+        query_hashes: Sequence[str],
+        data_version: str,
+        *,
+        requester: str,
+        data_key: str | None = None,
+    ) -> tuple[StoredEntry | None, dict[str, StoredEntry]]:
+        """`find_by_request_id` and `find_released_many` for one request, in one read.
+
+        What a query or preflight consults before it charges anything: the caller's
+        entry for this request id (if any), and its released answers to the query.
+        """
+        with self._connect() as conn, conn.begin():
+            entry = self._by_request_id(conn, request_id, requester) if request_id else None
+            released = self._released(conn, query_hashes, data_version, requester, data_key)
+        return entry, released
+
+    @staticmethod
+    def _by_request_id(
+        conn: Connection, request_id: str, requester: str | None
+    ) -> StoredEntry | None:
+        query = select(_ENTRIES).where(_ENTRIES.c.request_id == request_id)
+        if requester is not None:
+            query = query.where(_ENTRIES.c.requester == requester)
+        row = conn.execute(query.order_by(_ENTRIES.c.id).limit(1)).one_or_none()
         return None if row is None else _stored(row._mapping)
+
+    @staticmethod
+    def _released(
+        conn: Connection,
+        query_hashes: Sequence[str],
+        data_version: str,
+        requester: str,
+        data_key: str | None,
+    ) -> dict[str, StoredEntry]:
+        key = data_key if data_key is not None else data_version
+        rows = conn.execute(
+            select(_ENTRIES)
+            .where(
+                LedgerEntry.requester == requester,
+                LedgerEntry.query_hash.in_(list(query_hashes)),
+                or_(
+                    LedgerEntry.data_key == key,
+                    and_(
+                        LedgerEntry.data_key.is_(None),
+                        LedgerEntry.data_version == data_version,
+                    ),
+                ),
+                LedgerEntry.state == RELEASED,
+            )
+            .order_by(LedgerEntry.id.desc())
+        ).all()
+        found: dict[str, StoredEntry] = {}
+        for row in rows:  # newest first: keep each hash's first row
+            if row.query_hash not in found:
+                found[row.query_hash] = _stored(row._mapping)
+        return found
 
     def status(
         self,
@@ -405,7 +463,7 @@ class Ledger:
         period = self._policy.period_of(now)
         ranges = co.check_ranges(cohorts)
         with self._connect() as conn, conn.begin():
-            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period)
+            node_rows, share_rows, period_rows = self._scope_ranges(conn, requester, period, ranges)
             spent, _ = co.peak(period_rows, ranges)
             lifetime, lifetime_at = co.peak(share_rows, ranges)
             node_spent, node_at = co.peak(node_rows, ranges)
@@ -512,19 +570,24 @@ class Ledger:
         return conn
 
     def _lock_scopes(self, conn: Connection, scopes: list[str]) -> None:
-        """Create missing lock rows and lock them, one scope at a time in sorted order.
+        """Lock the lock rows of `scopes` one at a time in sorted order, creating missing ones.
 
-        Insert-if-missing uses ON CONFLICT DO NOTHING, which is race-free on both back
-        ends (on PostgreSQL a concurrent insert of the same scope waits for the other
-        transaction instead of failing). The fixed order prevents deadlocks.
+        A scope's row exists from its first charge on, so it is locked first and inserted
+        only when missing (one statement per scope, not two). Insert-if-missing uses ON
+        CONFLICT DO NOTHING, which is race-free on both back ends (on PostgreSQL a
+        concurrent insert of the same scope waits for the other transaction instead of
+        failing), and the row is then locked. The fixed order prevents deadlocks.
         """
         dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
         for scope in sorted(set(scopes)):
-            conn.execute(dialect.insert(BudgetLock).values(scope=scope).on_conflict_do_nothing())
             query = select(BudgetLock.scope).where(BudgetLock.scope == scope)
             if not is_sqlite(self._engine):
                 query = query.with_for_update()
-            conn.execute(query).one()
+            if conn.execute(query).one_or_none() is None:
+                conn.execute(
+                    dialect.insert(BudgetLock).values(scope=scope).on_conflict_do_nothing()
+                )
+                conn.execute(query).one()
 
     @staticmethod
     def _entry_id(conn: Connection, requester: str, request_id: str) -> int | None:
@@ -536,13 +599,29 @@ class Ledger:
 
     @staticmethod
     def _scope_ranges(
-        conn: Connection, requester: str, period: str
+        conn: Connection,
+        requester: str,
+        period: str,
+        ranges: Sequence[co.CohortRange] = co.ALL,
     ) -> tuple[list[tuple[str, str, int]], ...]:
         """(first, last, units) rows of the node, of `requester`, and of it in `period`.
 
         One grouped scan instead of three: the node's rows are the sums over all
-        (requester, period) groups of a range.
+        (requester, period) groups of a range. Only the charged ranges that overlap the
+        span of `ranges` are read: the others hold no cohort in `ranges`, so
+        `cohorts.peak` over `ranges` is the same without them, and a question about
+        recent cohorts no longer reads years of history.
         """
+        span = []
+        lowest = min(a for a, _ in ranges)
+        highest = max(b for _, b in ranges)
+        if lowest > co.EARLIEST:
+            # A question that starts after the earliest cohort: skip the history before it.
+            # (One that starts there reads nearly every range anyway, and a plain scan
+            # without the filter is faster.)
+            span.append(_RANGES.c.last >= lowest)
+            if highest < co.LATEST:
+                span.append(_RANGES.c.first <= highest)
         node: dict[tuple[str, str], int] = {}
         mine: dict[tuple[str, str], int] = {}
         now: list[tuple[str, str, int]] = []
@@ -555,6 +634,7 @@ class Ledger:
                 func.sum(_ENTRIES.c.rho_units),
             )
             .select_from(_RANGES.join(_ENTRIES, _RANGES.c.entry_id == _ENTRIES.c.id))
+            .where(*span)
             .group_by(_ENTRIES.c.requester, _ENTRIES.c.period, _RANGES.c.first, _RANGES.c.last)
         ):
             key, amount = (str(first), str(last)), int(units)

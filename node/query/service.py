@@ -266,15 +266,13 @@ class NodeService:
         Only the caller's history is consulted: another requester's request ids and
         answers are not its business (and are not replayed to it, see `_replay`).
         """
-        if request_id:
-            entry = self._ledger.find_by_request_id(request_id, requester=requester)
-            if entry is not None:
-                return entry.query_hash in hashes and entry.state == "released"
         version, key = data
-        return any(
-            self._ledger.find_released(h, version, requester=requester, data_key=key) is not None
-            for h in hashes
+        entry, released = self._ledger.find_replay(
+            request_id, hashes, version, requester=requester, data_key=key
         )
+        if entry is not None:
+            return entry.query_hash in hashes and entry.state == "released"
+        return bool(released)
 
     def _query(self, requester: str, request_id: str, spec: QuerySpec, event: LogEvent) -> Answer:
         self._check_requester(requester)
@@ -558,7 +556,10 @@ class NodeService:
         self, requester: str, request_id: str, hashes: tuple[str, ...], data: tuple[str, str]
     ) -> Answer | None:
         """The caller's stored answer to this request id or query, as stored, or None."""
-        entry = self._ledger.find_by_request_id(request_id, requester=requester)
+        version, key = data
+        entry, found = self._ledger.find_replay(
+            request_id, hashes, version, requester=requester, data_key=key
+        )
         if entry is not None:
             if entry.query_hash not in hashes:
                 raise InvalidParametersError(
@@ -571,11 +572,8 @@ class NodeService:
             raise DataUnavailableError(
                 f"request {request_id} failed after its charge; send a new request id"
             )
-        version, key = data
         for query_hash in hashes:
-            same = self._ledger.find_released(
-                query_hash, version, requester=requester, data_key=key
-            )
+            same = found.get(query_hash)
             if same is not None and same.answer_json:
                 return answer_from_json(same.answer_json, request_id=request_id)
         return None

@@ -205,6 +205,15 @@ def node_import(args: argparse.Namespace) -> int:
     console.print(f"imported data version {result.data_version} ({rows})")
     if result.reopened_cohorts:
         console.print(f"reopened cohorts: {', '.join(result.reopened_cohorts)}")
+    if result.empty_reopened_cohorts:
+        empty = ", ".join(result.empty_reopened_cohorts)
+        err_console.print(
+            f"[bold yellow]warning:[/] --reopen {empty}: no person at this node is in "
+            f"{'this cohort' if len(result.empty_reopened_cohorts) == 1 else 'these cohorts'}, "
+            "so reopening corrects nothing there (questions about it are still charged "
+            "anew); check the month",
+            highlight=False,
+        )
     quiet = [c for c in result.changed_cohorts if c not in result.reopened_cohorts]
     if quiet:
         shown = ", ".join(quiet[:12]) + (f" and {len(quiet) - 12} more" if len(quiet) > 12 else "")
