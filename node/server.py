@@ -46,7 +46,7 @@ from fedaudit.node.evidence.querylog import (
     head_details,
     was_logged,
 )
-from fedaudit.node.query.service import NodeService, utcnow
+from fedaudit.node.query.service import NodeService
 from fedaudit.node.rpc.ports import EXCLUSIVE_PORT_OPTIONS, bind
 from fedaudit.node.rpc.status import SERVICE_NAME, refusal_status, requester_identity
 from fedaudit.wire.v1 import node_pb2 as pb
@@ -90,7 +90,7 @@ class AuditNodeServicer(pb_grpc.AuditNodeServicer):
     def Query(self, request: pb.QueryRequest, context: grpc.ServicerContext) -> pb.QueryResponse:
         with _boundary(context, "Query", self._service.query_log) as requester:
             answer = self._service.query(requester, request.request_id, _spec(request))
-            budget = self._service.ledger.status(requester, utcnow())
+            budget = self._service.ledger.status(requester, self._service.clock())
             return answer_to_pb(answer, budget)
         raise _Aborted  # pragma: no cover
 

@@ -259,3 +259,18 @@ def test_reflection_lists_the_node_service(node_factory, sqlite_url) -> None:
         names = {s.name for r in responses for s in r.list_services_response.service}
     assert "fedaudit.wire.v1.AuditNode" in names
     assert "grpc.health.v1.Health" in names
+
+
+def test_the_answers_budget_is_that_of_the_nodes_clock(node_factory, sqlite_url) -> None:
+    """The budget that comes with an answer is read at the node's own clock (the one the
+    charge was periodised by), not the wall clock: a node whose clock is in 2031 reports
+    2031's period and what the query just spent in it."""
+    import datetime as dt
+
+    later = dt.datetime(2031, 2, 10, 12, tzinfo=dt.UTC)
+    node = node_factory(sqlite_url, clock=lambda: later)
+    channel, stub = _stub(node)
+    with channel:
+        resp = stub.Query(_request("assessment_results", "clock-1"), metadata=METADATA, timeout=5)
+    assert resp.budget.period.startswith("2031")
+    assert resp.budget.requester_rho_spent == pytest.approx(resp.charge.rho)
