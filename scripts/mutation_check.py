@@ -188,9 +188,9 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "C2",
-        "coordinator/ring/run.py",
-        "rho=config.rho if gaussian else (config.epsilon or 0.0) ** 2 / 2,",
-        "rho=config.rho if gaussian else (config.epsilon or 0.0) ** 2 / 4,",
+        "coordinator/ring/config.py",
+        "rho=(self.rho or 0.0) if gaussian else (self.epsilon or 0.0) ** 2 / 2,",
+        "rho=(self.rho or 0.0) if gaussian else (self.epsilon or 0.0) ** 2 / 4,",
         "a pure-DP ring run asks the nodes for half its rho",
         (RING,),
     ),
