@@ -205,21 +205,17 @@ MUTANTS: tuple[Mutant, ...] = (
     # --- replay keys -------------------------------------------------------------------------
     Mutant(
         "R1",
-        "node/query/service.py",
-        '"""The caller\'s stored answer to this request id or query, as stored, or None."""\n'
-        "        entry = self._ledger.find_by_request_id(request_id, requester=requester)",
-        '"""The caller\'s stored answer to this request id or query, as stored, or None."""\n'
-        "        entry = self._ledger.find_by_request_id(request_id)",
+        "node/privacy/ledger.py",
+        "entry = self._by_request_id(conn, request_id, requester) if request_id else None",
+        "entry = self._by_request_id(conn, request_id, None) if request_id else None",
         "a request id replays another requester's answer",
         tuple(NODE),
     ),
     Mutant(
         "R2",
         "node/query/service.py",
-        "same = self._ledger.find_released(\n"
-        "                query_hash, version, requester=requester, data_key=key\n"
-        "            )",
-        "same = None",
+        "            same = found.get(query_hash)\n",
+        "            same = None\n",
         "the identical query on the same data draws fresh noise instead of replaying",
         tuple(NODE),
     ),
