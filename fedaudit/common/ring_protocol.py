@@ -141,9 +141,9 @@ def tally_position(digest: bytes, members: int) -> int:
     """The roster position of the run's tally node, fixed by the roster digest.
 
     The tally node receives every fully blinded batch, counts and releases only noisy
-    counts; nobody else, the coordinator included, ever sees the final tokens. Drawn
-    from the digest, which covers every member's fresh per-run keys, so it moves from
-    run to run and every member computes the same one.
+    counts; nobody else, the coordinator included, ever sees the final tokens. Taken
+    from the digest so that every member computes the same one; the coordinator, which
+    orders the roster, can steer it (docs/dedup.md, "What each party learns").
     """
     return int.from_bytes(hashlib.sha256(b"fedaudit-dedup-tally/v1\x00" + digest).digest()[:8]) % (
         members
