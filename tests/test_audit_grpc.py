@@ -164,7 +164,13 @@ def test_demo_finds_the_planted_anomalies_and_spares_the_clean_town(tmp_path, ca
     assert ("credential_inflation", "M03", "M03-P4") in found
     assert ("recognition_delay", "M04", None) in found
     assert any(k == "outcome_disparity" and m == "M05" for k, m, _ in found)
-    assert not [f for f in report["findings"] if f["subject"]["municipality"] == "M01"]
+    # M01 has no quality gap planted; planted duplicates join random pairs of municipalities
+    # (M01 among them), so a duplicates finding naming M01 is a true one, not a false alarm.
+    assert not [
+        f
+        for f in report["findings"]
+        if f["subject"]["municipality"] == "M01" and f["kind"] != "cross_municipality_duplicates"
+    ]
     out = capsys.readouterr().out
     assert "nothing flagged" in out
     # Revocation reconciliation: every planted case is on its recogniser's own list, exactly.
